@@ -1,0 +1,198 @@
+"""Checkpoint → engine directory: `config.json` plus one `rank{N}.safetensors` per rank.
+
+The engine keeps weights already fused (QKV, gate/up), split per rank and cast to the engine dtype, so
+loading is a plain read; the build limits the runtime sizes its buffers and validates requests with."""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tensorrt_llm import ENGINE_FORMAT_VERSION, __version__
+from tensorrt_llm._utils import dtype_to_str, str_to_dtype
+from tensorrt_llm.mapping import Mapping
+from tensorrt_llm.models import ModelConfig, get_family
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Limits baked into an engine. `max_seq_len` bounds prompt + output of one sequence."""
+
+    max_batch_size: int = 8
+    max_input_len: int = 1024
+    max_seq_len: int = 2048
+    max_num_tokens: int = 8192
+    tokens_per_block: int = 64
+    max_beam_width: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"build config: {name} must be a positive integer, got {value!r}")
+        if self.max_input_len > self.max_seq_len:
+            raise ValueError(
+                f"build config: max_input_len ({self.max_input_len}) exceeds max_seq_len ({self.max_seq_len})"
+            )
+        if self.tokens_per_block & (self.tokens_per_block - 1):
+            raise ValueError(f"build config: tokens_per_block must be a power of two, got {self.tokens_per_block}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    architecture: str
+    dtype: str
+    model: ModelConfig
+    mapping: Mapping
+    build: BuildConfig
+    plugins: dict = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)
+    format_version: int = ENGINE_FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "builder_version": __version__,
+            "architecture": self.architecture,
+            "dtype": self.dtype,
+            "model": self.model.to_dict(),
+            "mapping": self.mapping.to_dict(),
+            "build": asdict(self.build),
+            "plugins": self.plugins,
+            "kernels": self.kernels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, rank: int = 0) -> "EngineConfig":
+        version = d.get("format_version")
+        if version != ENGINE_FORMAT_VERSION:
+            raise ValueError(
+                f"engine format version {version!r} does not match this runtime's {ENGINE_FORMAT_VERSION}: "
+                f"rebuild the engine with this version's trtllm-build (engine built by "
+                f"{d.get('builder_version', 'an unknown builder')}, runtime {__version__})"
+            )
+        try:
+            return cls(
+                architecture=d["architecture"],
+                dtype=d["dtype"],
+                model=ModelConfig.from_dict(d["model"]),
+                mapping=Mapping(**d["mapping"], rank=rank),
+                build=BuildConfig(**d["build"]),
+                plugins=d.get("plugins", {}),
+                kernels=d.get("kernels", {}),
+            )
+        except KeyError as e:
+            raise ValueError(f"engine config.json lacks the field {e.args[0]!r}") from None
+        except TypeError as e:
+            raise ValueError(f"engine config.json is malformed: {e}") from None
+
+
+def read_hf_config(model_dir: Path | str) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Hugging Face config.json in {model_dir}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+class _CheckpointReader:
+    """Reads Hugging Face tensors by name from safetensors shards (lazily) or PyTorch .bin files."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.files: dict[str, Path] = {}
+        shards = sorted(model_dir.glob("*.safetensors"))
+        bins = sorted(model_dir.glob("pytorch_model*.bin"))
+        self._bin: dict[str, torch.Tensor] = {}
+        if shards:
+            for shard in shards:
+                with safe_open(shard, "pt") as f:
+                    for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                        self.files[name] = shard
+        elif bins:
+            for b in bins:
+                self._bin.update(torch.load(b, map_location="cpu", weights_only=True))
+        else:
+            raise FileNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {model_dir}")
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name in self._bin:
+            return self._bin[name]
+        if name not in self.files:
+            raise KeyError(f"checkpoint lacks the tensor {name!r}")
+        with safe_open(self.files[name], "pt") as f:
+            return f.get_tensor(name)
+
+
+def _random_reader(cfg: ModelConfig, device: str, seed: int = 0):
+    """Random weights of Hugging Face shapes, for benchmarks built from a config alone."""
+    H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    shapes = {
+        "embed_tokens": (V, H), "lm_head": (V, H), "q_proj": (cfg.num_attention_heads * D, H),
+        "k_proj": (cfg.num_key_value_heads * D, H), "v_proj": (cfg.num_key_value_heads * D, H),
+        "o_proj": (H, cfg.num_attention_heads * D), "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I),
+    }  # fmt: skip
+    gen = torch.Generator(device).manual_seed(seed)
+
+    def get(name: str) -> torch.Tensor:
+        if "norm" in name:
+            return torch.ones(H, device=device)
+        shape = next(s for key, s in shapes.items() if key in name)
+        # std 0.02 as Hugging Face initialises; scaled down by depth to keep fp16 activations finite.
+        return torch.randn(shape, generator=gen, device=device) * (0.02 / math.sqrt(cfg.num_hidden_layers / 8 + 1))
+
+    return get
+
+
+def build_engine(
+    output_dir: Path | str,
+    model_dir: Path | str | None = None,
+    hf_config: dict | None = None,
+    dtype: str = "float16",
+    mapping: Mapping = Mapping(),
+    build: BuildConfig = BuildConfig(),
+    plugins: dict | None = None,
+    device: str = "cpu",
+) -> EngineConfig:
+    """Builds an engine from a checkpoint directory, or with random weights from `hf_config` alone."""
+    if model_dir is None and hf_config is None:
+        raise ValueError("give a checkpoint directory (--model_dir) or a Hugging Face config (--model_config)")
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        hf_config = read_hf_config(model_dir)
+    archs = hf_config.get("architectures") or []
+    if len(archs) != 1:
+        raise ValueError(f"config.json must name exactly one architecture, found {archs}")
+    family = get_family(archs[0])
+    model_cfg = family.config_from_hf(hf_config)
+    torch_dtype = str_to_dtype(dtype)
+    if build.max_seq_len > model_cfg.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_len ({build.max_seq_len}) exceeds the model's max_position_embeddings "
+            f"({model_cfg.max_position_embeddings})"
+        )
+    get = _CheckpointReader(model_dir) if model_dir is not None else _random_reader(model_cfg, device)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for rank in range(mapping.world_size):
+        rank_map = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, rank)
+        weights = family.convert_weights(get, model_cfg, rank_map, torch_dtype)
+        save_file({k: v.cpu() for k, v in weights.items()}, out / f"rank{rank}.safetensors")
+        del weights
+    cfg = EngineConfig(
+        architecture=archs[0],
+        dtype=dtype_to_str(torch_dtype),
+        model=model_cfg,
+        mapping=mapping,
+        build=build,
+        plugins=dict(plugins or {}),
+    )
+    # config.json is written last: a directory without it is an unfinished build, and loading says so.
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return cfg

@@ -1,0 +1,108 @@
+"""The ops models are written with.
+
+Each op has a plain PyTorch reference (used on CPU, in tests and as the oracle) and, on CUDA, an OpenAI
+Triton kernel from `tensorrt_llm.kernels`. `TRTLLM_KERNELS=ref` forces the references everywhere.
+"""
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from tensorrt_llm import _refs as kernels
+
+
+def _use_kernels(x: torch.Tensor) -> bool:
+    return x.is_cuda and os.environ.get("TRTLLM_KERNELS", "triton") != "ref" and kernels.available(x)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of `x` [N, H]; with `residual`, normalises `x + residual` and also returns that sum (the
+    next layer's residual), so the add and the norm read the activations once."""
+    if _use_kernels(x):
+        return kernels.rms_norm(x, weight, eps, residual)
+    return kernels.rms_norm_ref(x, weight, eps, residual)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU: `x` [..., 2I] holds gate then up (one fused GEMM); returns silu(gate) * up [..., I]."""
+    if _use_kernels(x):
+        return kernels.silu_and_mul(x)
+    return kernels.silu_and_mul_ref(x)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding, Hugging Face (rotate-half) convention. q [T, H, D], k [T, Hkv, D],
+    positions [T], cos_sin_cache [max_pos, D] = cat(cos, sin) of the D/2 frequencies."""
+    if _use_kernels(q):
+        return kernels.apply_rotary(q, k, positions, cos_sin_cache)
+    return kernels.apply_rotary_ref(q, k, positions, cos_sin_cache)
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Stores this step's K/V [T, Hkv, D] at their slots of the paged cache [blocks, tokens_per_block, Hkv, D]."""
+    if _use_kernels(k):
+        kernels.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    else:
+        kernels.write_kv_cache_ref(k, v, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: int,
+    max_context_len: int,
+) -> torch.Tensor:
+    """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md."""
+    if _use_kernels(q):
+        return kernels.paged_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len
+        )
+    return kernels.paged_attention_ref(
+        q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len
+    )
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """Inverse frequencies [D/2] of rotary embedding, with the scalings Llama checkpoints use
+    (`linear`, and `llama3`, which stretches only the low frequencies, smoothly)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq.float()
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return (inv_freq / factor).float()
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled).float()
+    raise ValueError(f"unsupported rope scaling type {kind!r}: supported are default, linear, llama3")
+
+
+def rope_cos_sin_cache(head_dim: int, max_pos: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """[max_pos, D]: cos of the D/2 frequencies, then their sin, in float32."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)

@@ -1,0 +1,36 @@
+"""OpenAI Triton kernels, each beside its PyTorch reference (`*_ref`).
+
+`tensorrt_llm.functional` calls the kernel when `available(tensor)` and the reference otherwise. The
+kernels also run on CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1` set before triton is
+first imported), which is how tests check them without a GPU.
+"""
+
+from ._common import HAS_TRITON, available, interpreting
+from .activation import silu_and_mul, silu_and_mul_ref
+from .attention import paged_attention, paged_attention_ref
+from .kv_cache import write_kv_cache, write_kv_cache_ref
+from .norm import rms_norm, rms_norm_ref
+from .rotary import apply_rotary, apply_rotary_ref, rope_cos_sin_cache, rope_inv_freq
+from .sampling import hash_uniform, top_k_top_p_probs, top_k_top_p_sample, top_k_top_p_sample_ref
+
+__all__ = [
+    "HAS_TRITON",
+    "apply_rotary",
+    "apply_rotary_ref",
+    "available",
+    "hash_uniform",
+    "interpreting",
+    "paged_attention",
+    "paged_attention_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "rope_cos_sin_cache",
+    "rope_inv_freq",
+    "silu_and_mul",
+    "silu_and_mul_ref",
+    "top_k_top_p_probs",
+    "top_k_top_p_sample",
+    "top_k_top_p_sample_ref",
+    "write_kv_cache",
+    "write_kv_cache_ref",
+]

@@ -1,0 +1,285 @@
+"""Paged attention over packed variable-length queries (context and generation phase, GQA/MQA).
+
+Packed queries: q `[T, H, D]` holds the new tokens of B sequences one after another; sequence b has
+`seq_lens[b]` new tokens and `context_lens[b]` KV positions after this step (its K/V are already in the
+cache). Query i of sequence b sits at position `context_lens[b] - seq_lens[b] + i` and sees keys
+`0 .. position` (causal). Key position p of sequence b is cache row `p % tpb` of block
+`block_tables[b, p // tpb]`.
+
+Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
+- context (any seq_lens): grid (query tiles, B, H); a program walks the KV of one head up to its last
+  query's position.
+- generation (all seq_lens == 1): grid (B, Hkv, splits); a program takes the whole query group of one KV
+  head (so K/V are read once per group) over one slice of the context; the slices are merged by a
+  small reduce kernel (flash-decoding), so long contexts at small batch still fill the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import HAS_TRITON, check, check_launchable, next_pow2, num_sms
+
+LOG2E = 1.4426950408889634
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _attend_tile(
+        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
+        offs_n, n_mask, visible, offs_d, d_mask, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # one KV tile of BLOCK_N positions gathered through the block table, folded into the running
+        # softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
+        blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
+        kv_off = blk * stride_cb + (offs_n % TOKENS_PER_BLOCK) * stride_ct + kvh * stride_ch  # [BLOCK_N]
+        kv_ptrs = kv_off[:, None] + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # [rows, BLOCK_N], log2 units
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays empty
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        v = tl.load(vc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return acc, m_new, l_i * alpha + tl.sum(p, 1)
+
+    @triton.jit
+    def _context_attention_kernel(
+        q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
+        qk_scale, head_dim,
+        GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        seq_len = tl.load(seq_lens_ptr + b)
+        if m_tile * BLOCK_M < seq_len:  # the grid covers max_seq_len; shorter sequences stop here
+            ctx = tl.load(ctx_lens_ptr + b)
+            q0 = tl.load(q_start_ptr + b).to(tl.int64)  # packed index of the sequence's first token
+            offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the sequence
+            offs_d = tl.arange(0, BLOCK_D)
+            m_mask, d_mask = offs_m < seq_len, offs_d < head_dim
+            q_rows = (q0 + offs_m)[:, None]
+            q = tl.load(
+                q_ptr + q_rows * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
+            pos = ctx - seq_len + offs_m  # [BLOCK_M] positions of the queries
+            kv_end = tl.minimum(ctx, ctx - seq_len + (m_tile + 1) * BLOCK_M)  # causal: skip later keys
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for start_n in range(0, kv_end, BLOCK_N):
+                offs_n = start_n + tl.arange(0, BLOCK_N)
+                n_mask = offs_n < kv_end
+                visible = n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
+                acc, m_i, l_i = _attend_tile(
+                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, h // GROUP,
+                    stride_cb, stride_ct, stride_ch, offs_n, n_mask, visible, offs_d, d_mask, qk_scale,
+                    TOKENS_PER_BLOCK,
+                )  # fmt: skip
+            acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            tl.store(
+                o_ptr + q_rows * stride_ot + h * stride_oh + offs_d[None, :],
+                acc.to(o_ptr.dtype.element_ty),
+                mask=m_mask[:, None] & d_mask[None, :],
+            )
+
+    @triton.jit
+    def _decode_attention_kernel(
+        q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, bt_ptr, ctx_lens_ptr,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
+        qk_scale, head_dim, num_heads, split_size,
+        GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
+    ):  # fmt: skip
+        # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
+        b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        num_splits = tl.num_programs(2)
+        ctx = tl.load(ctx_lens_ptr + b)
+        start = split * split_size
+        end = tl.minimum(start + split_size, ctx)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, BLOCK_D)
+        heads = kvh * GROUP + offs_g  # [BLOCK_G]
+        hd_mask = (offs_g < GROUP)[:, None] & (offs_d < head_dim)[None, :]
+        q = tl.load(
+            q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+            mask=hd_mask,
+            other=0.0,
+        )
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        for start_n in range(start, end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < end
+            acc, m_i, l_i = _attend_tile(
+                q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                stride_cb, stride_ct, stride_ch, offs_n, n_mask, n_mask[None, :], offs_d,
+                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK,
+            )  # fmt: skip
+        if DIRECT:  # a single split: normalize and write the output here
+            acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            out = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+            tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=hd_mask)
+        else:  # partials [B, H, splits, D] and (max, sum) [B, H, splits, 2] for the reduce kernel
+            part = (b * num_heads + heads) * num_splits + split  # [BLOCK_G]
+            tl.store(part_o_ptr + part[:, None] * head_dim + offs_d[None, :], acc, mask=hd_mask)
+            g_mask = offs_g < GROUP
+            tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
+            tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
+
+    @triton.jit
+    def _decode_reduce_kernel(
+        part_o_ptr, part_ml_ptr, o_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        b, h = tl.program_id(0), tl.program_id(1)
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, BLOCK_D)
+        s_mask, d_mask = offs_s < num_splits, offs_d < head_dim
+        part = (b * num_heads + h) * num_splits + offs_s  # [BLOCK_S]
+        m = tl.load(part_ml_ptr + part * 2, mask=s_mask, other=float("-inf"))
+        l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=s_mask, other=0.0)
+        m_all = tl.max(m, 0)
+        m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+        w = tl.exp2(m - m_all)  # empty splits (m = -inf) weigh 0
+        total = tl.sum(w * l_s, 0)
+        o = tl.load(
+            part_o_ptr + part[:, None] * head_dim + offs_d[None, :],
+            mask=s_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
+        tl.store(o_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
+
+
+def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> None:
+    check(q.dim() == 3, f"q must be [T, H, D], got {tuple(q.shape)}")
+    check(k_cache.dim() == 4 and k_cache.shape == v_cache.shape, "caches must be [blocks, tpb, Hkv, D]")
+    check(k_cache.shape[3] == q.shape[2], f"head_dim: q {q.shape[2]} != cache {k_cache.shape[3]}")
+    check(q.shape[1] % k_cache.shape[2] == 0, f"H={q.shape[1]} not a multiple of Hkv={k_cache.shape[2]}")
+    check(q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype")
+    check(block_tables.dim() == 2, "block_tables must be [B, max_blocks]")
+    B = block_tables.shape[0]
+    check(seq_lens.shape == (B,) and context_lens.shape == (B,), f"seq_lens, context_lens must be [B={B}]")
+
+
+def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
+    # enough (sequence, kv head, split) programs for ~2 waves, each split at least one KV tile
+    tiles = max(1, math.ceil(max_context_len / block_n))
+    return max(1, min(tiles, math.ceil(2 * num_sms(device) / max(1, batch * kv_heads)), 64))
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: int,
+    max_context_len: int,
+    *,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of packed queries q `[T, H, D]` over the paged cache; returns `[T, H, D]`.
+
+    `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
+    value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
+    the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU).
+    """
+    _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
+    check_launchable(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
+    check(block_tables.dtype == torch.int32, "block_tables must be int32")
+    check(seq_lens.dtype == torch.int32 and context_lens.dtype == torch.int32, "lens must be int32")
+    check(q.stride(-1) == 1 and k_cache.stride(-1) == 1, "q and the caches must be contiguous in head_dim")
+    check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
+    check(block_tables.stride(-1) == 1, "block_tables must be contiguous in its last dim")
+    T, H, D = q.shape
+    B, Hkv, tpb = block_tables.shape[0], k_cache.shape[2], k_cache.shape[1]
+    out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    if T == 0 or B == 0:
+        return out
+    cuda = q.is_cuda
+    qk_scale = scale * LOG2E
+    block_d = max(16, next_pow2(D))  # tl.dot needs every dim >= 16
+    strides = (
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+    )  # fmt: skip
+    if max_seq_len == 1 and T == B:
+        group = H // Hkv
+        block_n = 64 if cuda else 16
+        splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
+        split_size = math.ceil(math.ceil(max(1, max_context_len) / splits) / block_n) * block_n
+        splits = max(1, math.ceil(max_context_len / split_size))
+        direct = splits == 1
+        part_o = out if direct else torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
+        part_ml = out if direct else torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
+        _decode_attention_kernel[(B, Hkv, splits)](
+            q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *strides,
+            qk_scale, D, H, split_size,
+            GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
+            BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, num_warps=4, num_stages=2,
+        )  # fmt: skip
+        if not direct:
+            _decode_reduce_kernel[(B, H)](
+                part_o, part_ml, out, out.stride(0), out.stride(1), H, splits, D,
+                BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
+            )  # fmt: skip
+        return out
+    block_m = min(64, max(16, next_pow2(max_seq_len))) if cuda else 16
+    block_n = 64 if cuda else 16
+    q_start = torch.cumsum(seq_lens, 0, dtype=torch.int32) - seq_lens  # [B], no host sync
+    grid = (math.ceil(max_seq_len / block_m), B, H)
+    _context_attention_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *strides,
+        qk_scale, D,
+        GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: int = 0,
+    max_context_len: int = 0,
+) -> torch.Tensor:
+    """PyTorch reference of `paged_attention`: a loop over sequences, gathering K/V from the block table.
+
+    The maxima are accepted for signature parity and ignored. It reads the lengths on the host.
+    """
+    _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
+    T, H, D = q.shape
+    tpb, Hkv = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    start = 0
+    for b, (n, ctx) in enumerate(zip(seq_lens.tolist(), context_lens.tolist(), strict=True)):
+        pos = torch.arange(ctx, device=q.device)  # key positions
+        blocks, rows = block_tables[b, pos // tpb].long(), pos % tpb
+        k = k_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)  # [ctx, H, D]
+        v = v_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)
+        s = torch.einsum("qhd,khd->hqk", q[start : start + n].float(), k) * scale  # [H, n, ctx]
+        q_pos = ctx - n + torch.arange(n, device=q.device)
+        s = s.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        out[start : start + n] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v).to(q.dtype)
+        start += n
+    return out

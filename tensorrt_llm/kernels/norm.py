@@ -1,0 +1,85 @@
+"""RMSNorm with an optional fused residual add (Llama's `input_layernorm(h + residual)`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import HAS_TRITON, check, check_launchable, next_pow2
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _rms_norm_kernel(
+        x_ptr, r_ptr, w_ptr, y_ptr, r_out_ptr,
+        stride_x, stride_r, stride_y, stride_ro,
+        hidden, eps,
+        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # one program per row; the whole row [BLOCK >= hidden] stays in registers
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < hidden
+        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(r_ptr + row * stride_r + cols, mask=mask, other=0.0)
+            # round the sum to the input dtype first, as the unfused model does
+            x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+            tl.store(r_out_ptr + row * stride_ro + cols, x, mask=mask)
+        xf = x.to(tl.float32)
+        inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        # HF Llama casts the normalized row to the input dtype before scaling by the weight
+        y = (xf * inv_rms).to(x.dtype).to(tl.float32) * w.to(tl.float32)
+        tl.store(y_ptr + row * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_args(x, w, residual) -> None:
+    check(x.dim() >= 1 and w.shape == (x.shape[-1],), f"w must be [{x.shape[-1]}], got {tuple(w.shape)}")
+    check(x.is_floating_point(), "x must be floating point")
+    if residual is not None:
+        check(residual.shape == x.shape, f"residual {tuple(residual.shape)} != x {tuple(x.shape)}")
+        check(residual.dtype == x.dtype, "residual and x must share a dtype")
+
+
+def rms_norm(
+    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """y = x / rms(x) * w over the last dim; with `residual`: returns (rms_norm(x + residual), x + residual).
+
+    Outputs are new tensors in x's dtype; the inputs are not modified.
+    """
+    _check_args(x, w, residual)
+    check_launchable(x, w, *([] if residual is None else [residual]))
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H)  # [N, H]; a view when the rows are evenly strided
+    check(x2.stride(-1) == 1 and w.stride(0) == 1, "x and w must be contiguous in the hidden dim")
+    r2 = x2 if residual is None else residual.reshape(-1, H)
+    check(r2.stride(-1) == 1, "residual must be contiguous in the hidden dim")
+    y = torch.empty_like(x2)
+    r_out = torch.empty_like(x2) if residual is not None else y
+    N = x2.shape[0]
+    if N > 0:
+        block = next_pow2(H)
+        _rms_norm_kernel[(N,)](
+            x2, r2, w, y, r_out,
+            x2.stride(0), r2.stride(0), y.stride(0), r_out.stride(0),
+            H, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        )  # fmt: skip
+    y = y.view(x.shape)
+    return y if residual is None else (y, r_out.view(x.shape))
+
+
+def rms_norm_ref(
+    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch reference of `rms_norm`, written as Hugging Face's LlamaRMSNorm."""
+    _check_args(x, w, residual)
+    if residual is not None:
+        x = x + residual
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    y = w * y.to(x.dtype)
+    return y if residual is None else (y, x)

@@ -1,0 +1,136 @@
+"""Rotary position embedding, Hugging Face Llama convention (rotate_half: the two halves of head_dim
+pair up, not interleaved neighbours).
+
+`cos_sin_cache` is `[max_position, head_dim]` float32: `cat(cos[:, :D/2], sin[:, :D/2])`, i.e. row p holds
+cos(p * inv_freq) then sin(p * inv_freq). The caller precomputes it, so every rope variant (Llama-3
+scaling, linear, ...) is only a different `inv_freq`; `rope_cos_sin_cache` builds it from a HF config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import HAS_TRITON, check, check_launchable, next_pow2
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _rotate(x_ptr, stride_t, stride_h, t, cos, sin, num_heads, half, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
+        # x[t]: [heads, D] as two halves [BLOCK_H, BLOCK_HALF]; returns the rotated halves in fp32
+        h = tl.arange(0, BLOCK_H)[:, None]
+        d = tl.arange(0, BLOCK_HALF)[None, :]
+        mask = (h < num_heads) & (d < half)
+        base = x_ptr + t * stride_t + h * stride_h + d
+        x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(base + half, mask=mask, other=0.0).to(tl.float32)
+        return x1 * cos - x2 * sin, x2 * cos + x1 * sin, h, d, mask
+
+    @triton.jit
+    def _apply_rotary_kernel(
+        q_ptr, k_ptr, qo_ptr, ko_ptr, pos_ptr, cache_ptr,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh,
+        stride_cache, num_q_heads, num_kv_heads, half,
+        BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    ):  # fmt: skip
+        # one program per token: rotate all its q heads and k heads with the same cos/sin row
+        t = tl.program_id(0).to(tl.int64)
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, BLOCK_HALF)
+        cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+        sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
+        sin = sin[None, :]
+        o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+        out = qo_ptr + t * stride_qot + h * stride_qoh + dd
+        tl.store(out, o1.to(qo_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + half, o2.to(qo_ptr.dtype.element_ty), mask=mask)
+        o1, o2, h, dd, mask = _rotate(k_ptr, stride_kt, stride_kh, t, cos, sin, num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+        out = ko_ptr + t * stride_kot + h * stride_koh + dd
+        tl.store(out, o1.to(ko_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + half, o2.to(ko_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_args(q, k, positions, cos_sin_cache) -> None:
+    check(q.dim() == 3 and k.dim() == 3, f"q, k must be [T, H, D], got {tuple(q.shape)}, {tuple(k.shape)}")
+    check(q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2], "q and k must share T and head_dim")
+    check(q.shape[2] % 2 == 0, "head_dim must be even")
+    check(positions.shape == (q.shape[0],), f"positions must be [T={q.shape[0]}]")
+    check(cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == q.shape[2], "cos_sin_cache must be [P, D]")
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q `[T, H, D]` and k `[T, Hkv, D]` by their token's position; returns new contiguous q, k.
+
+    q and k may be strided views (e.g. of a fused QKV output) as long as head_dim is contiguous.
+    """
+    _check_args(q, k, positions, cos_sin_cache)
+    check_launchable(q, k, positions, cos_sin_cache)
+    check(q.stride(-1) == 1 and k.stride(-1) == 1, "q and k must be contiguous in head_dim")
+    check(cos_sin_cache.stride(-1) == 1, "cos_sin_cache must be contiguous in its last dim")
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    T, H, D = q.shape
+    if T > 0:
+        _apply_rotary_kernel[(T,)](
+            q, k, q_out, k_out, positions, cos_sin_cache,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
+            cos_sin_cache.stride(0), H, k.shape[1], D // 2,
+            BLOCK_HQ=next_pow2(H), BLOCK_HK=next_pow2(k.shape[1]), BLOCK_HALF=next_pow2(D // 2),
+        )  # fmt: skip
+    return q_out, k_out
+
+
+def apply_rotary_ref(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch reference of `apply_rotary` (HF `apply_rotary_pos_emb`, computed in float32)."""
+    _check_args(q, k, positions, cos_sin_cache)
+    cos, sin = cos_sin_cache[positions.long()].float().chunk(2, dim=-1)  # [T, D/2] each
+    cos, sin = torch.cat([cos, cos], -1)[:, None, :], torch.cat([sin, sin], -1)[:, None, :]
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return (x.float() * cos + torch.cat([-x2, x1], -1) * sin).to(x.dtype)
+
+    return rot(q), rot(k)
+
+
+def rope_inv_freq(head_dim: int, theta: float = 10000.0, rope_scaling: dict | None = None) -> torch.Tensor:
+    """`[head_dim/2]` float32 inverse frequencies, with HF's "default", "linear" and "llama3" scaling."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / rope_scaling["factor"]
+    if kind == "llama3":
+        factor = rope_scaling["factor"]
+        low, high = rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
+        old_len = rope_scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        # long wavelengths are slowed by `factor`, short ones kept, the band between interpolated
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope_scaling type {kind!r}")
+
+
+def rope_cos_sin_cache(
+    head_dim: int,
+    max_position: int,
+    theta: float = 10000.0,
+    rope_scaling: dict | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`[max_position, head_dim]` float32 `cat(cos, sin)` table for `apply_rotary` (see module doc)."""
+    inv_freq = rope_inv_freq(head_dim, theta, rope_scaling).to(device)
+    freqs = torch.arange(max_position, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)

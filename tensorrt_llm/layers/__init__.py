@@ -1,0 +1,16 @@
+from tensorrt_llm.layers.attention import Attention, AttentionParams
+from tensorrt_llm.layers.embedding import Embedding
+from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
+from tensorrt_llm.layers.mlp import GatedMLP
+from tensorrt_llm.layers.normalization import LayerNorm, RmsNorm
+
+__all__ = [
+    "Attention",
+    "AttentionParams",
+    "ColumnLinear",
+    "Embedding",
+    "GatedMLP",
+    "LayerNorm",
+    "RmsNorm",
+    "RowLinear",
+]

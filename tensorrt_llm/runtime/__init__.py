@@ -1,0 +1,42 @@
+"""Engine loading, the paged KV cache pool, the forward step, sampling ops and ModelRunner."""
+
+import os
+
+import torch
+
+from tensorrt_llm.runtime.engine import Engine, read_engine_config
+from tensorrt_llm.runtime.kv_cache import KVCachePool
+from tensorrt_llm.runtime.model_runner import ModelRunner
+from tensorrt_llm.runtime.step import StepInput, build_step_input
+
+
+def init_distributed(world_size: int, rank: int | None = None) -> int:
+    """Joins the process group of a multi-rank engine: NCCL on GPUs, gloo on CPU. Rank and address come
+    from MPI (OMPI_COMM_WORLD_RANK / PMI_RANK) or from torchrun's variables. Returns this rank."""
+    if world_size == 1:
+        return 0
+    if rank is None:
+        for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+            if var in os.environ:
+                rank = int(os.environ[var])
+                break
+        else:
+            raise RuntimeError("cannot tell this process's rank: start it with mpirun or torchrun")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    torch.distributed.init_process_group(backend, rank=rank, world_size=world_size)
+    return rank
+
+
+__all__ = [
+    "Engine",
+    "KVCachePool",
+    "ModelRunner",
+    "StepInput",
+    "build_step_input",
+    "init_distributed",
+    "read_engine_config",
+]

@@ -1,0 +1,108 @@
+"""Loading an engine directory and running forward steps on it."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tensorrt_llm._utils import str_to_dtype
+from tensorrt_llm.builder import EngineConfig
+from tensorrt_llm.models import get_family
+from tensorrt_llm.runtime.kv_cache import KVCachePool
+from tensorrt_llm.runtime.step import StepInput
+
+
+def read_engine_config(engine_dir: Path | str, rank: int = 0) -> EngineConfig:
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        raise FileNotFoundError(f"engine directory {engine_dir} does not exist")
+    path = engine_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{engine_dir} holds no config.json: not an engine directory, or its build did not finish "
+            "(build it with trtllm-build --output_dir)"
+        )
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"engine config {path} is not valid JSON: {e}") from None
+    return EngineConfig.from_dict(d, rank)
+
+
+class Engine:
+    """One rank's model, loaded and ready: `forward(step, kv)` → logits."""
+
+    def __init__(self, config: EngineConfig, model: torch.nn.Module, device: torch.device) -> None:
+        self.config = config
+        self.model = model
+        self.device = device
+        self.dtype = str_to_dtype(config.dtype)
+
+    @classmethod
+    def from_dir(cls, engine_dir: Path | str, device: str | torch.device | None = None, rank: int = 0) -> "Engine":
+        config = read_engine_config(engine_dir, rank)
+        if config.mapping.world_size > 1 and not torch.distributed.is_initialized():
+            raise RuntimeError(
+                f"engine has world_size {config.mapping.world_size}: start one process per rank "
+                "(mpirun -n N) and call tensorrt_llm.runtime.init_distributed() first"
+            )
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        weights_path = Path(engine_dir) / f"rank{rank}.safetensors"
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"engine weights {weights_path} are missing (world_size {config.mapping.world_size})")
+        dtype = str_to_dtype(config.dtype)
+        with torch.device("meta"):
+            model = get_family(config.architecture).model_cls(config.model, dtype, config.mapping)
+        weights = load_file(weights_path, device=str(device))
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        bad = [k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k]]
+        if missing or unexpected or bad:
+            raise ValueError(
+                f"engine weights {weights_path} do not match its config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
+            )
+        model.load_state_dict(weights, assign=True, strict=False)
+        # Buffers computed at construction (the rotary table) were made on the meta device.
+        model.init_buffers(device)
+        model.eval()
+        return cls(config, model, device)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput, kv: KVCachePool) -> torch.Tensor:
+        """Logits [N, vocab] (float32) for `step.logits_indices`; writes the step's K/V into `kv`."""
+        return self.model(step, kv.k, kv.v)
+
+    # -- KV cache sizing ----------------------------------------------------------------------------
+    def kv_bytes_per_block(self) -> int:
+        m, tp = self.config.model, self.config.mapping.tp_size
+        return KVCachePool.bytes_per_block(
+            m.num_hidden_layers, self.config.build.tokens_per_block, max(m.num_key_value_heads // tp, 1),
+            m.head_dim, self.dtype,
+        )  # fmt: skip
+
+    def num_kv_blocks(self, free_gpu_mem_fraction: float = 0.9, max_tokens: int | None = None) -> int:
+        """Blocks for the KV cache: `free_gpu_mem_fraction` of the memory free after the weights (on
+        CUDA), capped by `max_tokens`. On CPU, room for max_batch_size full-length sequences."""
+        if not 0.0 < free_gpu_mem_fraction <= 1.0:
+            raise ValueError(f"kv_cache_free_gpu_mem_fraction must be in (0, 1], got {free_gpu_mem_fraction}")
+        b, tpb = self.config.build, self.config.build.tokens_per_block
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            blocks = int(free * free_gpu_mem_fraction) // self.kv_bytes_per_block()
+        else:
+            blocks = b.max_batch_size * -(-b.max_seq_len // tpb)
+        if max_tokens is not None:
+            blocks = min(blocks, -(-max_tokens // tpb))
+        return blocks
+
+    def make_kv_cache(self, num_blocks: int) -> KVCachePool:
+        m, tp = self.config.model, self.config.mapping.tp_size
+        return KVCachePool(
+            m.num_hidden_layers, num_blocks, self.config.build.tokens_per_block,
+            max(m.num_key_value_heads // tp, 1), m.head_dim, self.dtype, self.device,
+        )  # fmt: skip

@@ -1,0 +1,40 @@
+"""The paged KV cache pool: one allocation, viewed per layer as K and V block arrays.
+
+    data  [L, 2, num_blocks, tokens_per_block, Hkv, D]
+    k[l] = data[l, 0]  -> [num_blocks, tokens_per_block, Hkv, D]   (v[l] = data[l, 1])
+
+Which block belongs to which sequence is the scheduler's business; the pool only stores."""
+
+import torch
+
+
+class KVCachePool:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        tokens_per_block: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.tokens_per_block = tokens_per_block
+        self.data = torch.zeros(
+            num_layers, 2, num_blocks, tokens_per_block, num_kv_heads, head_dim, dtype=dtype, device=device
+        )
+        self.k = [self.data[i, 0] for i in range(num_layers)]
+        self.v = [self.data[i, 1] for i in range(num_layers)]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.num_blocks * self.tokens_per_block
+
+    @staticmethod
+    def bytes_per_block(
+        num_layers: int, tokens_per_block: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        return 2 * num_layers * tokens_per_block * num_kv_heads * head_dim * torch.finfo(dtype).bits // 8

@@ -1,0 +1,158 @@
+"""Next-token selection over a batch of logits: prepare the per-row tensors once, then sample.
+
+Greedy rule (one for the whole project): a row is greedy when `temperature == 0`, or `top_k == 1`, or
+no sampling knob was given at all (temperature unset and top_k, top_p both 0). TensorRT-LLM treated
+`temperature` alone as greedy, which its users reported as "sampling ignored"; here a temperature
+that is set samples from the whole vocabulary.
+
+Penalties: `repetition_penalty` (Hugging Face/CTRL: divide positive logits, multiply negative ones)
+over prompt and generated tokens; `presence_penalty` and `frequency_penalty` (OpenAI) over generated
+tokens only. Log-probs are those of the distribution sampled from, after penalties and temperature
+and before top-k/top-p truncation.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def is_greedy(temperature: float | None, top_k: int, top_p: float) -> bool:
+    if temperature == 0.0 or top_k == 1:
+        return True
+    return temperature is None and top_k == 0 and top_p == 0.0
+
+
+@dataclass
+class SamplingTensors:
+    """Per-row sampling inputs of one step (N rows), all on the logits' device."""
+
+    greedy: torch.Tensor  # [N] bool
+    temperature: torch.Tensor  # [N] float32, 1.0 on greedy rows
+    top_k: torch.Tensor  # [N] int64, 0 = no limit
+    top_p: torch.Tensor  # [N] float32, 1.0 = no limit
+    all_greedy: bool
+    repetition_penalty: torch.Tensor | None = None  # [N]
+    presence_penalty: torch.Tensor | None = None  # [N]
+    frequency_penalty: torch.Tensor | None = None  # [N]
+    seen_ids: torch.Tensor | None = None  # [N, L] prompt + generated ids, -1 padded
+    output_ids: torch.Tensor | None = None  # [N, L'] generated ids, -1 padded
+    banned: torch.Tensor | None = None  # [N, V] bool: bad words, end id under min_length
+    generators: Sequence[torch.Generator | None] = ()
+
+
+def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0) or 1
+    out = torch.full((len(rows), width), -1, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    return out.to(device, non_blocking=True)
+
+
+def make_sampling_tensors(
+    vocab_size: int,
+    device: torch.device | str,
+    temperature: Sequence[float | None],
+    top_k: Sequence[int],
+    top_p: Sequence[float],
+    repetition_penalty: Sequence[float] | None = None,
+    presence_penalty: Sequence[float] | None = None,
+    frequency_penalty: Sequence[float] | None = None,
+    seen_ids: Sequence[Sequence[int]] | None = None,
+    output_ids: Sequence[Sequence[int]] | None = None,
+    banned: Sequence[Sequence[int]] | None = None,
+    generators: Sequence[torch.Generator | None] = (),
+) -> SamplingTensors:
+    """Builds the step's tensors from host lists; penalty tensors are made only when some row uses one."""
+    device = torch.device(device)
+    greedy = [is_greedy(t, k, p) for t, k, p in zip(temperature, top_k, top_p, strict=True)]
+
+    def vec(values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+    st = SamplingTensors(
+        greedy=vec(greedy, torch.bool),
+        temperature=vec([1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)], torch.float32),
+        top_k=vec(top_k, torch.int64),
+        top_p=vec([p if 0.0 < p < 1.0 else 1.0 for p in top_p], torch.float32),
+        all_greedy=all(greedy),
+        generators=list(generators) or [None] * len(greedy),
+    )
+    if repetition_penalty is not None and any(p != 1.0 for p in repetition_penalty):
+        st.repetition_penalty = vec(repetition_penalty, torch.float32)
+        st.seen_ids = _pad(seen_ids or [[] for _ in greedy], device)
+    if presence_penalty is not None and any(p != 0.0 for p in presence_penalty):
+        st.presence_penalty = vec(presence_penalty, torch.float32)
+    if frequency_penalty is not None and any(p != 0.0 for p in frequency_penalty):
+        st.frequency_penalty = vec(frequency_penalty, torch.float32)
+    if st.presence_penalty is not None or st.frequency_penalty is not None:
+        st.output_ids = _pad(output_ids or [[] for _ in greedy], device)
+    if banned is not None and any(banned):
+        mask = torch.zeros(len(greedy), vocab_size, dtype=torch.bool)
+        for i, ids in enumerate(banned):
+            if ids:
+                mask[i, torch.tensor(ids, dtype=torch.int64)] = True
+        st.banned = mask.to(device, non_blocking=True)
+    return st
+
+
+def _counts(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[N, L] ids (-1 padded) → [N, V] occurrence counts."""
+    counts = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.float32, device=ids.device)
+    counts.scatter_add_(1, torch.where(ids < 0, vocab, ids), torch.ones_like(ids, dtype=torch.float32))
+    return counts[:, :vocab]
+
+
+def process_logits(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
+    """Penalties, bans and temperature applied to float32 logits [N, V] (returns a new tensor)."""
+    logits = logits.float().clone()
+    vocab = logits.shape[-1]
+    if st.repetition_penalty is not None:
+        seen = _counts(st.seen_ids, vocab) > 0
+        p = st.repetition_penalty[:, None]
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    if st.output_ids is not None:
+        counts = _counts(st.output_ids, vocab)
+        if st.presence_penalty is not None:
+            logits -= st.presence_penalty[:, None] * (counts > 0)
+        if st.frequency_penalty is not None:
+            logits -= st.frequency_penalty[:, None] * counts
+    if st.banned is not None:
+        logits.masked_fill_(st.banned, float("-inf"))
+    if not st.all_greedy:
+        logits /= st.temperature[:, None]
+    return logits
+
+
+def _truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Masks logits [N, V] outside each row's top-k and top-p (nucleus) set to -inf."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+    drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
+    # Drop a token when the tokens ranked above it already reach top_p (the first is always kept).
+    drop |= (probs.cumsum(-1) - probs) >= top_p[:, None]
+    return logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+
+
+def sample(
+    logits: torch.Tensor, st: SamplingTensors, return_log_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next token of each row [N] (int64) and, on request, its log-prob [N] (float32)."""
+    logits = process_logits(logits, st)
+    tokens = logits.argmax(-1)
+    if not st.all_greedy:
+        probs = _truncate(logits, st.top_k, st.top_p).softmax(-1)
+        # Exponential race (Gumbel-max): argmax(p / E) with E ~ Exp(1) draws from p, with no host sync
+        # and one generator per seeded row, so a seed gives the same tokens whatever the batch.
+        race = torch.empty_like(probs).exponential_()
+        for i, gen in enumerate(st.generators):
+            if gen is not None:
+                race[i].exponential_(generator=gen)
+        drawn = (probs / race).argmax(-1)
+        tokens = torch.where(st.greedy, tokens, drawn)
+    log_probs = None
+    if return_log_probs:
+        log_probs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+    return tokens, log_probs
