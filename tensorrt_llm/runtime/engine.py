@@ -52,7 +52,9 @@ class Engine:
             device = torch.device("cuda", torch.cuda.current_device())
         weights_path = Path(engine_dir) / f"rank{rank}.safetensors"
         if not weights_path.is_file():
-            raise FileNotFoundError(f"engine weights {weights_path} are missing (world_size {config.mapping.world_size})")
+            raise FileNotFoundError(
+                f"engine weights {weights_path} are missing (world_size {config.mapping.world_size})"
+            )
         dtype = str_to_dtype(config.dtype)
         with torch.device("meta"):
             model = get_family(config.architecture).model_cls(config.model, dtype, config.mapping)

@@ -122,7 +122,10 @@ class ModelRunner:
                 out[i, 0, : len(s.tokens)] = torch.tensor(s.tokens, dtype=torch.int32)
             if not (return_dict or output_sequence_lengths):
                 return out
-            d = {"output_ids": out, "sequence_lengths": torch.tensor([[len(s.tokens)] for s in seqs], dtype=torch.int32)}
+            d = {
+                "output_ids": out,
+                "sequence_lengths": torch.tensor([[len(s.tokens)] for s in seqs], dtype=torch.int32),
+            }
             if output_log_probs:
                 lp = torch.zeros(len(seqs), 1, max_new_tokens)
                 for i, s in enumerate(seqs):
@@ -132,9 +135,7 @@ class ModelRunner:
 
         if streaming:
             return (result(seqs) for seqs in gen)
-        seqs = None
-        for seqs in gen:
-            pass
+        *_, seqs = gen
         return result(seqs)
 
     def _generate(

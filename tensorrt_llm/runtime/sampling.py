@@ -73,7 +73,9 @@ def make_sampling_tensors(
 
     st = SamplingTensors(
         greedy=vec(greedy, torch.bool),
-        temperature=vec([1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)], torch.float32),
+        temperature=vec(
+            [1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)], torch.float32
+        ),
         top_k=vec(top_k, torch.int64),
         top_p=vec([p if 0.0 < p < 1.0 else 1.0 for p in top_p], torch.float32),
         all_greedy=all(greedy),

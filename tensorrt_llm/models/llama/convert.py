@@ -63,6 +63,12 @@ def convert_weights(
         raise ValueError(f"Llama conversion supports hidden_act 'silu', got {cfg.hidden_act!r}")
     tp, r = mapping.tp_size, mapping.tp_rank
     D, Hq, Hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    for what, n in (("num_attention_heads", Hq), ("intermediate_size", cfg.intermediate_size),
+                    ("vocab_size", cfg.vocab_size)):  # fmt: skip
+        if n % tp:
+            raise ValueError(f"{what} ({n}) is not divisible by tp_size ({tp})")
+    if Hkv % tp and tp % Hkv:
+        raise ValueError(f"num_key_value_heads ({Hkv}) and tp_size ({tp}) must divide one another")
 
     def rows(t: torch.Tensor) -> torch.Tensor:  # this rank's slice of the output features
         return t.chunk(tp, dim=0)[r]
@@ -95,7 +101,5 @@ def convert_weights(
             out[en + "mlp.down.bias"] = get(mlp + "down_proj.bias")
     out["ln_f.weight"] = get("model.norm.weight")
     head = get("model.embed_tokens.weight") if cfg.tie_word_embeddings else get("lm_head.weight")
-    if cfg.vocab_size % tp:
-        raise ValueError(f"vocab_size ({cfg.vocab_size}) is not divisible by tp_size ({tp})")
     out["lm_head.weight"] = rows(head)
     return {k: v.to(dtype).contiguous() for k, v in out.items()}
