@@ -148,6 +148,19 @@ def _random_reader(cfg: ModelConfig, device: str, seed: int = 0):
     return get
 
 
+def convert_in_memory(
+    hf_config: dict, dtype: str = "float16", build: BuildConfig = BuildConfig(), device: str = "cuda", rank: int = 0,
+    mapping: Mapping = Mapping(),
+) -> tuple[EngineConfig, dict[str, torch.Tensor]]:  # fmt: skip
+    """Random weights of `hf_config`'s shape, converted for one rank and kept in memory (benchmarks)."""
+    family = get_family((hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
+    model_cfg = family.config_from_hf(hf_config)
+    rank_map = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, rank)
+    weights = family.convert_weights(_random_reader(model_cfg, device), model_cfg, rank_map, str_to_dtype(dtype))
+    cfg = EngineConfig(model_cfg.architecture, dtype, model_cfg, rank_map, build)
+    return cfg, weights
+
+
 def build_engine(
     output_dir: Path | str,
     model_dir: Path | str | None = None,

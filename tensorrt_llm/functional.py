@@ -4,13 +4,12 @@ Each op has a plain PyTorch reference (used on CPU, in tests and as the oracle) 
 Triton kernel from `tensorrt_llm.kernels`. `TRTLLM_KERNELS=ref` forces the references everywhere.
 """
 
-import math
 import os
 
 import torch
 import torch.nn.functional as F
 
-from tensorrt_llm import _refs as kernels
+from tensorrt_llm import kernels
 
 
 def _use_kernels(x: torch.Tensor) -> bool:
@@ -79,30 +78,5 @@ def paged_attention(
     )
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """Inverse frequencies [D/2] of rotary embedding, with the scalings Llama checkpoints use
-    (`linear`, and `llama3`, which stretches only the low frequencies, smoothly)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if kind == "default":
-        return inv_freq.float()
-    factor = float(scaling["factor"])
-    if kind == "linear":
-        return (inv_freq / factor).float()
-    if kind == "llama3":
-        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-        old_len = float(scaling["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return torch.where(medium, smoothed, scaled).float()
-    raise ValueError(f"unsupported rope scaling type {kind!r}: supported are default, linear, llama3")
-
-
-def rope_cos_sin_cache(head_dim: int, max_pos: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """[max_pos, D]: cos of the D/2 frequencies, then their sin, in float32."""
-    inv_freq = rope_inv_freq(head_dim, theta, scaling)
-    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+# Rotary tables are built once per model (float32, [max_pos, D] = cat(cos, sin)).
+rope_cos_sin_cache = kernels.rope_cos_sin_cache

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tensorrt_llm._utils import str_to_dtype
 from tensorrt_llm.builder import EngineConfig
 from tensorrt_llm.models import get_family
+from tensorrt_llm.runtime.cuda_graph import DecodeGraphs
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput
 
@@ -38,6 +39,7 @@ class Engine:
         self.model = model
         self.device = device
         self.dtype = str_to_dtype(config.dtype)
+        self.graphs: DecodeGraphs | None = None
 
     @classmethod
     def from_dir(cls, engine_dir: Path | str, device: str | torch.device | None = None, rank: int = 0) -> "Engine":
@@ -55,20 +57,26 @@ class Engine:
             raise FileNotFoundError(
                 f"engine weights {weights_path} are missing (world_size {config.mapping.world_size})"
             )
+        return cls.from_weights(config, load_file(weights_path, device=str(device)), device, str(weights_path))
+
+    @classmethod
+    def from_weights(
+        cls, config: EngineConfig, weights: dict[str, torch.Tensor], device: torch.device, source: str = "weights"
+    ) -> "Engine":
+        """An engine from converted weights already in memory (the builder's output for one rank)."""
         dtype = str_to_dtype(config.dtype)
         with torch.device("meta"):
             model = get_family(config.architecture).model_cls(config.model, dtype, config.mapping)
-        weights = load_file(weights_path, device=str(device))
         expected = {k: v.shape for k, v in model.state_dict().items()}
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
         bad = [k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k]]
         if missing or unexpected or bad:
             raise ValueError(
-                f"engine weights {weights_path} do not match its config: missing {missing[:5]}, "
+                f"engine {source} do not match its config: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
             )
-        model.load_state_dict(weights, assign=True, strict=False)
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()}, assign=True, strict=False)
         # Buffers computed at construction (the rotary table) were made on the meta device.
         model.init_buffers(device)
         model.eval()
@@ -76,8 +84,18 @@ class Engine:
 
     @torch.inference_mode()
     def forward(self, step: StepInput, kv: KVCachePool) -> torch.Tensor:
-        """Logits [N, vocab] (float32) for `step.logits_indices`; writes the step's K/V into `kv`."""
+        """Logits [N, vocab] (float32) for `step.logits_indices`; writes the step's K/V into `kv`.
+        Generation-only steps replay a CUDA graph when graphs were captured for this pool."""
+        if self.graphs is not None and self.graphs.kv is kv and self.graphs.can_run(step):
+            return self.graphs.run(step)
         return self.model(step, kv.k, kv.v)
+
+    def capture_cuda_graphs(self, kv: KVCachePool, max_batch_size: int | None = None) -> None:
+        """Captures the generation step for batch buckets up to `max_batch_size` (CUDA only)."""
+        if self.device.type != "cuda":
+            return
+        b = self.config.build
+        self.graphs = DecodeGraphs(self.model, kv, max_batch_size or b.max_batch_size, b.max_seq_len)
 
     # -- KV cache sizing ----------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:

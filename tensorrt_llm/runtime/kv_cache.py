@@ -3,7 +3,8 @@
     data  [L, 2, num_blocks, tokens_per_block, Hkv, D]
     k[l] = data[l, 0]  -> [num_blocks, tokens_per_block, Hkv, D]   (v[l] = data[l, 1])
 
-Which block belongs to which sequence is the scheduler's business; the pool only stores."""
+Which block belongs to which sequence is the scheduler's business; the pool only stores. One extra block
+(`scratch_block`, index num_blocks) is never handed out: padded rows of a CUDA-graph step write there."""
 
 import torch
 
@@ -23,8 +24,9 @@ class KVCachePool:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
+        self.scratch_block = num_blocks
         self.data = torch.zeros(
-            num_layers, 2, num_blocks, tokens_per_block, num_kv_heads, head_dim, dtype=dtype, device=device
+            num_layers, 2, num_blocks + 1, tokens_per_block, num_kv_heads, head_dim, dtype=dtype, device=device
         )
         self.k = [self.data[i, 0] for i in range(num_layers)]
         self.v = [self.data[i, 1] for i in range(num_layers)]

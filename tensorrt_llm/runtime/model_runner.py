@@ -33,10 +33,12 @@ class _Seq:
 
 
 class ModelRunner:
-    def __init__(self, engine: Engine, max_kv_blocks: int | None = None) -> None:
+    def __init__(self, engine: Engine, max_kv_blocks: int | None = None, cuda_graphs: bool = True) -> None:
         self.engine = engine
         self.config = engine.config
         self.kv = engine.make_kv_cache(max_kv_blocks or engine.num_kv_blocks())
+        if cuda_graphs:
+            engine.capture_cuda_graphs(self.kv)
 
     @classmethod
     def from_dir(
@@ -46,9 +48,11 @@ class ModelRunner:
         rank: int = 0,
         kv_cache_free_gpu_mem_fraction: float = 0.9,
         max_tokens_in_paged_kv_cache: int | None = None,
+        cuda_graphs: bool = True,
     ) -> "ModelRunner":
         engine = Engine.from_dir(engine_dir, device, rank)
-        return cls(engine, engine.num_kv_blocks(kv_cache_free_gpu_mem_fraction, max_tokens_in_paged_kv_cache))
+        blocks = engine.num_kv_blocks(kv_cache_free_gpu_mem_fraction, max_tokens_in_paged_kv_cache)
+        return cls(engine, blocks, cuda_graphs)
 
     @property
     def vocab_size(self) -> int:

@@ -38,3 +38,7 @@ def test_fp16_cuda_matches_hf(tmp_path, kv_heads):
         agree.append(out["output_ids"][i, 0, : r.shape[1]].tolist() == r[0].tolist())
     print(f"greedy ids equal to HF for 16 tokens: {agree}")
     assert all(agree)
+    # The same through captured CUDA graphs and without them.
+    assert engine.graphs is not None
+    eager = ModelRunner(engine, 64, cuda_graphs=False).generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
+    assert torch.equal(eager, out["output_ids"])
