@@ -24,6 +24,11 @@ from ._common import HAS_TRITON, check, check_launchable, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 
+# Launch configurations on CUDA (the interpreter uses 16-wide tiles). Tuned on H100 by
+# benchmarks/kernels_check.py --sweep; an engine's tuning cache may update these dicts at load time.
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+
 if HAS_TRITON:
     import triton
     import triton.language as tl
@@ -32,6 +37,7 @@ if HAS_TRITON:
     def _attend_tile(
         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
         offs_n, n_mask, visible, offs_d, d_mask, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
     ):  # fmt: skip
         # one KV tile of BLOCK_N positions gathered through the block table, folded into the running
         # softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
@@ -40,14 +46,14 @@ if HAS_TRITON:
         kv_ptrs = kv_off[:, None] + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # [rows, BLOCK_N], log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [rows, BLOCK_N], log2 units
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays empty
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         v = tl.load(vc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
     @triton.jit
@@ -56,7 +62,7 @@ if HAS_TRITON:
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
         qk_scale, head_dim,
         GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):  # fmt: skip
         m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
@@ -84,7 +90,7 @@ if HAS_TRITON:
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, h // GROUP,
                     stride_cb, stride_ct, stride_ch, offs_n, n_mask, visible, offs_d, d_mask, qk_scale,
-                    TOKENS_PER_BLOCK,
+                    TOKENS_PER_BLOCK, DOT_PRECISION,
                 )  # fmt: skip
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(
@@ -99,7 +105,7 @@ if HAS_TRITON:
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
         qk_scale, head_dim, num_heads, split_size,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -125,7 +131,7 @@ if HAS_TRITON:
             acc, m_i, l_i = _attend_tile(
                 q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
                 stride_cb, stride_ct, stride_ch, offs_n, n_mask, n_mask[None, :], offs_d,
-                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK,
+                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, DOT_PRECISION,
             )  # fmt: skip
         if DIRECT:  # a single split: normalize and write the output here
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -214,13 +220,15 @@ def paged_attention(
     cuda = q.is_cuda
     qk_scale = scale * LOG2E
     block_d = max(16, next_pow2(D))  # tl.dot needs every dim >= 16
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 caches: no TF32 rounding
     strides = (
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
     )  # fmt: skip
     if max_seq_len == 1 and T == B:
         group = H // Hkv
-        block_n = 64 if cuda else 16
+        cfg = DECODE_CONFIG if cuda else {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+        block_n = cfg["BLOCK_N"]
         splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
         split_size = math.ceil(math.ceil(max(1, max_context_len) / splits) / block_n) * block_n
         splits = max(1, math.ceil(max_context_len / split_size))
@@ -231,7 +239,8 @@ def paged_attention(
             q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *strides,
             qk_scale, D, H, split_size,
             GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
-            BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, num_warps=4, num_stages=2,
+            BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, DOT_PRECISION=precision,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if not direct:
             _decode_reduce_kernel[(B, H)](
@@ -239,15 +248,16 @@ def paged_attention(
                 BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
             )  # fmt: skip
         return out
-    block_m = min(64, max(16, next_pow2(max_seq_len))) if cuda else 16
-    block_n = 64 if cuda else 16
+    cfg = CONTEXT_CONFIG if cuda else {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+    block_m = min(cfg["BLOCK_M"], max(16, next_pow2(max_seq_len)))  # short prompts: smaller tiles
+    block_n = cfg["BLOCK_N"]
     q_start = torch.cumsum(seq_lens, 0, dtype=torch.int32) - seq_lens  # [B], no host sync
     grid = (math.ceil(max_seq_len / block_m), B, H)
     _context_attention_kernel[grid](
         q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *strides,
         qk_scale, D,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=4, num_stages=2,
+        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out
 

@@ -19,7 +19,10 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _rotate(x_ptr, stride_t, stride_h, t, cos, sin, num_heads, half, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
+    def _rotate(
+        x_ptr, stride_t, stride_h, t, cos, sin, num_heads, half,
+        BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    ):  # fmt: skip
         # x[t]: [heads, D] as two halves [BLOCK_H, BLOCK_HALF]; returns the rotated halves in fp32
         h = tl.arange(0, BLOCK_H)[:, None]
         d = tl.arange(0, BLOCK_HALF)[None, :]
@@ -43,11 +46,13 @@ if HAS_TRITON:
         cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
         sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
         sin = sin[None, :]
-        o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+        o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)
         out = qo_ptr + t * stride_qot + h * stride_qoh + dd
         tl.store(out, o1.to(qo_ptr.dtype.element_ty), mask=mask)
         tl.store(out + half, o2.to(qo_ptr.dtype.element_ty), mask=mask)
-        o1, o2, h, dd, mask = _rotate(k_ptr, stride_kt, stride_kh, t, cos, sin, num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+        o1, o2, h, dd, mask = _rotate(
+            k_ptr, stride_kt, stride_kh, t, cos, sin, num_kv_heads, half, BLOCK_HK, BLOCK_HALF
+        )
         out = ko_ptr + t * stride_kot + h * stride_koh + dd
         tl.store(out, o1.to(ko_ptr.dtype.element_ty), mask=mask)
         tl.store(out + half, o2.to(ko_ptr.dtype.element_ty), mask=mask)
