@@ -1,0 +1,95 @@
+"""Offline throughput through the in-flight batcher: all requests queued at once, fixed lengths, end id
+ignored; output tokens per second, as TensorRT-LLM's performance overview measures it.
+
+    python benchmarks/bench_throughput.py [--model llama3-8b] [--cases 128/128,128/2048,2048/128,2048/2048]
+
+Random weights of the real shape (no download). Prints a table last.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_engine import SHAPES  # noqa: E402
+from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
+from tensorrt_llm.builder import BuildConfig, convert_in_memory  # noqa: E402
+from tensorrt_llm.runtime import Engine  # noqa: E402
+
+# TensorRT-LLM v0.14 performance overview, H100 SXM float16, Llama-3.1-8B (output tokens/s).
+PUBLISHED = {(128, 128): 15572, (128, 2048): 9151, (2048, 128): 1904, (2048, 2048): 4160}
+
+
+def run_case(executor: Executor, vocab: int, isl: int, osl: int, num: int, seed: int = 0) -> tuple[float, float]:
+    gen = torch.Generator().manual_seed(seed)
+    reqs = [
+        Request(
+            input_ids=torch.randint(3, vocab, (isl,), generator=gen).tolist(),
+            max_new_tokens=osl,
+            end_id=-1,
+            sampling=SamplingParams(),
+        )
+        for _ in range(num)
+    ]
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = executor.generate(reqs)
+    elapsed = time.perf_counter() - t0
+    produced = sum(len(o.tokens[0]) for o in outs)
+    assert produced == num * osl, f"expected {num * osl} output tokens, got {produced}"
+    return produced / elapsed, elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="llama3-8b", choices=SHAPES)
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--cases", default="128/128,128/2048,2048/128,2048/2048")
+    p.add_argument("--max_batch_size", type=int, default=512)
+    p.add_argument("--max_num_tokens", type=int, default=8192)
+    p.add_argument("--requests", type=int, default=0, help="requests per case (default: by case)")
+    p.add_argument("--budget_s", type=float, default=60.0, help="aim each case at about this long")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = p.parse_args()
+    hf_cfg = SHAPES[args.model]
+    build = BuildConfig(
+        max_batch_size=args.max_batch_size, max_input_len=2048, max_seq_len=4096, max_num_tokens=args.max_num_tokens
+    )
+    cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda")
+    engine = Engine.from_weights(cfg, weights, torch.device("cuda"))
+    del weights
+    t0 = time.perf_counter()
+    executor = Executor(engine, ExecutorConfig(batch_scheduler_policy="max_utilization"))
+    setup = time.perf_counter() - t0
+    rows = []
+    for case in args.cases.split(","):
+        isl, osl = map(int, case.split("/"))
+        # Enough requests to fill the batch a few times, bounded so each case ends in about budget_s.
+        num = args.requests or max(64, min(3 * args.max_batch_size, int(args.budget_s * 12000 / osl)))
+        run_case(executor, hf_cfg["vocab_size"], isl, min(osl, 16), min(num, 64))  # warm-up
+        tps, elapsed = run_case(executor, hf_cfg["vocab_size"], isl, osl, num)
+        ref = PUBLISHED.get((isl, osl))
+        rows.append((f"{isl}/{osl}", num, f"{elapsed:.1f}", f"{tps:,.0f}", f"{ref:,}" if ref else "-",
+                     f"{tps / ref:.0%}" if ref else "-"))  # fmt: skip
+        print(rows[-1], flush=True)
+    executor.shutdown()
+    s = executor.stats()
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}; {args.model} shape, {args.dtype}; max_batch_size "
+        f"{args.max_batch_size}, max_num_tokens {args.max_num_tokens}; KV cache {s.max_blocks} blocks of "
+        f"{s.tokens_per_block} tokens; executor setup {setup:.1f} s",
+        f"{'in/out':>10} {'requests':>9} {'seconds':>8} {'out tok/s':>10} {'TRT-LLM':>8} {'ratio':>6}",
+    ]
+    lines += [f"{a:>10} {b:>9} {c:>8} {d:>10} {e:>8} {f:>6}" for a, b, c, d, e, f in rows]
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out, f"bench_throughput_{args.model}.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
