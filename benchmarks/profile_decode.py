@@ -93,6 +93,21 @@ def main() -> None:
         h = host_ms(lambda pre=pre: (engine.forward(pre, kv), torch.cuda.synchronize()), 10)
         lines.append(f"prefill {n:>4} tokens: GPU {g:.2f} ms, wall {h:.2f} ms")
 
+    import cProfile
+    import io
+    import pstats
+
+    prof_cpu = cProfile.Profile()
+    prof_cpu.enable()
+    for _ in range(5):
+        engine.model(s, kv.k, kv.v)
+    torch.cuda.synchronize()
+    prof_cpu.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof_cpu, stream=buf).sort_stats("tottime").print_stats(25)
+    Path(args.out, f"profile_eager_cpu_b{B}.txt").write_text(buf.getvalue())
+    print("\n".join(buf.getvalue().splitlines()[:45]))
+
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             engine.forward(s, kv)

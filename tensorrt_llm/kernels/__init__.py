@@ -12,12 +12,15 @@ from .kv_cache import write_kv_cache, write_kv_cache_ref
 from .norm import rms_norm, rms_norm_ref
 from .rotary import apply_rotary, apply_rotary_ref, rope_cos_sin_cache, rope_inv_freq
 from .sampling import hash_uniform, top_k_top_p_probs, top_k_top_p_sample, top_k_top_p_sample_ref
+from .tuning import apply_configs, current_configs, tune_attention
 
 __all__ = [
     "HAS_TRITON",
+    "apply_configs",
     "apply_rotary",
     "apply_rotary_ref",
     "available",
+    "current_configs",
     "hash_uniform",
     "interpreting",
     "paged_attention",
@@ -31,6 +34,7 @@ __all__ = [
     "top_k_top_p_probs",
     "top_k_top_p_sample",
     "top_k_top_p_sample_ref",
+    "tune_attention",
     "write_kv_cache",
     "write_kv_cache_ref",
 ]

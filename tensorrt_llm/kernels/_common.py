@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -33,16 +34,20 @@ def available(t: torch.Tensor | None = None) -> bool:
     return t.is_cuda
 
 
-def check(cond: bool, msg: str) -> None:
+def check(cond: bool, msg: str, *args: object) -> None:
+    """Raise ValueError(msg.format(*args)) unless `cond`; formatting only on failure (launchers are hot)."""
     if not cond:
-        raise ValueError(msg)
+        raise ValueError(msg.format(*args))
 
 
 def check_launchable(*tensors: torch.Tensor) -> None:
     """Same device for all, and a device Triton can run on (CUDA, or anything under the interpreter)."""
+    index = tensors[0].get_device()  # -1 on CPU, the ordinal on CUDA: cheaper than comparing devices
+    if HAS_TRITON and index >= 0 and all(t.get_device() == index for t in tensors):
+        return
     dev = tensors[0].device
     for t in tensors:
-        check(t.device == dev, f"tensors on different devices: {dev} and {t.device}")
+        check(t.device == dev, "tensors on different devices: {} and {}", dev, t.device)
     if not HAS_TRITON:
         raise RuntimeError("triton is not importable; call the *_ref function instead")
     if dev.type != "cuda" and not interpreting():
@@ -56,8 +61,11 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors to fill; a small number under the interpreter so splits get tested."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return _cuda_sms(device.index if device.index is not None else 0) if device.type == "cuda" else 4

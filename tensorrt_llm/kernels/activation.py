@@ -27,7 +27,7 @@ if HAS_TRITON:
 
 
 def _check_args(x) -> None:
-    check(x.dim() >= 1 and x.shape[-1] % 2 == 0, f"last dim must be even (gate | up), got {tuple(x.shape)}")
+    check(x.dim() >= 1 and x.shape[-1] % 2 == 0, "last dim must be even (gate | up), got {}", tuple(x.shape))
     check(x.is_floating_point(), "x must be floating point")
 
 

@@ -28,6 +28,10 @@ LOG2E = 1.4426950408889634
 # benchmarks/kernels_check.py --sweep; an engine's tuning cache may update these dicts at load time.
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+# Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
+# tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal).
+INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+INTERPRET_CONTEXT_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
 
 if HAS_TRITON:
     import triton
@@ -36,13 +40,20 @@ if HAS_TRITON:
     @triton.jit
     def _attend_tile(
         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
-        offs_n, n_mask, visible, offs_d, d_mask, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
-        DOT_PRECISION: tl.constexpr,
+        start_n, n_mask, visible, offs_d, d_mask, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):  # fmt: skip
-        # one KV tile of BLOCK_N positions gathered through the block table, folded into the running
-        # softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
-        blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
-        kv_off = blk * stride_cb + (offs_n % TOKENS_PER_BLOCK) * stride_ct + kvh * stride_ch  # [BLOCK_N]
+        # one KV tile (positions start_n + [0, BLOCK_N)) read through the block table, folded into the
+        # running softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
+        if TILE_IN_BLOCK:  # tiles start at multiples of BLOCK_N, which divides tokens_per_block:
+            # the tile lies in one cache block, so one table load and plain strided rows
+            blk = tl.load(bt_row_ptr + start_n // TOKENS_PER_BLOCK).to(tl.int64)
+            rows = start_n % TOKENS_PER_BLOCK + tl.arange(0, BLOCK_N)
+        else:  # a block per key
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
+            rows = offs_n % TOKENS_PER_BLOCK
+        kv_off = blk * stride_cb + rows * stride_ct + kvh * stride_ch  # [BLOCK_N]
         kv_ptrs = kv_off[:, None] + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
@@ -63,6 +74,7 @@ if HAS_TRITON:
         qk_scale, head_dim,
         GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        TILE_IN_BLOCK: tl.constexpr, SPLIT_CAUSAL: tl.constexpr,
     ):  # fmt: skip
         m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
@@ -83,14 +95,25 @@ if HAS_TRITON:
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for start_n in range(0, kv_end, BLOCK_N):
+            bt_row = bt_ptr + b * stride_btb
+            n_full = 0
+            if SPLIT_CAUSAL:  # tiles below the tile's first query position: every row sees every key
+                n_full = (ctx - seq_len + m_tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+                for start_n in range(0, n_full, BLOCK_N):
+                    n_mask = start_n + tl.arange(0, BLOCK_N) < kv_end
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct,
+                        stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale,
+                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                    )  # fmt: skip
+            for start_n in range(n_full, kv_end, BLOCK_N):  # tiles that cross the causal diagonal
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_mask = offs_n < kv_end
                 visible = n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
                 acc, m_i, l_i = _attend_tile(
-                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, h // GROUP,
-                    stride_cb, stride_ct, stride_ch, offs_n, n_mask, visible, offs_d, d_mask, qk_scale,
-                    TOKENS_PER_BLOCK, DOT_PRECISION,
+                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct, stride_ch,
+                    start_n, n_mask, visible, offs_d, d_mask, qk_scale,
+                    TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
                 )  # fmt: skip
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(
@@ -103,14 +126,18 @@ if HAS_TRITON:
     def _decode_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, bt_ptr, ctx_lens_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, num_heads, split_size,
+        qk_scale, head_dim, num_heads,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        TILE_IN_BLOCK: tl.constexpr,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         num_splits = tl.num_programs(2)
         ctx = tl.load(ctx_lens_ptr + b)
+        # each sequence cuts its own context into num_splits slices of whole tiles, so the work stays
+        # balanced whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
+        split_size = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
         start = split * split_size
         end = tl.minimum(start + split_size, ctx)
         offs_g = tl.arange(0, BLOCK_G)
@@ -126,12 +153,11 @@ if HAS_TRITON:
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
         for start_n in range(start, end, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < end
+            n_mask = start_n + tl.arange(0, BLOCK_N) < end
             acc, m_i, l_i = _attend_tile(
                 q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                stride_cb, stride_ct, stride_ch, offs_n, n_mask, n_mask[None, :], offs_d,
-                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, DOT_PRECISION,
+                stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
+                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
             )  # fmt: skip
         if DIRECT:  # a single split: normalize and write the output here
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -170,14 +196,14 @@ if HAS_TRITON:
 
 
 def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> None:
-    check(q.dim() == 3, f"q must be [T, H, D], got {tuple(q.shape)}")
+    check(q.dim() == 3, "q must be [T, H, D], got {}", tuple(q.shape))
     check(k_cache.dim() == 4 and k_cache.shape == v_cache.shape, "caches must be [blocks, tpb, Hkv, D]")
-    check(k_cache.shape[3] == q.shape[2], f"head_dim: q {q.shape[2]} != cache {k_cache.shape[3]}")
-    check(q.shape[1] % k_cache.shape[2] == 0, f"H={q.shape[1]} not a multiple of Hkv={k_cache.shape[2]}")
+    check(k_cache.shape[3] == q.shape[2], "head_dim: q {} != cache {}", q.shape[2], k_cache.shape[3])
+    check(q.shape[1] % k_cache.shape[2] == 0, "H={} not a multiple of Hkv={}", q.shape[1], k_cache.shape[2])
     check(q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype")
     check(block_tables.dim() == 2, "block_tables must be [B, max_blocks]")
     B = block_tables.shape[0]
-    check(seq_lens.shape == (B,) and context_lens.shape == (B,), f"seq_lens, context_lens must be [B={B}]")
+    check(seq_lens.shape == (B,) and context_lens.shape == (B,), "seq_lens, context_lens must be [B={}]", B)
 
 
 def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
@@ -204,6 +230,9 @@ def paged_attention(
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
     the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU).
+    The split count depends only on host values (B, Hkv, max_context_len), and each sequence cuts its
+    own context into that many slices on the device, so a graph captured once stays balanced.
+    No host synchronisation; safe to capture in a CUDA graph.
     """
     _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
     check_launchable(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
@@ -227,19 +256,18 @@ def paged_attention(
     )  # fmt: skip
     if max_seq_len == 1 and T == B:
         group = H // Hkv
-        cfg = DECODE_CONFIG if cuda else {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+        cfg = DECODE_CONFIG if cuda else INTERPRET_DECODE_CONFIG
         block_n = cfg["BLOCK_N"]
         splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
-        split_size = math.ceil(math.ceil(max(1, max_context_len) / splits) / block_n) * block_n
-        splits = max(1, math.ceil(max_context_len / split_size))
         direct = splits == 1
         part_o = out if direct else torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
         part_ml = out if direct else torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
         _decode_attention_kernel[(B, Hkv, splits)](
             q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *strides,
-            qk_scale, D, H, split_size,
+            qk_scale, D, H,
             GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
             BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, DOT_PRECISION=precision,
+            TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if not direct:
@@ -248,7 +276,7 @@ def paged_attention(
                 BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
             )  # fmt: skip
         return out
-    cfg = CONTEXT_CONFIG if cuda else {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+    cfg = CONTEXT_CONFIG if cuda else INTERPRET_CONTEXT_CONFIG
     block_m = min(cfg["BLOCK_M"], max(16, next_pow2(max_seq_len)))  # short prompts: smaller tiles
     block_n = cfg["BLOCK_N"]
     q_start = torch.cumsum(seq_lens, 0, dtype=torch.int32) - seq_lens  # [B], no host sync
@@ -257,7 +285,8 @@ def paged_attention(
         q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *strides,
         qk_scale, D,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        DOT_PRECISION=precision, TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
+        SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out
 

@@ -40,11 +40,11 @@ if HAS_TRITON:
 
 
 def _check_args(k, v, k_cache, v_cache, slot_mapping) -> None:
-    check(k.dim() == 3 and k.shape == v.shape, f"k, v must be [T, Hkv, D], got {k.shape} and {v.shape}")
+    check(k.dim() == 3 and k.shape == v.shape, "k, v must be [T, Hkv, D], got {} and {}", k.shape, v.shape)
     check(k_cache.dim() == 4 and k_cache.shape == v_cache.shape, "caches must be [blocks, tpb, Hkv, D]")
-    check(k_cache.shape[2:] == k.shape[1:], f"cache heads/dim {k_cache.shape[2:]} != k {k.shape[1:]}")
+    check(k_cache.shape[2:] == k.shape[1:], "cache heads/dim {} != k {}", k_cache.shape[2:], k.shape[1:])
     check(k.dtype == v.dtype == k_cache.dtype == v_cache.dtype, "k, v and the caches must share a dtype")
-    check(slot_mapping.shape == (k.shape[0],), f"slot_mapping must be [T={k.shape[0]}]")
+    check(slot_mapping.shape == (k.shape[0],), "slot_mapping must be [T={}]", k.shape[0])
 
 
 def write_kv_cache(
@@ -60,7 +60,7 @@ def write_kv_cache(
     check(slot_mapping.dtype in (torch.int32, torch.int64), "slot_mapping must be an integer tensor")
     # k/v may be strided views of a fused QKV output; only the head_dim must be contiguous
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check(t.stride(-1) == 1, f"{name} must be contiguous in head_dim")
+        check(t.stride(-1) == 1, "{} must be contiguous in head_dim", name)
     check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
     T, H, D = k.shape
     if T == 0:

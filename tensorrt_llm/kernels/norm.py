@@ -36,10 +36,10 @@ if HAS_TRITON:
 
 
 def _check_args(x, w, residual) -> None:
-    check(x.dim() >= 1 and w.shape == (x.shape[-1],), f"w must be [{x.shape[-1]}], got {tuple(w.shape)}")
+    check(x.dim() >= 1 and w.shape == (x.shape[-1],), "w must be [{}], got {}", x.shape[-1], tuple(w.shape))
     check(x.is_floating_point(), "x must be floating point")
     if residual is not None:
-        check(residual.shape == x.shape, f"residual {tuple(residual.shape)} != x {tuple(x.shape)}")
+        check(residual.shape == x.shape, "residual {} != x {}", tuple(residual.shape), tuple(x.shape))
         check(residual.dtype == x.dtype, "residual and x must share a dtype")
 
 
@@ -53,12 +53,13 @@ def rms_norm(
     _check_args(x, w, residual)
     check_launchable(x, w, *([] if residual is None else [residual]))
     H = x.shape[-1]
-    x2 = x.reshape(-1, H)  # [N, H]; a view when the rows are evenly strided
+    flat = x.dim() != 2  # [..., H] -> [N, H]; a view when the rows are evenly strided
+    x2 = x.reshape(-1, H) if flat else x
     check(x2.stride(-1) == 1 and w.stride(0) == 1, "x and w must be contiguous in the hidden dim")
-    r2 = x2 if residual is None else residual.reshape(-1, H)
+    r2 = x2 if residual is None else (residual.reshape(-1, H) if flat else residual)
     check(r2.stride(-1) == 1, "residual must be contiguous in the hidden dim")
-    y = torch.empty_like(x2)
-    r_out = torch.empty_like(x2) if residual is not None else y
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    r_out = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if residual is not None else y
     N = x2.shape[0]
     if N > 0:
         block = next_pow2(H)
@@ -68,8 +69,9 @@ def rms_norm(
             H, eps,
             HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
-    y = y.view(x.shape)
-    return y if residual is None else (y, r_out.view(x.shape))
+    if flat:
+        y, r_out = y.view(x.shape), r_out.view(x.shape)
+    return y if residual is None else (y, r_out)
 
 
 def rms_norm_ref(

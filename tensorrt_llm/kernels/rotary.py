@@ -59,10 +59,10 @@ if HAS_TRITON:
 
 
 def _check_args(q, k, positions, cos_sin_cache) -> None:
-    check(q.dim() == 3 and k.dim() == 3, f"q, k must be [T, H, D], got {tuple(q.shape)}, {tuple(k.shape)}")
+    check(q.dim() == 3 and k.dim() == 3, "q, k must be [T, H, D], got {}, {}", tuple(q.shape), tuple(k.shape))
     check(q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2], "q and k must share T and head_dim")
     check(q.shape[2] % 2 == 0, "head_dim must be even")
-    check(positions.shape == (q.shape[0],), f"positions must be [T={q.shape[0]}]")
+    check(positions.shape == (q.shape[0],), "positions must be [T={}]", q.shape[0])
     check(cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == q.shape[2], "cos_sin_cache must be [P, D]")
 
 

@@ -35,8 +35,13 @@ def hash_uniform(seeds: torch.Tensor, offsets: torch.Tensor, token_ids: torch.Te
     h = _mix32((s & _MASK32) ^ 0x9E3779B9)
     h = _mix32(h ^ ((s >> 32) & _MASK32))
     h = _mix32(h ^ (offsets.long()[:, None] & _MASK32))
-    h = _mix32(h ^ (token_ids.long() & _MASK32))
-    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: exact in float32, never 0 or 1
+    return bits_to_uniform(_mix32(h ^ (token_ids.long() & _MASK32)))
+
+
+def bits_to_uniform(h: torch.Tensor) -> torch.Tensor:
+    """32-bit values (in int64) -> float32 in (0, 1). 23 bits, so that k + 0.5 stays exact in float32:
+    with 24 bits the top value rounds to 1.0, whose Exp(1) draw is 0 and the race a 0/0."""
+    return ((h >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
 def top_k_top_p_sample(
@@ -56,10 +61,10 @@ def top_k_top_p_sample(
     `max_top_k`, when the host knows every row has `0 < top_k <= max_top_k`, replaces the full-vocab
     sort by `torch.topk(max_top_k)` (much cheaper for big vocabularies).
     """
-    check(logits.dim() == 2, f"logits must be [N, V], got {tuple(logits.shape)}")
+    check(logits.dim() == 2, "logits must be [N, V], got {}", tuple(logits.shape))
     N, V = logits.shape
     for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
-        check(t.shape == (N,), f"{name} must be [N={N}], got {tuple(t.shape)}")
+        check(t.shape == (N,), "{} must be [N={}], got {}", name, N, tuple(t.shape))
     logits = logits.float()
     greedy = temperature <= 0
     logits = logits / torch.where(greedy, 1.0, temperature.float())[:, None]
@@ -81,7 +86,7 @@ def top_k_top_p_sample(
     probs = probs.masked_fill(use_p & (mass_before >= p) & (rank > 0), 0.0)
 
     if seeds is not None:
-        check(seeds.shape == (N,), f"seeds must be [N={N}]")
+        check(seeds.shape == (N,), "seeds must be [N={}]", N)
         off = offsets if offsets is not None else torch.zeros_like(seeds)
         u = hash_uniform(seeds, off, ids)
     else:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tensorrt_llm._utils import str_to_dtype
 from tensorrt_llm.builder import EngineConfig
 from tensorrt_llm.models import get_family
-from tensorrt_llm.runtime.cuda_graph import DecodeGraphs
+from tensorrt_llm.runtime.cuda_graph import StepGraphs
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput
 
@@ -39,7 +39,7 @@ class Engine:
         self.model = model
         self.device = device
         self.dtype = str_to_dtype(config.dtype)
-        self.graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
 
     @classmethod
     def from_dir(cls, engine_dir: Path | str, device: str | torch.device | None = None, rank: int = 0) -> "Engine":
@@ -85,17 +85,19 @@ class Engine:
     @torch.inference_mode()
     def forward(self, step: StepInput, kv: KVCachePool) -> torch.Tensor:
         """Logits [N, vocab] (float32) for `step.logits_indices`; writes the step's K/V into `kv`.
-        Generation-only steps replay a CUDA graph when graphs were captured for this pool."""
-        if self.graphs is not None and self.graphs.kv is kv and self.graphs.can_run(step):
-            return self.graphs.run(step)
+        Steps whose shape has a captured CUDA graph (for this pool) replay it."""
+        if self.graphs is not None and self.graphs.kv is kv:
+            logits = self.graphs.run(step)
+            if logits is not None:
+                return logits
         return self.model(step, kv.k, kv.v)
 
     def capture_cuda_graphs(self, kv: KVCachePool, max_batch_size: int | None = None) -> None:
-        """Captures the generation step for batch buckets up to `max_batch_size` (CUDA only)."""
+        """Captures generation steps up to `max_batch_size` and single-prompt steps (CUDA only)."""
         if self.device.type != "cuda":
             return
         b = self.config.build
-        self.graphs = DecodeGraphs(self.model, kv, max_batch_size or b.max_batch_size, b.max_seq_len)
+        self.graphs = StepGraphs(self.model, kv, max_batch_size or b.max_batch_size, b.max_seq_len, b.max_num_tokens)
 
     # -- KV cache sizing ----------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:

@@ -6,11 +6,12 @@ batcher (`inflight_batcher`) drives the same `Engine.forward` step for serving."
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tensorrt_llm.runtime.engine import Engine
 from tensorrt_llm.runtime.sampling import make_sampling_tensors, sample
-from tensorrt_llm.runtime.step import build_step_input
+from tensorrt_llm.runtime.step import StepInput, build_step_input
 
 
 def _ids(x: torch.Tensor | Sequence[int]) -> list[int]:
@@ -160,10 +161,31 @@ class ModelRunner:
             seqs.append(_Seq(p, list(range(start, start + n)), gen))
             start += n
         single_bad = [w[0] for w in bad_words if len(w) == 1]
+        # Without penalties or multi-token bad words, a step's sampling needs no host state, so once
+        # every prompt is in the cache the rest runs ahead of the host (_decode_ahead).
+        plain = rep == 1.0 and pres == 0.0 and freq == 0.0 and all(len(w) == 1 for w in bad_words)
+
+        def finish(s: _Seq, t: int, lp: float | None) -> None:
+            s.output.append(t)
+            if lp is not None:
+                s.log_probs.append(lp)
+            s.done = (
+                t == end_id
+                or len(s.output) >= max_new_tokens
+                or any(w and s.output[-len(w) :] == w for w in stop_words)
+            )
+
         budget = self.config.build.max_num_tokens
         while True:
             live = [s for s in seqs if not s.done]
             if not live:
+                return
+            if plain and all(s.cached == len(s.tokens) - 1 for s in live):
+                st = make_sampling_tensors(
+                    self.vocab_size, device, [temperature] * len(live), [top_k] * len(live), [top_p] * len(live),
+                    banned=[single_bad] * len(live), generators=[s.gen for s in live],
+                )  # fmt: skip
+                yield from self._decode_ahead(seqs, live, st, max_new_tokens, want_log_probs, finish)
                 return
             # Context chunks up to the token budget (prompts longer than it run over several steps);
             # sequences whose prompt is in the cache generate one token each.
@@ -195,15 +217,72 @@ class ModelRunner:
                 tokens = tokens.tolist()
                 log_probs = log_probs.tolist() if log_probs is not None else [None] * len(rows)
                 for s, t, lp in zip(rows, tokens, log_probs, strict=True):
-                    s.output.append(t)
-                    if lp is not None:
-                        s.log_probs.append(lp)
-                    s.done = (
-                        t == end_id
-                        or len(s.output) >= max_new_tokens
-                        or any(w and s.output[-len(w) :] == w for w in stop_words)
-                    )
+                    finish(s, t, lp)
             yield seqs
+
+    def _decode_ahead(self, seqs, live, st, max_new_tokens, want_log_probs, finish) -> Iterator[list[_Seq]]:
+        """Generation steps with the host one step behind the GPU.
+
+        Every step's positions, slots and context lengths are known in advance (each live sequence adds
+        one token a step), so they are computed once and uploaded; step i's input tokens are step i-1's
+        sampled tokens, still on the GPU. While the GPU runs step i, the host reads step i-1's tokens
+        (copied asynchronously) and checks end id and stop words: a sequence that ended runs one wasted
+        step, never past its own blocks. A sequence whose output is full stops taking part (its row
+        writes to the scratch block)."""
+        tpb, device, B = self.config.build.tokens_per_block, self.engine.device, len(live)
+        remaining = np.array([max_new_tokens - len(s.output) for s in live])  # [B] steps each row needs
+        n_steps = int(remaining.max())
+        start = np.array([len(s.tokens) - 1 for s in live])  # position of each row's first input token
+        i = np.arange(n_steps)[:, None]  # [steps, 1]
+        active = i < remaining[None, :]  # [steps, B]
+        pos = np.where(active, start[None, :] + i, start[None, :])  # [steps, B]
+        width = max(len(s.blocks) for s in live)
+        table = np.full((B, width), self.kv.scratch_block, dtype=np.int64)
+        for b, s in enumerate(live):
+            table[b, : len(s.blocks)] = s.blocks
+        scratch = self.kv.scratch_block * tpb
+        slots = np.where(active, table[np.arange(B)[None, :], pos // tpb] * tpb + pos % tpb, scratch)
+        ctx = pos + 1  # [steps, B]
+        plan = torch.from_numpy(np.stack([pos, slots, ctx])).to(device)  # [3, steps, B]
+        seq_lens = torch.ones(B, dtype=torch.int32, device=device)
+        tables = torch.from_numpy(table).to(device, torch.int32)
+        ctx32 = plan[2].to(torch.int32)
+        cuda = device.type == "cuda"
+        tokens_host = torch.empty(n_steps, B, dtype=torch.int64, pin_memory=cuda)
+        lp_host = torch.empty(n_steps, B, dtype=torch.float32, pin_memory=cuda)
+        events = [torch.cuda.Event() if cuda else None for _ in range(n_steps)]
+        tokens = torch.tensor([s.output[-1] for s in live], device=device)
+        rows = torch.arange(B, device=device)
+        max_ctx = ctx.max(axis=1)
+
+        def consume(k: int) -> None:
+            if events[k] is not None:
+                events[k].synchronize()
+            toks, lps = tokens_host[k].tolist(), lp_host[k].tolist()
+            for b, s in enumerate(live):
+                if not s.done and active[k, b]:
+                    finish(s, toks[b], lps[b] if want_log_probs else None)
+
+        for k in range(n_steps):
+            step = StepInput(
+                input_ids=tokens, positions=plan[0, k], seq_lens=seq_lens, context_lens=ctx32[k],
+                block_tables=tables, slot_mapping=plan[1, k], logits_indices=rows,
+                max_seq_len=1, max_context_len=int(max_ctx[k]),
+            )  # fmt: skip
+            logits = self.engine.forward(step, self.kv)
+            tokens, log_probs = sample(logits, st, want_log_probs)
+            tokens_host[k].copy_(tokens, non_blocking=True)
+            if log_probs is not None:
+                lp_host[k].copy_(log_probs, non_blocking=True)
+            if events[k] is not None:
+                events[k].record()
+            if k > 0:
+                consume(k - 1)
+                yield seqs
+                if all(s.done for s in live):
+                    return
+        consume(n_steps - 1)
+        yield seqs
 
     @staticmethod
     def _banned(s: _Seq, bad_words: list[list[int]], single: list[int]) -> list[int]:

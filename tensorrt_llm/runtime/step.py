@@ -8,9 +8,11 @@ phase, one token in the generation phase); after the step it has `context_lens[b
     context_lens   |         4          |   17     |    9     |
 """
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -42,37 +44,43 @@ def build_step_input(
     """Builds a StepInput from host lists: per sequence its new tokens, how many of its tokens are
     already in the cache, and its block table (long enough for cached + new tokens). Returns the logits
     of the last new token of each sequence, or of every new token with `all_logits`."""
-    ids, pos, slots, last = [], [], [], []
-    seq_lens, ctx_lens = [], []
-    for toks, cached, table in zip(tokens, num_cached, block_tables, strict=True):
-        n = len(toks)
-        if n == 0:
-            raise ValueError("every sequence of a step needs at least one new token")
-        if (cached + n + tokens_per_block - 1) // tokens_per_block > len(table):
-            raise ValueError(f"block table of {len(table)} blocks too short for {cached + n} tokens")
-        ids.extend(toks)
-        for p in range(cached, cached + n):
-            pos.append(p)
-            slots.append(table[p // tokens_per_block] * tokens_per_block + p % tokens_per_block)
-        seq_lens.append(n)
-        ctx_lens.append(cached + n)
-        last.append(len(ids) - 1)
+    seq_lens = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    if seq_lens.size == 0 or seq_lens.min() == 0:
+        raise ValueError("a step needs at least one sequence, and every sequence at least one new token")
+    cached = np.asarray(num_cached, dtype=np.int64)
+    ctx_lens = cached + seq_lens
     width = max(len(t) for t in block_tables)
-    table = torch.zeros(len(block_tables), width, dtype=torch.int32)
+    table = np.zeros((len(block_tables), width), dtype=np.int64)
     for b, t in enumerate(block_tables):
-        table[b, : len(t)] = torch.tensor(t, dtype=torch.int32)
-
-    def dev(x: list[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(x, dtype=dtype).to(device, non_blocking=True)
-
+        table[b, : len(t)] = t
+    need = (ctx_lens + tokens_per_block - 1) // tokens_per_block
+    short = np.flatnonzero(need > np.fromiter(map(len, block_tables), dtype=np.int64, count=len(block_tables)))
+    if short.size:
+        b = int(short[0])
+        raise ValueError(f"block table of {len(block_tables[b])} blocks too short for {int(ctx_lens[b])} tokens")
+    T = int(seq_lens.sum())
+    seq_of_token = np.repeat(np.arange(len(seq_lens)), seq_lens)  # [T]
+    starts = np.cumsum(seq_lens) - seq_lens  # first packed row of each sequence
+    pos = np.arange(T) - starts[seq_of_token] + cached[seq_of_token]
+    slots = table[seq_of_token, pos // tokens_per_block] * tokens_per_block + pos % tokens_per_block
+    ids = np.fromiter(itertools.chain.from_iterable(tokens), dtype=np.int64, count=T)
+    logits_idx = np.arange(T) if all_logits else starts + seq_lens - 1
+    # One host buffer, one copy to the device; the fields are views into it.
+    B = len(seq_lens)
+    host = np.concatenate([ids, pos, slots, logits_idx, seq_lens, ctx_lens, table.ravel()])
+    dev = torch.from_numpy(host)
+    if torch.device(device).type == "cuda":
+        dev = dev.pin_memory().to(device, non_blocking=True)
+    n_logits = logits_idx.size
+    o = np.cumsum([0, T, T, T, n_logits, B, B])
     return StepInput(
-        input_ids=dev(ids, torch.int64),
-        positions=dev(pos, torch.int64),
-        seq_lens=dev(seq_lens, torch.int32),
-        context_lens=dev(ctx_lens, torch.int32),
-        block_tables=table.to(device, non_blocking=True),
-        slot_mapping=dev(slots, torch.int64),
-        logits_indices=torch.arange(len(ids), device=device) if all_logits else dev(last, torch.int64),
-        max_seq_len=max(seq_lens),
-        max_context_len=max(ctx_lens),
+        input_ids=dev[o[0] : o[1]],
+        positions=dev[o[1] : o[2]],
+        slot_mapping=dev[o[2] : o[3]],
+        logits_indices=dev[o[3] : o[4]],
+        seq_lens=dev[o[4] : o[5]].to(torch.int32),
+        context_lens=dev[o[5] : o[6]].to(torch.int32),
+        block_tables=dev[o[6] :].view(B, width).to(torch.int32),
+        max_seq_len=int(seq_lens.max()),
+        max_context_len=int(ctx_lens.max()),
     )

@@ -40,5 +40,10 @@ def test_fp16_cuda_matches_hf(tmp_path, kv_heads):
     assert all(agree)
     # The same through captured CUDA graphs and without them.
     assert engine.graphs is not None
-    eager = ModelRunner(engine, 64, cuda_graphs=False).generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
+    eager_runner = ModelRunner(engine, 64, cuda_graphs=False)
+    eager = eager_runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
     assert torch.equal(eager, out["output_ids"])
+    # Single prompts run their context step through the padded prefill graphs.
+    for p in prompts:
+        graphed = runner.generate([p], max_new_tokens=16, end_id=-1, pad_id=0)
+        assert torch.equal(graphed, eager_runner.generate([p], max_new_tokens=16, end_id=-1, pad_id=0))

@@ -100,3 +100,27 @@ def test_greedy_generate_matches_hf_single_and_batch(built):
         assert n == len(ref)
         assert out["output_ids"][i, 0, :n].tolist() == ref
         assert (out["output_ids"][i, 0, n:] == 0).all()  # padded with pad_id
+
+
+def test_penalties_stop_words_and_end_id(built):
+    """The host-driven path (penalties) against Hugging Face; end id and stop words end sequences."""
+    hf, engine_dir = built
+    runner = ModelRunner.from_dir(engine_dir, device="cpu")
+    prompt = [1, 20, 30, 40, 50, 20, 30]
+    with torch.no_grad():
+        ref = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=24, do_sample=False, repetition_penalty=1.3,
+            eos_token_id=None, pad_token_id=0,
+        )[0].tolist()  # fmt: skip
+    out = runner.generate([prompt], max_new_tokens=24, end_id=-1, repetition_penalty=1.3, return_dict=True)
+    assert out["output_ids"][0, 0, : out["sequence_lengths"][0, 0]].tolist() == ref
+    plain = runner.generate([prompt], max_new_tokens=24, end_id=-1, return_dict=True)
+    gen = plain["output_ids"][0, 0, len(prompt) : plain["sequence_lengths"][0, 0]].tolist()
+    # The 5th generated token as end id: generation stops right after it (it is kept, as TensorRT-LLM).
+    cut = runner.generate([prompt], max_new_tokens=24, end_id=gen[4], return_dict=True)
+    n = int(cut["sequence_lengths"][0, 0])
+    assert cut["output_ids"][0, 0, :n].tolist() == prompt + gen[: gen.index(gen[4]) + 1]
+    stop = runner.generate([prompt], max_new_tokens=24, end_id=-1, stop_words_list=[gen[6:8]], return_dict=True)
+    n = int(stop["sequence_lengths"][0, 0])
+    assert stop["output_ids"][0, 0, len(prompt) : n].tolist()[-2:] == gen[6:8]
+    assert n <= len(prompt) + 8

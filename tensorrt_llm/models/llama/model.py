@@ -70,6 +70,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
         """Returns float32 logits [N, vocab] for the rows `step.logits_indices` of the packed tokens."""
+        return self.logits(self.hidden(step, k_caches, v_caches))
+
+    def hidden(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
+        """Final normed hidden states [N, hidden] of the rows `step.logits_indices` (what CUDA graphs
+        capture: their outputs stay small, the vocabulary-sized logits are made outside)."""
         p = AttentionParams(
             positions=step.positions,
             seq_lens=step.seq_lens,
@@ -87,4 +92,7 @@ class LlamaForCausalLM(nn.Module):
         # Only the rows whose logits are wanted go through the final norm and the (large) head.
         idx = step.logits_indices
         h, _ = self.ln_f(h[idx], residual[idx])
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h).float()
