@@ -148,6 +148,22 @@ def _random_reader(cfg: ModelConfig, device: str, seed: int = 0):
     return get
 
 
+def tune_kernels(
+    model: ModelConfig, mapping: Mapping, build: BuildConfig, dtype: torch.dtype, device: str
+) -> dict[str, dict]:
+    """Kernel launch choices timed on the build GPU and kept in the engine (a timing cache), so that
+    loading tunes nothing. Building on a CPU keeps the defaults (recorded all the same)."""
+    from tensorrt_llm.kernels import tuning
+
+    if torch.device(device).type != "cuda":
+        return tuning.current_configs()
+    tp = mapping.tp_size
+    return tuning.tune_attention(
+        model.num_attention_heads // tp, max(model.num_key_value_heads // tp, 1), model.head_dim,
+        build.tokens_per_block, dtype, device,
+    )  # fmt: skip
+
+
 def convert_in_memory(
     hf_config: dict, dtype: str = "float16", build: BuildConfig = BuildConfig(), device: str = "cuda", rank: int = 0,
     mapping: Mapping = Mapping(),
@@ -205,6 +221,7 @@ def build_engine(
         mapping=mapping,
         build=build,
         plugins=dict(plugins or {}),
+        kernels=tune_kernels(model_cfg, mapping, build, torch_dtype, device),
     )
     # config.json is written last: a directory without it is an unfinished build, and loading says so.
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))

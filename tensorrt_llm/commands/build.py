@@ -33,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_num_tokens", type=int, default=8192, help="tokens of one forward step")
     p.add_argument("--tokens_per_block", type=int, default=64, help="KV cache block size (a power of two)")
     p.add_argument("--max_beam_width", type=int, default=1)
-    p.add_argument("--device", default="cpu", help="where random weights are made (--model_config)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda: time kernel choices on this GPU and keep them in the engine (and make random weights there)",
+    )
     compat = p.add_argument_group("TensorRT-LLM flags (the engine always does these)")
     compat.add_argument("--use_gpt_attention_plugin", nargs="?", const="auto", metavar="DTYPE",
                         help=_ALWAYS.format("uses its fused paged-attention kernels"))  # fmt: skip

@@ -24,10 +24,11 @@ from ._common import HAS_TRITON, check, check_launchable, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 
-# Launch configurations on CUDA (the interpreter uses 16-wide tiles). Tuned on H100 by
-# benchmarks/kernels_check.py --sweep; an engine's tuning cache may update these dicts at load time.
+# Launch configurations on CUDA (the interpreter uses 16-wide tiles), the fastest found on an H100 by
+# benchmarks/kernels_check.py --sweep (decode: all candidates within 2%; context: stages 3 saved ~9%).
+# An engine's tuning cache may replace these dicts at load time (tuning.apply_configs).
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
 # tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal).
 INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1}

@@ -25,10 +25,10 @@ DECODE_CANDIDATES = [
     {"BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
     {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
 ]
-CONTEXT_CANDIDATES = [
-    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+CONTEXT_CANDIDATES = [  # the best few of the H100 sweep
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
     {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "SPLIT_CAUSAL": False},
     {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
 ]
 _KEYS = {"attention_decode": "DECODE_CONFIG", "attention_context": "CONTEXT_CONFIG"}

@@ -6,9 +6,9 @@ followed by a row layer (QKV → O, gate_up → down) costs one all-reduce."""
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
+from tensorrt_llm import functional as tf
 from tensorrt_llm.mapping import Mapping
 
 
@@ -36,7 +36,7 @@ class ColumnLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(local, dtype=dtype), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = tf.linear(x, self.weight, self.bias)
         if self.gather_output and self.mapping.tp_size > 1:
             parts = [torch.empty_like(y) for _ in range(self.mapping.tp_size)]
             dist.all_gather(parts, y.contiguous())
@@ -61,7 +61,7 @@ class RowLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = tf.linear(x, self.weight)
         if self.mapping.tp_size > 1:
             dist.all_reduce(y)
         return y if self.bias is None else y + self.bias

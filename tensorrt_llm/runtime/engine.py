@@ -65,6 +65,10 @@ class Engine:
     ) -> "Engine":
         """An engine from converted weights already in memory (the builder's output for one rank)."""
         dtype = str_to_dtype(config.dtype)
+        if config.kernels:
+            from tensorrt_llm.kernels import tuning
+
+            tuning.apply_configs(config.kernels)
         with torch.device("meta"):
             model = get_family(config.architecture).model_cls(config.model, dtype, config.mapping)
         expected = {k: v.shape for k, v in model.state_dict().items()}

@@ -1,0 +1,106 @@
+"""paged_attention (context and split-KV generation kernels) against the per-sequence reference."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tensorrt_llm import kernels as K  # noqa: E402
+from tensorrt_llm.kernels import attention  # noqa: E402
+
+# the interpreter warns on tensor loop bounds (`range(0, kv_end, ...)`); harmless
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+
+def make_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device, seed=0):
+    """Random q and a random paged cache; each sequence gets a random, non-contiguous set of blocks."""
+    g = torch.Generator().manual_seed(seed)
+    max_blocks = max(math.ceil(c / tpb) for c in ctx_lens)
+    num_blocks = sum(math.ceil(c / tpb) for c in ctx_lens) + 3
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    tables = torch.zeros(len(ctx_lens), max_blocks, dtype=torch.int32)
+    for b, c in enumerate(ctx_lens):
+        n = math.ceil(c / tpb)
+        tables[b, :n] = torch.tensor([perm.pop() for _ in range(n)], dtype=torch.int32)
+    k_cache = torch.randn(num_blocks, tpb, Hkv, D, generator=g).to(dtype)
+    v_cache = torch.randn(num_blocks, tpb, Hkv, D, generator=g).to(dtype)
+    q = torch.randn(sum(seq_lens), H, D, generator=g).to(dtype)
+    lens = torch.tensor(seq_lens, dtype=torch.int32), torch.tensor(ctx_lens, dtype=torch.int32)
+    return [t.to(device) for t in (q, k_cache, v_cache, tables, *lens)]
+
+
+def run_both(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device, **kw):
+    q, kc, vc, bt, sl, cl = make_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device)
+    args = (q, kc, vc, bt, sl, cl, D**-0.5, max(seq_lens), max(ctx_lens))
+    out = K.paged_attention(*args, **kw)
+    ref = K.paged_attention_ref(*args)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("tpb", [8, 32])  # a block per key / whole tiles inside one block
+def test_context_phase_mixed_batch(device, dtype, heads, tpb):
+    # a fresh prompt, a chunk after a cached prefix, a generation step, a longer prompt
+    run_both([5, 9, 1, 20], [5, 30, 13, 20], *heads, 32, tpb, dtype, device)
+
+
+@pytest.mark.parametrize("variant", [{"SPLIT_CAUSAL": False}, {"TILE_IN_BLOCK": False}])
+def test_context_phase_kernel_variants(device, monkeypatch, variant):
+    for name in ("CONTEXT_CONFIG", "INTERPRET_CONTEXT_CONFIG", "DECODE_CONFIG", "INTERPRET_DECODE_CONFIG"):
+        monkeypatch.setattr(attention, name, {**getattr(attention, name), **variant})
+    run_both([5, 40, 1, 20], [5, 70, 13, 20], 4, 2, 32, 16, torch.float32, device)
+    run_both([1, 1, 1], [5, 70, 13], 4, 2, 32, 16, torch.float32, device, num_splits=3)
+
+
+def test_context_phase_odd_head_dim_and_block_size(device):
+    run_both([3, 18], [10, 18], 2, 1, 24, 5, torch.float32, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("num_splits", [None, 1, 3])
+def test_generation_phase_split_kv(device, dtype, heads, num_splits):
+    run_both([1, 1, 1, 1], [1, 37, 64, 100], *heads, 32, 16, dtype, device, num_splits=num_splits)
+
+
+def test_generation_split_count_beyond_context(device):
+    # more splits than tiles: empty splits must weigh nothing
+    run_both([1, 1], [3, 20], 2, 2, 16, 4, torch.float32, device, num_splits=8)
+
+
+def test_max_lengths_may_be_upper_bounds(device):
+    q, kc, vc, bt, sl, cl = make_batch([1, 1], [9, 17], 4, 2, 16, 8, torch.float32, device)
+    ref = K.paged_attention_ref(q, kc, vc, bt, sl, cl, 0.25)
+    out = K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 1, 200)  # e.g. a CUDA-graph bucket's maximum
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+    q, kc, vc, bt, sl, cl = make_batch([4, 2], [9, 17], 4, 2, 16, 8, torch.float32, device)
+    ref = K.paged_attention_ref(q, kc, vc, bt, sl, cl, 0.25)
+    out = K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 40, 200)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_reference_matches_dense_causal_attention():
+    # the reference itself, against torch SDPA on one sequence laid out contiguously
+    torch.manual_seed(0)
+    T, H, D, tpb = 12, 2, 16, 4
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    kc, vc = k.view(T // tpb, tpb, H, D), v.view(T // tpb, tpb, H, D)
+    bt = torch.arange(T // tpb, dtype=torch.int32)[None]
+    lens = torch.tensor([T], dtype=torch.int32)
+    out = K.paged_attention_ref(q, kc, vc, bt, lens, lens, D**-0.5)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
+    ).transpose(0, 1)
+    torch.testing.assert_close(out, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_rejects_bad_group(device):
+    q, kc, vc, bt, sl, cl = make_batch([2], [2], 3, 2, 16, 4, torch.float32, device)
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 2, 2)
