@@ -166,14 +166,14 @@ class ModelRunner:
         plain = rep == 1.0 and pres == 0.0 and freq == 0.0 and all(len(w) == 1 for w in bad_words)
 
         def finish(s: _Seq, t: int, lp: float | None) -> None:
+            # As TensorRT-LLM: the end id ends a sequence and is not part of its output; a stop word is.
+            if t == end_id:
+                s.done = True
+                return
             s.output.append(t)
             if lp is not None:
                 s.log_probs.append(lp)
-            s.done = (
-                t == end_id
-                or len(s.output) >= max_new_tokens
-                or any(w and s.output[-len(w) :] == w for w in stop_words)
-            )
+            s.done = len(s.output) >= max_new_tokens or any(w and s.output[-len(w) :] == w for w in stop_words)
 
         budget = self.config.build.max_num_tokens
         while True:

@@ -116,10 +116,12 @@ def test_penalties_stop_words_and_end_id(built):
     assert out["output_ids"][0, 0, : out["sequence_lengths"][0, 0]].tolist() == ref
     plain = runner.generate([prompt], max_new_tokens=24, end_id=-1, return_dict=True)
     gen = plain["output_ids"][0, 0, len(prompt) : plain["sequence_lengths"][0, 0]].tolist()
-    # The 5th generated token as end id: generation stops right after it (it is kept, as TensorRT-LLM).
-    cut = runner.generate([prompt], max_new_tokens=24, end_id=gen[4], return_dict=True)
+    # The 5th generated token as end id: generation stops there; as in TensorRT-LLM the end id is not
+    # part of the output (padding follows).
+    cut = runner.generate([prompt], max_new_tokens=24, end_id=gen[4], pad_id=0, return_dict=True)
     n = int(cut["sequence_lengths"][0, 0])
-    assert cut["output_ids"][0, 0, :n].tolist() == prompt + gen[: gen.index(gen[4]) + 1]
+    assert cut["output_ids"][0, 0, :n].tolist() == prompt + gen[: gen.index(gen[4])]
+    assert (cut["output_ids"][0, 0, n:] == 0).all()
     stop = runner.generate([prompt], max_new_tokens=24, end_id=-1, stop_words_list=[gen[6:8]], return_dict=True)
     n = int(stop["sequence_lengths"][0, 0])
     assert stop["output_ids"][0, 0, len(prompt) : n].tolist()[-2:] == gen[6:8]
