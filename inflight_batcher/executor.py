@@ -1,0 +1,509 @@
+"""The executor: a background loop that admits, schedules, runs one forward step, samples and answers.
+
+    caller threads                      executor thread (one)
+    enqueue(req) -> id  --incoming-->   _loop: new requests and cancels into the scheduler
+    cancel(id)         --cancels--->    plan = scheduler.schedule()         (who runs, how many tokens)
+    stats()            <--snapshot--    logits = engine.forward(step(plan)) (one packed step)
+                                        sample, update requests, finish, callbacks
+
+Only the executor thread touches the scheduler, the block manager and request state; callers meet it
+through `_lock` (the inbox, the cancel set and the table of live ids). Callbacks run on the executor
+thread after each step, outside the lock, and must not block.
+
+Multi-rank engines (tensor parallel): rank 0 holds the `Executor` (the leader); every other rank calls
+`run_follower`, which receives each step's `StepInput` (and the beams' KV block copies) from the leader
+and runs the same forward, so the ranks' collectives line up. Only the leader schedules and samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from inflight_batcher.block_manager import BlockManager
+from inflight_batcher.config import ExecutorConfig
+from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
+from inflight_batcher.sampler import append_token, beam_step, sample_rows
+from inflight_batcher.scheduler import Scheduler, SchedulerOutput
+from tensorrt_llm.runtime.engine import Engine
+from tensorrt_llm.runtime.kv_cache import KVCachePool
+from tensorrt_llm.runtime.step import StepInput, build_step_input
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """`enqueue` refused a request because `max_queue_size` requests already wait."""
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """A snapshot for metrics (names follow TensorRT-LLM's; spec/triton_interface.md §9)."""
+
+    timestamp: float = 0.0  # time.time() of this snapshot
+    iteration: int = 0  # steps run so far
+    iteration_ms: float = 0.0  # wall time of the last step
+    active: int = 0  # admitted or paused: in the batch manager
+    queued: int = 0  # waiting for first admission
+    paused: int = 0  # preempted, waiting to be resumed
+    scheduled: int = 0  # requests in the last step
+    context_requests: int = 0
+    context_tokens: int = 0
+    generation_requests: int = 0
+    max_batch_size: int = 0
+    max_num_tokens: int = 0
+    max_blocks: int = 0
+    used_blocks: int = 0
+    free_blocks: int = 0
+    tokens_per_block: int = 0
+    completed: int = 0  # finished requests by outcome, since start
+    cancelled: int = 0
+    failed: int = 0
+    preemptions: int = 0
+
+
+class Executor:
+    def __init__(self, engine: Engine, config: ExecutorConfig | None = None) -> None:
+        config = config or ExecutorConfig()
+        self.engine = engine
+        self.config = config
+        self.device = engine.device
+        b, m = engine.config.build, engine.config.model
+        # The executor may lower the engine's build limits, never raise them (buffers are sized by them).
+        self.max_batch_size = min(config.max_batch_size or b.max_batch_size, b.max_batch_size)
+        self.max_num_tokens = min(config.max_num_tokens or b.max_num_tokens, b.max_num_tokens)
+        for name, asked, built in [
+            ("max_batch_size", config.max_batch_size, b.max_batch_size),
+            ("max_num_tokens", config.max_num_tokens, b.max_num_tokens),
+            ("max_beam_width", config.max_beam_width, b.max_beam_width),
+        ]:
+            if asked is not None and asked > built:
+                log.warning("%s=%d is above the engine's build value %d: using %d", name, asked, built, built)
+        eos = m.eos_token_id[0] if isinstance(m.eos_token_id, list) else m.eos_token_id
+        self.default_end_id = eos if eos is not None else -1
+        self.vocab_size = m.vocab_size
+        self.limits = Limits(
+            vocab_size=m.vocab_size,
+            max_input_len=b.max_input_len,
+            max_seq_len=b.max_seq_len,
+            max_beam_width=min(config.max_beam_width, b.max_beam_width),
+            max_batch_size=self.max_batch_size,
+            max_num_tokens=self.max_num_tokens,
+            enable_chunked_context=config.enable_chunked_context,
+        )
+        self.world_size = engine.config.mapping.world_size
+        if self.world_size > 1 and engine.config.mapping.rank != 0:
+            raise ValueError(f"rank {engine.config.mapping.rank} is a follower: call run_follower, not Executor")
+        num_blocks = _kv_blocks(engine, config)
+        self.kv: KVCachePool = engine.make_kv_cache(num_blocks)
+        if config.cuda_graphs:
+            engine.capture_cuda_graphs(self.kv, self.max_batch_size)
+        self._pending_copies: list[tuple[int, int]] = []  # KV block copies the followers have not seen
+        self.block_manager = BlockManager(num_blocks, b.tokens_per_block)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.batch_scheduler_policy,
+            self.max_batch_size,
+            self.max_num_tokens,
+            config.enable_chunked_context,
+        )
+
+        self._lock = threading.Condition()
+        self._incoming: deque[Request] = deque()
+        self._cancels: set[int] = set()
+        self._live: dict[int, Request] = {}  # id -> request, from enqueue until its final callback
+        self._ids = itertools.count(1)
+        self._stopping = False  # the loop ends at its next iteration
+        self._closed = False  # enqueue refuses new requests (set first by shutdown)
+        self._counts = {"completed": 0, "cancelled": 0, "failed": 0, "preemptions": 0}
+        self._stats = IterationStats(
+            max_batch_size=self.max_batch_size,
+            max_num_tokens=self.max_num_tokens,
+            max_blocks=num_blocks,
+            free_blocks=num_blocks,
+            tokens_per_block=b.tokens_per_block,
+        )
+        self._thread = threading.Thread(target=self._loop, name="inflight-batcher", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_dir(
+        cls, engine_dir: str | Path, config: ExecutorConfig | None = None, device: str | None = None
+    ) -> Executor:
+        return cls(Engine.from_dir(engine_dir, device=device), config)
+
+    # -- caller side (any thread) ---------------------------------------------------------------------
+    def enqueue(self, request: Request) -> int:
+        """Queue `request`; returns its id. ValueError for a bad request, QueueFullError when full."""
+        return self._enqueue([request])[0]
+
+    def _enqueue(self, requests: list[Request]) -> list[int]:
+        """Check every request, then queue them all at once (the loop sees them in one intake), or none."""
+        for r in requests:
+            self._check(r)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("executor is shut down")
+            queued = len(self._incoming) + self._stats.queued
+            limit = self.config.max_queue_size
+            if limit is not None and queued + len(requests) > limit:
+                raise QueueFullError(f"queue is full ({limit} requests waiting)")
+            now = time.time()
+            for r in requests:
+                r.request_id = next(self._ids)
+                r.arrival_time = now
+                self._live[r.request_id] = r
+                self._incoming.append(r)
+            self._lock.notify_all()
+        return [r.request_id for r in requests]
+
+    def _check(self, request: Request) -> None:
+        """Validate `request` against the engine and cache, and fill its defaults (no lock needed)."""
+        if request.request_id is not None:
+            raise ValueError(f"request was already enqueued (request_id={request.request_id})")
+        validate_request(request, self.limits)
+        self.scheduler.check_fits(request)  # reads only the cache size: safe off the loop thread
+        if request.end_id is None:
+            request.end_id = self.default_end_id
+        if request.pad_id is None:
+            request.pad_id = request.end_id
+        sp = request.sampling
+        if not sp.greedy and not request.is_beam_search:
+            request.generator = torch.Generator(device=self.device)
+            if sp.random_seed is not None:
+                request.generator.manual_seed(sp.random_seed)
+            else:
+                request.generator.seed()
+
+    def cancel(self, request_id: int) -> bool:
+        """Ask to end a request; it gets a final callback with finish_reason "cancelled". False when
+        the id is unknown or the request already ended."""
+        with self._lock:
+            if request_id not in self._live:
+                return False
+            self._cancels.add(request_id)
+            self._lock.notify_all()
+            return True
+
+    def stats(self) -> IterationStats:
+        with self._lock:
+            s = self._stats
+            return replace(s, timestamp=time.time(), queued=s.queued + len(self._incoming))
+
+    def shutdown(self, drain_timeout: float = 0.0, timeout: float | None = 30.0) -> None:
+        """Stop admitting (enqueue raises RuntimeError), let live requests run for up to `drain_timeout`
+        seconds (SIGTERM under load), then end the rest with finish_reason "cancelled" and stop the loop.
+        The KV cache is released once the loop has stopped. Idempotent."""
+        with self._lock:
+            self._closed = True
+            end = time.monotonic() + drain_timeout
+            while self._live and drain_timeout > 0 and (left := end - time.monotonic()) > 0:
+                self._lock.wait(left)
+            self._stopping = True
+            self._lock.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self.kv = None  # type: ignore[assignment]  # frees the pool's memory with the executor
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def generate(self, requests: list[Request], timeout: float | None = None) -> list[Output]:
+        """Run `requests` to completion; their final Outputs in the same order (tokens hold all).
+        A bad request raises before any is queued."""
+        finals: dict[int, Output] = {}
+        done = threading.Event()
+
+        def wrap(user_cb):
+            def cb(out: Output) -> None:
+                try:
+                    if user_cb is not None:
+                        user_cb(out)
+                finally:  # a raising user callback must not leave generate() waiting
+                    if out.finished:
+                        finals[out.request_id] = out
+                        if len(finals) == len(requests):
+                            done.set()
+
+            return cb
+
+        if not requests:
+            return []
+        for r in requests:
+            r.callback = wrap(r.callback)
+        ids = self._enqueue(requests)  # all arrive together: the first step sees every one of them
+        if not done.wait(timeout):
+            raise TimeoutError(f"{len(requests) - len(finals)} of {len(requests)} requests did not finish")
+        return [finals[i] for i in ids]
+
+    # -- executor thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._incoming or self._cancels or self._stopping or self.scheduler.has_work()):
+                    self._lock.wait()
+                incoming, self._incoming = list(self._incoming), deque()
+                # Still queued until the step's stats say otherwise: enqueue's queue limit never
+                # undercounts, even while the step runs.
+                self._stats = replace(self._stats, queued=self._stats.queued + len(incoming))
+                cancelled = [self._live[i] for i in self._cancels if i in self._live]
+                self._cancels = set()
+                stopping = self._stopping
+                live = list(self._live.values()) if stopping else []
+            outputs: list[tuple[Request, Output]] = []
+            for r in incoming:
+                self.scheduler.add(r)
+            for r in cancelled:
+                if not r.status.finished:
+                    outputs.append(self._finish(r, RequestStatus.FINISHED_CANCELLED))
+            if stopping:
+                for r in live:
+                    if not r.status.finished:
+                        outputs.append(self._finish(r, RequestStatus.FINISHED_CANCELLED, "executor shut down"))
+                self._deliver(outputs)
+                if self.world_size > 1:
+                    _broadcast(("stop",))
+                return
+            try:
+                outputs += self._step()
+            except Exception as e:  # a bug outside the forward pass: fail everyone rather than hang
+                log.exception("executor step failed")
+                for r in list(self.scheduler.running) + list(self.scheduler.waiting):
+                    outputs.append(self._finish(r, RequestStatus.FINISHED_ERROR, f"{type(e).__name__}: {e}"))
+            self._deliver(outputs)
+
+    def _step(self) -> list[tuple[Request, Output]]:
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        self._counts["preemptions"] += len(plan.preempted)
+        outputs: list[tuple[Request, Output]] = []
+        if plan:
+            try:
+                outputs = self._run(plan)
+            except Exception as e:
+                # The forward pass or sampling failed: the requests of this step fail, the loop goes on.
+                log.exception("forward step failed")
+                msg = f"{type(e).__name__}: {e}"
+                outputs = [self._finish(r, RequestStatus.FINISHED_ERROR, msg) for r in plan.requests]
+        else:
+            time.sleep(0.001)  # nothing schedulable yet (should not happen: check_fits refuses those)
+        try:
+            self._update_stats(plan, (time.perf_counter() - t0) * 1e3, bool(plan))
+        except Exception:  # stats must never cost the step's outputs (finals would be lost)
+            log.exception("statistics update failed")
+        return outputs
+
+    @torch.inference_mode()
+    def _run(self, plan: SchedulerOutput) -> list[tuple[Request, Output]]:
+        """One forward step over the plan, then sampling and bookkeeping."""
+        seqs = plan.seqs
+        if self.world_size > 1:
+            step = self._step_input(plan, "cpu")
+            _broadcast(("step", self._pending_copies, step))
+            self._pending_copies = []
+            step = _to_device(step, self.device)
+        else:
+            step = self._step_input(plan, self.device)
+        logits = self.engine.forward(step, self.kv)  # [B, V]: the last new token of each sequence
+        rows = [i for i, s in enumerate(seqs) if s.sample]
+        for r, n in plan.new_tokens_per_request:  # once per request, not per beam
+            r.num_computed_tokens += n
+        if not rows:
+            return []
+        sampled = [seqs[i] for i in rows]
+        if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        result = sample_rows(logits, sampled, self.vocab_size)
+
+        outputs, copies, now = [], [], time.time()
+        beam_done: set[int] = set()
+        for row, s in zip(result.rows, sampled, strict=True):
+            req = s.request
+            if req.status.finished:
+                continue  # a beam sibling already failed it
+            if row.bad_logits:
+                outputs.append(self._finish(req, RequestStatus.FINISHED_ERROR, "logits are NaN or inf"))
+                continue
+            if req.first_token_time is None:
+                req.first_token_time = now
+            if req.is_beam_search:
+                if req.request_id in beam_done:
+                    continue
+                beam_done.add(req.request_id)
+                beam_step(req, result.beam_log_probs[req.request_id], self.block_manager, copies)
+            else:
+                append_token(req, row.token, row.log_prob)
+            if req.status.finished:
+                outputs.append(self._finish(req, req.status))
+            elif req.streaming and req.num_generated > req.num_streamed:
+                outputs.append((req, self._output(req)))
+        if copies:
+            _copy_blocks(self.kv, copies)
+            if self.world_size > 1:
+                self._pending_copies += copies
+        return outputs
+
+    def _step_input(self, plan: SchedulerOutput, device: torch.device | str) -> StepInput:
+        """The plan as a `StepInput` on `device` (the host when it must be broadcast to followers)."""
+        seqs = plan.seqs
+        return build_step_input(
+            [s.seq.tokens[s.start : s.start + s.num_new] for s in seqs],
+            [s.start for s in seqs],
+            [s.block_table for s in seqs],
+            self.block_manager.tokens_per_block,
+            device=device,
+        )
+
+    def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> tuple[Request, Output]:
+        """End `req`: free its blocks, drop it from the scheduler, build its final output."""
+        self.scheduler.remove(req)
+        req.status = status
+        req.error = error
+        key = {
+            RequestStatus.FINISHED_CANCELLED: "cancelled",
+            RequestStatus.FINISHED_ERROR: "failed",
+        }.get(status, "completed")
+        self._counts[key] += 1
+        return req, self._output(req)
+
+    def _output(self, req: Request) -> Output:
+        """The next Output of `req`: new tokens since the last one; final when `req` finished."""
+        P = req.prompt_len
+        if req.finished_beams and req.status.finished:
+            beams = [s for _, s in req.finished_beams]
+        else:
+            beams = req.seqs
+        tokens = [s.tokens[P:] for s in beams] or [[]]
+        if req.is_beam_search:
+            new = tokens  # beams reorder: every output of a beam request carries whole beams
+        else:
+            new = [tokens[0][req.num_streamed :]]
+        req.num_streamed = len(tokens[0])
+        lp = req.return_log_probs and bool(beams)
+        return Output(
+            request_id=req.request_id,
+            new_tokens=new,
+            tokens=tokens,
+            finished=req.status.finished,
+            finish_reason=req.status.finish_reason,
+            error=req.error,
+            cum_log_probs=[s.cum_log_prob for s in beams] if lp else None,
+            log_probs=[list(s.log_probs) for s in beams] if lp else None,
+            client_id=req.client_id,
+        )
+
+    def _deliver(self, outputs: list[tuple[Request, Output]]) -> None:
+        if not outputs:
+            return
+        with self._lock:
+            for req, out in outputs:
+                if out.finished:
+                    self._live.pop(req.request_id, None)
+            if not self._live:
+                self._lock.notify_all()  # a draining shutdown waits for this
+        for req, out in outputs:
+            if req.callback is None:
+                continue
+            try:
+                req.callback(out)
+            except Exception:
+                log.exception("callback of request %s raised", req.request_id)
+
+    def _update_stats(self, plan: SchedulerOutput, ms: float, ran: bool) -> None:
+        sch, bm = self.scheduler, self.block_manager
+        paused = sum(1 for r in sch.waiting if r.status == RequestStatus.PAUSED)
+        n_context = len({id(s.request) for s in plan.context})
+        with self._lock:
+            self._stats = replace(
+                self._stats,
+                timestamp=time.time(),
+                iteration=self._stats.iteration + int(ran),
+                iteration_ms=ms,
+                active=len(sch.running) + paused,
+                queued=len(sch.waiting) - paused,
+                paused=paused,
+                scheduled=len(plan.requests),
+                context_requests=n_context,
+                context_tokens=plan.num_context_tokens,
+                generation_requests=len(plan.requests) - n_context,  # a request is in one phase per step
+                used_blocks=bm.num_used,
+                free_blocks=bm.num_free,
+                **self._counts,
+            )
+
+
+# -- helpers shared by the leader and the followers ---------------------------------------------------------
+def _kv_blocks(engine: Engine, config: ExecutorConfig) -> int:
+    """KV blocks of this executor; with several ranks, the smallest any rank can hold (they must agree)."""
+    n = engine.num_kv_blocks(config.kv_cache_free_gpu_mem_fraction, config.max_tokens_in_paged_kv_cache)
+    if engine.config.mapping.world_size > 1:
+        everyone: list[int | None] = [None] * engine.config.mapping.world_size
+        torch.distributed.all_gather_object(everyone, n)
+        n = min(everyone)
+    return n
+
+
+def _broadcast(msg: tuple) -> tuple:
+    box = [msg]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _to_device(step: StepInput, device: torch.device) -> StepInput:
+    if device.type == "cpu":
+        return step
+    moved = {
+        f: getattr(step, f).to(device, non_blocking=True)
+        for f in (
+            "input_ids",
+            "positions",
+            "seq_lens",
+            "context_lens",
+            "block_tables",
+            "slot_mapping",
+            "logits_indices",
+        )
+    }
+    return replace(step, **moved)
+
+
+def _copy_blocks(kv: KVCachePool, copies: list[tuple[int, int]]) -> None:
+    """Copy-on-write of beams' partial last blocks, before the next step writes into them.
+    kv.data: [L, 2, num_blocks, tokens_per_block, Hkv, D]"""
+    src = torch.tensor([c[0] for c in copies], device=kv.data.device)
+    dst = torch.tensor([c[1] for c in copies], device=kv.data.device)
+    kv.data[:, :, dst] = kv.data[:, :, src]
+
+
+@torch.inference_mode()
+def run_follower(engine: Engine, config: ExecutorConfig | None = None) -> None:
+    """The loop of ranks 1.. of a multi-rank engine: run every step rank 0's `Executor` broadcasts, until
+    it shuts down. `config` must be the leader's (the KV cache is sized the same way)."""
+    config = config or ExecutorConfig()
+    if engine.config.mapping.rank == 0:
+        raise ValueError("rank 0 is the leader: it runs the Executor, not run_follower")
+    kv = engine.make_kv_cache(_kv_blocks(engine, config))
+    if config.cuda_graphs:
+        # The same buckets as the leader's: a replayed step pads its batch, and the ranks' collectives
+        # must have the same sizes (capture runs collectives too, in the same order on every rank).
+        b = engine.config.build
+        engine.capture_cuda_graphs(kv, min(config.max_batch_size or b.max_batch_size, b.max_batch_size))
+    while True:
+        msg = _broadcast((None,))
+        if msg[0] == "stop":
+            return
+        _, copies, step = msg
+        if copies:
+            _copy_blocks(kv, copies)
+        engine.forward(_to_device(step, engine.device), kv)

@@ -1,0 +1,197 @@
+"""From a step's logits to each request's next token(s): prepare the per-row tensors once, then call
+the torch ops of `tensorrt_llm.runtime.sampling`; then the host-side rules (end id, stop words, beam
+search bookkeeping).
+
+Rows are the scheduled sequences that sample this step, in plan order: one row per request, or one per
+live beam of a beam-search request. Beam rows are greedy rows for the sampling ops (temperature,
+top-k/p do not apply to beam search, as in Hugging Face with `do_sample=False`); their log-probs come
+from the same processed logits (penalties, bans) followed by log-softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from inflight_batcher.block_manager import BlockManager
+from inflight_batcher.request import Request, RequestStatus, Sequence
+from inflight_batcher.scheduler import ScheduledSeq
+from tensorrt_llm.runtime import sampling as ops
+
+
+def banned_tokens(req: Request, seq: Sequence) -> list[int]:
+    """Token ids `seq` may not take next: the last token of each bad word whose other tokens end the
+    sequence (prompt included, as TensorRT-LLM does), and the end id while under `min_length`."""
+    out = []
+    toks = seq.tokens
+    for w in req.bad_words:
+        if len(w) == 1 or (len(toks) >= len(w) - 1 and toks[len(toks) - len(w) + 1 :] == w[:-1]):
+            out.append(w[-1])
+    end_id = req.end_id
+    if end_id is not None and end_id >= 0 and len(toks) - req.prompt_len < req.sampling.min_length:
+        out.append(end_id)
+    return out
+
+
+def hits_stop_word(req: Request, tokens: list[int]) -> bool:
+    """True when `tokens` (prompt + generated) end with one of the request's stop words, matched within
+    the generated part only. Compares tails, never copies the sequence."""
+    generated = len(tokens) - req.prompt_len
+    return any(generated >= len(w) and tokens[-len(w) :] == w for w in req.stop_words)
+
+
+def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> ops.SamplingTensors:
+    """The per-row tensors of one step (built once, on the host, then moved)."""
+    temperature, top_k, top_p, rep, pres, freq, banned, gens = ([] for _ in range(8))
+    for r in rows:
+        req, sp = r.request, r.request.sampling
+        beam = req.is_beam_search
+        temperature.append(0.0 if beam else sp.temperature)
+        top_k.append(0 if beam else sp.top_k)
+        top_p.append(0.0 if beam else sp.top_p)
+        rep.append(sp.repetition_penalty)
+        pres.append(sp.presence_penalty)
+        freq.append(sp.frequency_penalty)
+        banned.append(banned_tokens(req, r.seq))
+        gens.append(None if beam or sp.greedy else req.generator)
+    # Token histories only when a penalty needs them: copying them is the costly part of a step's prep.
+    seen = [r.seq.tokens for r in rows] if any(p != 1.0 for p in rep) else None
+    outs = None
+    if any(p != 0.0 for p in pres) or any(p != 0.0 for p in freq):
+        outs = [r.seq.tokens[r.request.prompt_len :] for r in rows]
+    return ops.make_sampling_tensors(
+        vocab_size, device, temperature, top_k, top_p, rep, pres, freq, seen, outs, banned, gens
+    )
+
+
+@dataclass
+class RowResult:
+    token: int
+    log_prob: float
+    bad_logits: bool
+
+
+@dataclass
+class StepSample:
+    """Host-side results of one step's sampling (one device->host copy)."""
+
+    rows: list[RowResult]
+    beam_log_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # request id -> [beams, V]
+
+
+def sample_rows(logits: torch.Tensor, rows: list[ScheduledSeq], vocab_size: int) -> StepSample:
+    """Sample every row. `logits` is [N, V] float32 with N == len(rows)."""
+    st = prepare(rows, vocab_size, logits.device)
+    want_lp = any(r.request.return_log_probs for r in rows)
+    tokens, log_probs = ops.sample(logits, st, return_log_probs=want_lp)
+    bad = ~torch.isfinite(logits).all(dim=-1)  # [N]: NaN/inf logits fail the request, not the step
+    lp = log_probs if log_probs is not None else torch.zeros_like(tokens, dtype=torch.float32)
+    host = torch.stack([tokens.double(), lp.double(), bad.double()], dim=1).cpu().tolist()
+    out = StepSample([RowResult(int(t), float(p), bool(b)) for t, p, b in host])
+    beam_rows = [i for i, r in enumerate(rows) if r.request.is_beam_search]
+    if beam_rows:
+        idx = torch.tensor(beam_rows, device=logits.device)
+        beam_lp = ops.process_logits(logits, st)[idx].log_softmax(-1).cpu()  # [beam rows, V]
+        for j, i in enumerate(beam_rows):
+            rid = rows[i].request.request_id
+            prev = out.beam_log_probs.get(rid)
+            row = beam_lp[j : j + 1]
+            out.beam_log_probs[rid] = row if prev is None else torch.cat([prev, row])
+    return out
+
+
+def append_token(req: Request, token: int, log_prob: float) -> None:
+    """Add a sampled token to a non-beam request and set its status when it ends.
+
+    The end id token is not kept (TensorRT-LLM's outputs never hold it); a stop word is."""
+    seq = req.seqs[0]
+    if req.end_id is not None and token == req.end_id:
+        req.status = RequestStatus.FINISHED_END_ID
+        return
+    seq.tokens.append(token)
+    seq.log_probs.append(log_prob)
+    seq.cum_log_prob += log_prob
+    if req.stop_words and hits_stop_word(req, seq.tokens):
+        req.status = RequestStatus.FINISHED_STOP_WORDS
+    elif req.num_generated >= req.max_new_tokens:
+        req.status = RequestStatus.FINISHED_LENGTH
+
+
+# -- beam search ---------------------------------------------------------------------------------------
+# Hugging Face's algorithm (transformers >= 4.50, `_beam_search` with early_stopping=False), per request:
+#   1. scores of all continuations = beam cum log-prob + log-softmax(processed logits)   [live beams, V]
+#   2. take the top 2W; a candidate "hits" when its token is the end id, it completes a stop word,
+#      or it reaches max_new_tokens;
+#   3. hits among the first W (and while improvement is still possible) join the finished pool with
+#      score = cum_log_prob / generated_len ** length_penalty (the end id counts in the length);
+#      the pool keeps the best W;
+#   4. the first W non-hits become the live beams;
+#   5. improvement stays possible while the pool is not full or the best live beam's score / len**lp
+#      beats the pool's worst; the search ends when it is not, or when every candidate hit.
+# KV: new beams share their parent's blocks (`fork`); the parent's partly filled last block is copied
+# for every child but the first (copy on write), so each live beam writes only its own last block.
+
+
+def beam_step(req: Request, log_probs: torch.Tensor, bm: BlockManager, copies: list[tuple[int, int]]) -> None:
+    """Advance `req`'s beams by one token. `log_probs` [live beams, V] (CPU); appends (src, dst) block
+    copies the caller must apply to the KV pool before the next step."""
+    W, V = req.beam_width, log_probs.shape[-1]
+    gen = req.num_generated + 1  # generated length of every candidate
+    lp_pen = req.sampling.length_penalty
+    cum = torch.tensor([s.cum_log_prob for s in req.seqs], dtype=torch.float32)
+    scores, idx = (log_probs + cum[:, None]).flatten().topk(min(2 * W, log_probs.numel()))
+    parents, tokens = (idx // V).tolist(), (idx % V).tolist()
+    scores = scores.tolist()
+
+    live: list[Sequence] = []
+    for k, (score, p, t) in enumerate(zip(scores, parents, tokens, strict=True)):
+        parent = req.seqs[p]
+        step_lp = score - parent.cum_log_prob
+        is_end = req.end_id is not None and t == req.end_id
+        toks = parent.tokens if is_end else parent.tokens + [t]
+        hit = is_end or gen >= req.max_new_tokens or hits_stop_word(req, toks)
+        if hit:
+            if k < W and req.beam_improvable:
+                # The end id counts in the ranking score (as in HF) but, like its token, not in the
+                # returned log-probs: cum_log_prob == sum(log_probs) for every returned beam.
+                lps = parent.log_probs + ([] if is_end else [step_lp])
+                done = Sequence(tokens=list(toks), cum_log_prob=sum(lps), log_probs=lps)
+                req.finished_beams.append((score / gen**lp_pen, done))
+        elif len(live) < W:
+            live.append(Sequence(tokens=toks, cum_log_prob=score, log_probs=parent.log_probs + [step_lp]))
+            live[-1].block_table = bm.fork(parent.block_table)
+            live[-1].parent = p
+    req.finished_beams.sort(key=lambda e: -e[0])
+    del req.finished_beams[W:]
+
+    _copy_on_write(req, live, bm, copies)
+    for s in req.seqs:
+        bm.free(s.block_table)
+    req.seqs = live
+
+    if live and len(req.finished_beams) >= W:
+        best = live[0].cum_log_prob / gen**lp_pen
+        req.beam_improvable = req.beam_improvable and best > req.finished_beams[-1][0]
+    if not live or not req.beam_improvable:
+        # One reason for the request: "length" when the beams ran to max_new_tokens, else "end_id".
+        length = gen >= req.max_new_tokens
+        req.status = RequestStatus.FINISHED_LENGTH if length else RequestStatus.FINISHED_END_ID
+
+
+def _copy_on_write(req: Request, live: list[Sequence], bm: BlockManager, copies: list[tuple[int, int]]) -> None:
+    """Give every child but the first of each parent its own copy of the parent's partial last block."""
+    tpb = bm.tokens_per_block
+    if req.num_computed_tokens % tpb == 0:
+        return  # the next token starts a new block, allocated by the scheduler for each beam
+    claimed: set[int] = set()
+    for s in live:
+        p = s.parent
+        if p not in claimed:
+            claimed.add(p)
+            continue
+        src = s.block_table[-1]
+        (dst,) = bm.allocate(1)
+        bm.free([src])
+        s.block_table[-1] = dst
+        copies.append((src, dst))

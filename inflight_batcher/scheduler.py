@@ -1,0 +1,254 @@
+"""The scheduler plans one step at a time; the executor runs the plan and never calls back into it.
+
+Invariant kept here (vLLM's): a request computes tokens `[num_computed_tokens, num_tokens)` of its
+sequences; when a step brings `num_computed_tokens` up to `num_tokens`, the step also samples the next
+token. A new prompt (context phase), one new token (generation phase), a prompt split over several
+steps (chunked context) and the recompute of a paused request are all this one rule.
+
+Each step:
+1. `_schedule_running`: every running request, oldest first, gets its tokens and blocks. Under
+   `max_utilization`, when blocks run out the newest running requests are paused (blocks freed, put back
+   at the head of the queue, recomputed on resume).
+2. `_admit_waiting`: then, if nothing was paused, queued requests are admitted in arrival order while
+   batch slots, the token budget and blocks allow (first come, first served: the head blocks the rest).
+
+KV reservations: under `guaranteed_no_evict` every request, and under `max_utilization` every beam
+search request, reserves at admission the blocks of its whole possible length (`reserve_blocks`).
+Blocks are still allocated lazily; `_outstanding()` is what reserved requests may still take, and
+nobody else may use it, so a reserved request's extension never fails. Invariant:
+`bm.num_free >= _outstanding()` at all times; `_Budget.blocks` is the difference, kept current
+through the step's plan.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from inflight_batcher.block_manager import BlockManager
+from inflight_batcher.request import Request, RequestStatus, Sequence
+
+
+@dataclass
+class ScheduledSeq:
+    """One sequence (beam) in this step: compute `num_new` tokens from position `start`."""
+
+    request: Request
+    seq: Sequence
+    start: int
+    num_new: int
+    block_table: list[int]  # a copy, long enough for start + num_new tokens
+    sample: bool  # the step reaches the end of the sequence: its logits pick the next token
+
+
+@dataclass
+class SchedulerOutput:
+    """The plan of one step: context-phase sequences first, then generation-phase ones."""
+
+    context: list[ScheduledSeq] = field(default_factory=list)
+    generation: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[ScheduledSeq]:
+        return self.context + self.generation
+
+    @cached_property
+    def new_tokens_per_request(self) -> list[tuple[Request, int]]:
+        """(request, tokens it computes this step), each scheduled request once, in plan order."""
+        return list({id(s.request): (s.request, s.num_new) for s in self.context + self.generation}.values())
+
+    @property
+    def requests(self) -> list[Request]:
+        """Scheduled requests, each once, in plan order."""
+        return [r for r, _ in self.new_tokens_per_request]
+
+    @property
+    def num_context_tokens(self) -> int:
+        return sum(s.num_new for s in self.context)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new for s in self.context) + len(self.generation)
+
+    def __bool__(self) -> bool:
+        return bool(self.context or self.generation)
+
+
+@dataclass
+class _Budget:
+    """What is left for the rest of this step's plan."""
+
+    tokens: int  # of max_num_tokens
+    seats: int  # of max_batch_size (a beam is a seat)
+    blocks: int  # free blocks minus those reserved requests may still take (see module doc)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        policy: str,
+        max_batch_size: int,
+        max_num_tokens: int,
+        enable_chunked_context: bool = False,
+    ) -> None:
+        self.bm = block_manager
+        self.policy = policy
+        self.max_batch_size = max_batch_size
+        self.max_num_tokens = max_num_tokens
+        self.enable_chunked_context = enable_chunked_context
+        self.waiting: deque[Request] = deque()  # paused requests at the head, then arrivals in order
+        self.running: list[Request] = []  # in admission order; the newest is paused first
+
+    # -- sizes --
+    def reserves(self, req: Request) -> bool:
+        return self.policy == "guaranteed_no_evict" or req.is_beam_search
+
+    def reserve_blocks(self, req: Request) -> int:
+        """Blocks `req` can hold at most: the prompt's, shared by the beams, then each beam's own tail
+        (its copy of the prompt's partial last block plus the generated tokens)."""
+        total = req.prompt_len + req.max_new_tokens
+        if not req.is_beam_search:
+            return self.bm.blocks_for(total)
+        return self.bm.blocks_for(req.prompt_len) + req.beam_width * (self.bm.blocks_for(req.max_new_tokens) + 1)
+
+    def check_fits(self, req: Request) -> None:
+        """Raise ValueError when `req` could never run, even alone (reliability.md, fault 3)."""
+        need = self.reserve_blocks(req)
+        if need > self.bm.num_blocks:
+            raise ValueError(
+                f"request needs {need} KV blocks ({req.prompt_len} prompt + {req.max_new_tokens} new tokens"
+                f", beam_width={req.beam_width}) but the whole cache has {self.bm.num_blocks} blocks of "
+                f"{self.bm.tokens_per_block} tokens"
+            )
+
+    @staticmethod
+    def _held(req: Request) -> int:
+        if len(req.seqs) == 1:
+            return len(req.seqs[0].block_table)
+        return len({b for s in req.seqs for b in s.block_table})  # beams share blocks: count each once
+
+    def _outstanding(self) -> int:
+        return sum(max(0, self.reserve_blocks(r) - self._held(r)) for r in self.running if self.reserves(r))
+
+    # -- queue --
+    def add(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        """Take `req` out (finished, cancelled or failed) and free its blocks."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        for s in req.seqs:
+            self.bm.free(s.block_table)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # -- planning --
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = _Budget(
+            tokens=self.max_num_tokens,
+            seats=self.max_batch_size - sum(r.beam_width for r in self.running),
+            blocks=self.bm.num_free - self._outstanding(),
+        )
+        self._schedule_running(out, budget)
+        if not out.preempted:
+            # Admitting right after pausing would take the blocks the running requests just needed.
+            self._admit_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: _Budget) -> None:
+        i = 0
+        while i < len(self.running):
+            req = self.running[i]
+            remaining = req.num_tokens - req.num_computed_tokens
+            beams = req.num_live_beams
+            # Chunks only before the beams fork (one sequence), so a beam request moves in lockstep.
+            n = (
+                min(remaining, budget.tokens)
+                if beams == 1
+                else (remaining if remaining * beams <= budget.tokens else 0)
+            )
+            if n == 0:
+                i += 1
+                continue
+            if not self.reserves(req):
+                need = sum(self.bm.blocks_to_extend(s.block_table, req.num_computed_tokens + n) for s in req.seqs)
+                while need > budget.blocks:
+                    victim = self._pick_victim()
+                    assert victim is not None, "no request to pause; check_fits should have refused one"
+                    self._preempt(victim, out, budget)
+                    if victim is req:
+                        break
+                if req.status == RequestStatus.PAUSED:
+                    continue  # `req` paused itself; the list shrank, so `i` already points past it
+                budget.blocks -= need
+            # (A reserved request's new blocks come out of its own reservation: budget.blocks unchanged.)
+            self._place(req, n, out)
+            budget.tokens -= n * beams
+            i += 1
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: _Budget) -> None:
+        while self.waiting and budget.tokens > 0:
+            req = self.waiting[0]
+            if req.beam_width > budget.seats:
+                break
+            remaining = req.num_tokens - req.num_computed_tokens
+            # A paused request is always resumed in chunks: its prompt + generated tokens may exceed
+            # one step's budget even when the prompt alone did not.
+            chunked = self.enable_chunked_context or req.status == RequestStatus.PAUSED
+            n = min(remaining, budget.tokens) if chunked else remaining
+            if n > budget.tokens:
+                break
+            need = self.reserve_blocks(req) if self.reserves(req) else self.bm.blocks_for(req.num_computed_tokens + n)
+            if need > budget.blocks:
+                break
+            self.waiting.popleft()
+            if not req.seqs:
+                req.seqs = [Sequence(tokens=list(req.input_ids))]
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            self._place(req, n, out)
+            budget.tokens -= n
+            budget.seats -= req.beam_width
+            budget.blocks -= need
+
+    def _place(self, req: Request, n: int, out: SchedulerOutput) -> None:
+        """Allocate the blocks for `n` more tokens of each beam of `req` and add them to the plan."""
+        start = req.num_computed_tokens
+        sample = start + n == req.num_tokens
+        is_context = n > 1 or start < req.prompt_len
+        for s in req.seqs:
+            self.bm.extend(s.block_table, start + n)
+            sched = ScheduledSeq(req, s, start, n, list(s.block_table), sample)
+            (out.context if is_context else out.generation).append(sched)
+
+    def _pick_victim(self) -> Request | None:
+        for r in reversed(self.running):
+            if not self.reserves(r):
+                return r
+        return None
+
+    def _preempt(self, req: Request, out: SchedulerOutput, budget: _Budget) -> None:
+        """Pause `req`: free its blocks; on resume it recomputes prompt + generated tokens."""
+        self.running.remove(req)
+        free_before = self.bm.num_free
+        for s in req.seqs:
+            self.bm.free(s.block_table)
+        budget.blocks += self.bm.num_free - free_before
+        budget.seats += req.beam_width
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = RequestStatus.PAUSED
+        self.waiting.appendleft(req)
+        out.preempted.append(req)
+        # A request already placed in this plan cannot be paused: placed ones are older than `req`
+        # (we walk oldest first and pause newest first), so this only holds if the walk is broken.
+        assert all(s.request is not req for s in out.seqs), "paused a request already in the plan"
