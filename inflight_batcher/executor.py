@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -175,12 +176,7 @@ class Executor:
         if request.pad_id is None:
             request.pad_id = request.end_id
         sp = request.sampling
-        if not sp.greedy and not request.is_beam_search:
-            request.generator = torch.Generator(device=self.device)
-            if sp.random_seed is not None:
-                request.generator.manual_seed(sp.random_seed)
-            else:
-                request.generator.seed()
+        request.seed = sp.random_seed if sp.random_seed is not None else random.getrandbits(62)
 
     def cancel(self, request_id: int) -> bool:
         """Ask to end a request; it gets a final callback with finish_reason "cancelled". False when

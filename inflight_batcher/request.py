@@ -222,7 +222,7 @@ class Request:
     error: str | None = field(default=None, init=False)
     arrival_time: float = field(default=0.0, init=False)
     first_token_time: float | None = field(default=None, init=False)
-    generator: object = field(default=None, init=False, repr=False)  # torch.Generator when sampling
+    seed: int = field(default=0, init=False, repr=False)  # sampling noise seed: random_seed, or drawn at enqueue
 
     def __post_init__(self) -> None:
         self.input_ids = _as_list(self.input_ids)

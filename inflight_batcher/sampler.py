@@ -43,7 +43,7 @@ def hits_stop_word(req: Request, tokens: list[int]) -> bool:
 
 def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> ops.SamplingTensors:
     """The per-row tensors of one step (built once, on the host, then moved)."""
-    temperature, top_k, top_p, rep, pres, freq, banned, gens = ([] for _ in range(8))
+    temperature, top_k, top_p, rep, pres, freq, banned, seeds, offsets = ([] for _ in range(9))
     for r in rows:
         req, sp = r.request, r.request.sampling
         beam = req.is_beam_search
@@ -54,14 +54,15 @@ def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> 
         pres.append(sp.presence_penalty)
         freq.append(sp.frequency_penalty)
         banned.append(banned_tokens(req, r.seq))
-        gens.append(None if beam or sp.greedy else req.generator)
+        seeds.append(req.seed)
+        offsets.append(len(r.seq.tokens) - req.prompt_len)
     # Token histories only when a penalty needs them: copying them is the costly part of a step's prep.
     seen = [r.seq.tokens for r in rows] if any(p != 1.0 for p in rep) else None
     outs = None
     if any(p != 0.0 for p in pres) or any(p != 0.0 for p in freq):
         outs = [r.seq.tokens[r.request.prompt_len :] for r in rows]
     return ops.make_sampling_tensors(
-        vocab_size, device, temperature, top_k, top_p, rep, pres, freq, seen, outs, banned, gens
+        vocab_size, device, temperature, top_k, top_p, rep, pres, freq, seen, outs, banned, seeds, offsets
     )
 
 

@@ -3,6 +3,7 @@
 All sequences of a call start together and run until each ends (static, "V1" batching). The in-flight
 batcher (`inflight_batcher`) drives the same `Engine.forward` step for serving."""
 
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,14 +20,14 @@ def _ids(x: torch.Tensor | Sequence[int]) -> list[int]:
 
 
 class _Seq:
-    def __init__(self, prompt: list[int], blocks: list[int], gen: torch.Generator | None) -> None:
+    def __init__(self, prompt: list[int], blocks: list[int], seed: int) -> None:
         self.prompt = prompt
         self.output: list[int] = []
         self.log_probs: list[float] = []
         self.blocks = blocks
         self.cached = 0
         self.done = False
-        self.gen = gen
+        self.seed = seed
 
     @property
     def tokens(self) -> list[int]:
@@ -157,8 +158,9 @@ class ModelRunner:
         device = self.engine.device
         seqs, start = [], 0
         for i, (p, n) in enumerate(zip(prompts, need, strict=True)):
-            gen = torch.Generator(device).manual_seed(seed + i) if seed is not None else None
-            seqs.append(_Seq(p, list(range(start, start + n)), gen))
+            seqs.append(
+                _Seq(p, list(range(start, start + n)), seed + i if seed is not None else random.getrandbits(62))
+            )
             start += n
         single_bad = [w[0] for w in bad_words if len(w) == 1]
         # Without penalties or multi-token bad words, a step's sampling needs no host state, so once
@@ -181,9 +183,10 @@ class ModelRunner:
             if not live:
                 return
             if plain and all(s.cached == len(s.tokens) - 1 for s in live):
+                n = len(live)
                 st = make_sampling_tensors(
-                    self.vocab_size, device, [temperature] * len(live), [top_k] * len(live), [top_p] * len(live),
-                    banned=[single_bad] * len(live), generators=[s.gen for s in live],
+                    self.vocab_size, device, [temperature] * n, [top_k] * n, [top_p] * n, banned=[single_bad] * n,
+                    seeds=[s.seed for s in live], offsets=[len(s.output) for s in live],
                 )  # fmt: skip
                 yield from self._decode_ahead(seqs, live, st, max_new_tokens, want_log_probs, finish)
                 return
@@ -211,7 +214,7 @@ class ModelRunner:
                     self.vocab_size, device, [temperature] * len(rows), [top_k] * len(rows), [top_p] * len(rows),
                     [rep] * len(rows), [pres] * len(rows), [freq] * len(rows),
                     seen_ids=[s.tokens for s in rows], output_ids=[s.output for s in rows], banned=banned,
-                    generators=[s.gen for s in rows],
+                    seeds=[s.seed for s in rows], offsets=[len(s.output) for s in rows],
                 )  # fmt: skip
                 tokens, log_probs = sample(logits[ready], st, want_log_probs)
                 tokens = tokens.tolist()
@@ -254,6 +257,7 @@ class ModelRunner:
         tokens = torch.tensor([s.output[-1] for s in live], device=device)
         rows = torch.arange(B, device=device)
         max_ctx = ctx.max(axis=1)
+        offsets0 = st.offsets
 
         def consume(k: int) -> None:
             if events[k] is not None:
@@ -270,6 +274,8 @@ class ModelRunner:
                 max_seq_len=1, max_context_len=int(max_ctx[k]),
             )  # fmt: skip
             logits = self.engine.forward(step, self.kv)
+            if st.offsets is not None:  # row b's k-th step draws with offset (its outputs so far) + k
+                st.offsets = offsets0 + k
             tokens, log_probs = sample(logits, st, want_log_probs)
             tokens_host[k].copy_(tokens, non_blocking=True)
             if log_probs is not None:

@@ -5,6 +5,10 @@ no sampling knob was given at all (temperature unset and top_k, top_p both 0). T
 `temperature` alone as greedy, which its users reported as "sampling ignored"; here a temperature
 that is set samples from the whole vocabulary.
 
+Draws come from `tensorrt_llm.kernels.top_k_top_p_sample`: noise hashed from (seed, offset, token), so
+a row's token depends only on its own seed and how many tokens it has generated (the offset): the same
+seed gives the same output alone or in any batch, with no generator state and no host sync.
+
 Penalties: `repetition_penalty` (Hugging Face/CTRL: divide positive logits, multiply negative ones)
 over prompt and generated tokens; `presence_penalty` and `frequency_penalty` (OpenAI) over generated
 tokens only. Log-probs are those of the distribution sampled from, after penalties and temperature
@@ -15,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from tensorrt_llm import kernels
 
 
 def is_greedy(temperature: float | None, top_k: int, top_p: float) -> bool:
@@ -38,7 +44,9 @@ class SamplingTensors:
     seen_ids: torch.Tensor | None = None  # [N, L] prompt + generated ids, -1 padded
     output_ids: torch.Tensor | None = None  # [N, L'] generated ids, -1 padded
     banned: torch.Tensor | None = None  # [N, V] bool: bad words, end id under min_length
-    generators: Sequence[torch.Generator | None] = ()
+    seeds: torch.Tensor | None = None  # [N] int64
+    offsets: torch.Tensor | None = None  # [N] int64: tokens generated so far
+    max_top_k: int | None = None  # when every sampled row has 0 < top_k <= it: top-k without a full sort
 
 
 def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -62,7 +70,8 @@ def make_sampling_tensors(
     seen_ids: Sequence[Sequence[int]] | None = None,
     output_ids: Sequence[Sequence[int]] | None = None,
     banned: Sequence[Sequence[int]] | None = None,
-    generators: Sequence[torch.Generator | None] = (),
+    seeds: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> SamplingTensors:
     """Builds the step's tensors from host lists; penalty tensors are made only when some row uses one."""
     device = torch.device(device)
@@ -79,8 +88,14 @@ def make_sampling_tensors(
         top_k=vec(top_k, torch.int64),
         top_p=vec([p if 0.0 < p < 1.0 else 1.0 for p in top_p], torch.float32),
         all_greedy=all(greedy),
-        generators=list(generators) or [None] * len(greedy),
     )
+    if not st.all_greedy:
+        if seeds is None or offsets is None:
+            raise ValueError("sampled rows need seeds and offsets")
+        st.seeds = vec(seeds, torch.int64)
+        st.offsets = vec(offsets, torch.int64)
+        ks = [k for k, g in zip(top_k, greedy, strict=True) if not g]
+        st.max_top_k = max(ks) if all(k > 0 for k in ks) else None
     if repetition_penalty is not None and any(p != 1.0 for p in repetition_penalty):
         st.repetition_penalty = vec(repetition_penalty, torch.float32)
         st.seen_ids = _pad(seen_ids or [[] for _ in greedy], device)
@@ -127,33 +142,19 @@ def process_logits(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     return logits
 
 
-def _truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Masks logits [N, V] outside each row's top-k and top-p (nucleus) set to -inf."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
-    drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
-    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
-    # Drop a token when the tokens ranked above it already reach top_p (the first is always kept).
-    drop |= (probs.cumsum(-1) - probs) >= top_p[:, None]
-    return logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-
-
 def sample(
     logits: torch.Tensor, st: SamplingTensors, return_log_probs: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token of each row [N] (int64) and, on request, its log-prob [N] (float32)."""
     logits = process_logits(logits, st)
-    tokens = logits.argmax(-1)
-    if not st.all_greedy:
-        probs = _truncate(logits, st.top_k, st.top_p).softmax(-1)
-        # Exponential race (Gumbel-max): argmax(p / E) with E ~ Exp(1) draws from p, with no host sync
-        # and one generator per seeded row, so a seed gives the same tokens whatever the batch.
-        race = torch.empty_like(probs).exponential_()
-        for i, gen in enumerate(st.generators):
-            if gen is not None:
-                race[i].exponential_(generator=gen)
-        drawn = (probs / race).argmax(-1)
-        tokens = torch.where(st.greedy, tokens, drawn)
+    if st.all_greedy:
+        tokens = logits.argmax(-1)
+    else:
+        # Temperature is already applied; 0 marks the greedy rows for the kernel.
+        temperature = torch.where(st.greedy, 0.0, 1.0)
+        tokens = kernels.top_k_top_p_sample(
+            logits, temperature, st.top_k, st.top_p, st.seeds, st.offsets, max_top_k=st.max_top_k
+        )
     log_probs = None
     if return_log_probs:
         log_probs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
