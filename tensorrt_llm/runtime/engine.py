@@ -118,6 +118,7 @@ class Engine:
             raise ValueError(f"kv_cache_free_gpu_mem_fraction must be in (0, 1], got {free_gpu_mem_fraction}")
         b, tpb = self.config.build, self.config.build.tokens_per_block
         if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # memory cached by the allocator (e.g. conversion temporaries) counts as free
             free, _ = torch.cuda.mem_get_info(self.device)
             blocks = int(free * free_gpu_mem_fraction) // self.kv_bytes_per_block()
         else:
