@@ -1,0 +1,259 @@
+"""The `tensorrt_llm_bls` model: the ensemble's text API in Python (Business Logic Scripting).
+
+It tokenizes in-process (the preprocessing logic), calls the `tensorrt_llm` model with a BLS request
+(decoupled: one response per streamed chunk), and detokenizes with an `IncrementalDetokenizer` per request,
+so streamed text is exact. Each request runs on a worker thread: one BLS instance serves many concurrent
+streams (the TensorRT-LLM BLS blocks an instance per request).
+
+Differences from the TensorRT-LLM BLS: stop words are matched on token ids by the engine (not again on the
+decoded text); no draft-model speculation or multimodal encoders (their inputs are rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from backend.detokenizer import IncrementalDetokenizer, decode
+from backend.params import Params
+from backend.preprocessing_model import PreprocessingModel
+from backend.triton_utils import InputError, error_response, get_logger, input_array, log_warn, pb_utils
+
+# BLS input -> tensorrt_llm input, for the inputs passed on as they are (with renames).
+PASS_THROUGH = {
+    "top_k": "runtime_top_k",
+    "top_p": "runtime_top_p",
+    "length_penalty": "len_penalty",
+    "stream": "streaming",
+    "temperature": "temperature",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "min_length": "min_length",
+    "beam_width": "beam_width",
+    "random_seed": "random_seed",
+    "return_log_probs": "return_log_probs",
+    "return_context_logits": "return_context_logits",
+    "return_generation_logits": "return_generation_logits",
+    "return_perf_metrics": "return_perf_metrics",
+    "exclude_input_in_output": "exclude_input_in_output",
+    "num_return_sequences": "num_return_sequences",
+    "prompt_embedding_table": "prompt_embedding_table",
+    "prompt_vocab_size": "prompt_vocab_size",
+    "lora_task_id": "lora_task_id",
+    "lora_weights": "lora_weights",
+    "lora_config": "lora_config",
+    "guided_decoding_guide_type": "guided_decoding_guide_type",
+    "guided_decoding_guide": "guided_decoding_guide",
+}
+UNSUPPORTED = {
+    "image_input": "multimodal input",
+    "image_bytes_input": "multimodal input",
+    "image_url_input": "multimodal input",
+    "video_bytes_input": "multimodal input",
+    "num_draft_tokens": "draft-model speculative decoding",
+    "decoder_text_input": "encoder-decoder models",
+    "prompt_table_extra_id": "prompt tuning (prompt tables)",
+}
+TEXT_INPUTS = [
+    "text_input",
+    "max_tokens",
+    "bad_words",
+    "stop_words",
+    "embedding_bias_words",
+    "embedding_bias_weights",
+    "end_id",
+    "pad_id",
+]
+FORWARDED_OUTPUTS = ["cum_log_probs", "output_log_probs", "batch_index", "sequence_index"]
+
+
+def _flag(arr) -> bool:
+    return arr is not None and np.asarray(arr).size > 0 and bool(np.asarray(arr).reshape(-1)[0])
+
+
+class BlsModel:
+    def initialize(self, args: dict) -> None:
+        self.logger = get_logger(__name__)
+        self.model_config = json.loads(args["model_config"])
+        params = Params(self.model_config, warn=lambda m: log_warn(self.logger, m))
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.model_config)
+        self.accumulate = params.bool("accumulate_tokens", False)
+        self.engine_model = params.str("tensorrt_llm_model_name", "tensorrt_llm") or "tensorrt_llm"
+        if params.is_set("tensorrt_llm_draft_model_name"):
+            log_warn(self.logger, "tensorrt_llm_draft_model_name is set, but speculative decoding is not supported")
+        self.pre = PreprocessingModel()
+        self.pre.initialize(args)  # same tokenizer_dir / add_special_tokens parameters
+        self.tokenizer = self.pre.tokenizer
+        self.skip_special_tokens = params.bool("skip_special_tokens", True)
+        self.pool = ThreadPoolExecutor(max_workers=params.int("max_concurrent_requests", 256), thread_name_prefix="bls")
+        self._closing = threading.Event()
+
+    def execute(self, requests: list):
+        if self.decoupled:
+            for request in requests:
+                self.pool.submit(self._serve, request)
+            return None
+        return [self._serve(request) for request in requests]
+
+    def _serve(self, request):
+        sender = request.get_response_sender() if self.decoupled else None
+        try:
+            return self._run(request, sender)
+        except InputError as e:
+            return self._fail(sender, str(e))
+        except Exception as e:  # never leave a decoupled request without its final response
+            return self._fail(sender, f"tensorrt_llm_bls: {e}")
+
+    def _fail(self, sender, message: str):
+        response = error_response(message)
+        if sender is None:
+            return response
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _engine_request(self, request) -> tuple:
+        for name, feature in UNSUPPORTED.items():
+            a = input_array(request, name)
+            if a is not None and np.asarray(a).size and (a.dtype == object or np.any(a)):
+                if name == "decoder_text_input" and not any(np.asarray(a, dtype=object).reshape(-1)):
+                    continue
+                raise InputError(f"input {name} is not supported: this engine has no {feature}")
+        if _flag(input_array(request, "use_draft_logits")):
+            raise InputError("use_draft_logits is not supported: no draft-model speculative decoding")
+        text = input_array(request, "text_input")
+        if text is None:
+            raise InputError("input text_input is required")
+        if np.asarray(text).reshape(-1).size != 1:
+            raise InputError("tensorrt_llm_bls takes one text_input per request")
+        raw = {
+            "QUERY": text,
+            "REQUEST_OUTPUT_LEN": input_array(request, "max_tokens"),
+            "BAD_WORDS_DICT": input_array(request, "bad_words"),
+            "STOP_WORDS_DICT": input_array(request, "stop_words"),
+            "EMBEDDING_BIAS_WORDS": input_array(request, "embedding_bias_words"),
+            "EMBEDDING_BIAS_WEIGHTS": input_array(request, "embedding_bias_weights"),
+            "END_ID": input_array(request, "end_id"),
+            "PAD_ID": input_array(request, "pad_id"),
+        }
+        if raw["REQUEST_OUTPUT_LEN"] is None:
+            raise InputError("input max_tokens is required")
+        if int(np.asarray(raw["REQUEST_OUTPUT_LEN"]).reshape(-1)[0]) <= 0:
+            raise InputError(f"max_tokens={int(np.asarray(raw['REQUEST_OUTPUT_LEN']).reshape(-1)[0])} must be > 0")
+        pre = self.pre.process(raw)
+        t = pb_utils.Tensor
+        tensors = [
+            t("input_ids", pre["INPUT_ID"]),
+            t("input_lengths", pre["REQUEST_INPUT_LEN"]),
+            t("request_output_len", pre["REQUEST_OUTPUT_LEN"]),
+            t("end_id", pre["OUT_END_ID"]),
+            t("pad_id", pre["OUT_PAD_ID"]),
+            t("stop_words_list", pre["STOP_WORDS_IDS"]),
+            t("bad_words_list", pre["BAD_WORDS_IDS"]),
+        ]
+        if pre["EMBEDDING_BIAS"].size:
+            tensors.append(t("embedding_bias", pre["EMBEDDING_BIAS"]))
+        for src, dst in PASS_THROUGH.items():
+            a = input_array(request, src)
+            if a is not None:
+                tensors.append(t(dst, a))
+        streaming = _flag(input_array(request, "stream"))
+        exclude = _flag(input_array(request, "exclude_input_in_output"))
+        return tensors, streaming, exclude
+
+    def _run(self, request, sender):
+        tensors, streaming, exclude = self._engine_request(request)
+        if streaming and not self.decoupled:
+            raise InputError("streaming is only supported if the model is deployed in decoupled mode")
+        engine_id = f"bls-{uuid.uuid4().hex}"
+        engine_req = pb_utils.InferenceRequest(
+            model_name=self.engine_model,
+            inputs=tensors,
+            requested_output_names=["output_ids", "sequence_length", *FORWARDED_OUTPUTS],
+            # Our own unique id, so that a cancelled client's engine request can be stopped by id.
+            request_id=engine_id,
+        )
+        detok = IncrementalDetokenizer(self.tokenizer, self.skip_special_tokens)
+        t = pb_utils.Tensor
+        last = None
+        stopped = False
+        for resp in engine_req.exec(decoupled=True):
+            if not stopped and request.is_cancelled():
+                # The client is gone: stop the engine request too (same id, stop=true), then drain.
+                self._stop_engine(engine_id)
+                stopped = True
+            if resp.has_error():
+                return self._fail(sender, resp.error().message())
+            outs = {o.name(): o.as_numpy() for o in resp.output_tensors()}
+            if "output_ids" not in outs:
+                continue  # the empty final response
+            ids, lens = outs["output_ids"], outs["sequence_length"]
+            if streaming:
+                delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist())
+                piece = detok.text if self.accumulate else delta
+                extras = [t(n, outs[n]) for n in FORWARDED_OUTPUTS if n in outs]
+                if delta or self.accumulate:
+                    sender.send(
+                        pb_utils.InferenceResponse(
+                            output_tensors=[
+                                t("text_output", np.array([[piece.encode("utf-8")]], dtype=object)),
+                                *extras,
+                            ]
+                        )
+                    )
+                last = outs
+            else:
+                last = outs
+        if streaming:
+            tail = detok.finish()
+            if tail:
+                sender.send(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[t("text_output", np.array([[tail.encode("utf-8")]], dtype=object))]
+                    )
+                )
+            sender.send(
+                pb_utils.InferenceResponse(output_tensors=[]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            )
+            return None
+        if last is None:
+            return self._fail(sender, "the engine returned no output")
+        ids, lens = last["output_ids"], last["sequence_length"]
+        texts = [
+            decode(self.tokenizer, ids[0, k, : int(lens[0, k])].tolist(), self.skip_special_tokens)
+            for k in range(ids.shape[1])
+        ]
+        response = pb_utils.InferenceResponse(
+            output_tensors=[
+                t("text_output", np.array([[s.encode("utf-8") for s in texts]], dtype=object)),
+                *[t(n, last[n]) for n in FORWARDED_OUTPUTS if n in last],
+            ]
+        )
+        if sender is None:
+            return response
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _stop_engine(self, rid: str) -> None:
+        t = pb_utils.Tensor
+        stop = pb_utils.InferenceRequest(
+            model_name=self.engine_model,
+            inputs=[
+                t("input_ids", np.zeros((1, 1), np.int32)),
+                t("input_lengths", np.ones((1, 1), np.int32)),
+                t("request_output_len", np.zeros((1, 1), np.int32)),
+                t("stop", np.array([[True]])),
+            ],
+            requested_output_names=[],
+            request_id=rid,
+        )
+        for _ in stop.exec(decoupled=True):
+            pass
+
+    def finalize(self) -> None:
+        self._closing.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,193 @@
+"""Serving through tritonserver against the engine driven directly, under the same load.
+
+The same prompts (client/benchmark_serving.py's generator), the same output lengths, the same
+concurrency: first through the in-process executor (streaming callbacks), then through the real
+`tritonserver` (HTTP generate_stream on the ensemble, tokenizer and detokenizer included). Prints TTFT,
+inter-token latency, output tokens/s and the ratio server ÷ engine.
+
+    python benchmarks/bench_serving.py [--model llama3.2-1b] [--concurrency 1,16,64] [--out DIR]
+
+Needs the nvidia-pytriton wheel (tritonserver) importable; random weights, no download.
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "client"))
+
+from benchmark_serving import WORDS, make_lengths, percentile  # noqa: E402
+
+from benchmarks.bench_engine import SHAPES  # noqa: E402
+from inflight_batcher import Executor, ExecutorConfig, Request  # noqa: E402
+from inflight_batcher.request import SamplingParams  # noqa: E402
+
+SHAPES = dict(
+    SHAPES,
+    **{
+        "llama3.2-1b": dict(
+            SHAPES["llama3-8b"], hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+        ),
+    },
+)  # fmt: skip
+
+
+def workload(n: int, in_len: int, out_len: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Exactly the prompts and lengths client/benchmark_serving.py sends with the same arguments."""
+    rng = random.Random(seed)
+    in_lens = make_lengths(n, in_len, 0.0, rng)
+    out_lens = make_lengths(n, out_len, 0.0, rng)
+    return [" ".join(rng.choice(WORDS) for _ in range(k)) for k in in_lens], out_lens
+
+
+def summarize(ttft: list[float], itl: list[float], tokens: int, duration: float) -> dict:
+    ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
+    return {
+        "output_token_throughput": tokens / duration,
+        "ttft_ms": {"p50": ms(ttft, 50), "p99": ms(ttft, 99), "mean": 1000 * statistics.fmean(ttft)},
+        "itl_ms": {"p50": ms(itl, 50), "p99": ms(itl, 99), "mean": 1000 * statistics.fmean(itl)},
+    }
+
+
+def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], concurrency: int) -> dict:
+    """Streams every request through the executor, at most `concurrency` in flight."""
+    slots = threading.Semaphore(concurrency)
+    done = threading.Event()
+    lock = threading.Lock()
+    ttft, itl, produced, remaining = [], [], [0], [len(ids)]
+
+    def submit(i: int) -> None:
+        t0 = time.perf_counter()
+        last = [None]
+
+        def cb(out) -> None:
+            now = time.perf_counter()
+            n = len(out.new_tokens[0]) if out.new_tokens else 0
+            with lock:
+                if n:
+                    (ttft.append(now - t0) if last[0] is None else itl.append(now - last[0]))
+                    last[0] = now
+                    produced[0] += n
+                if out.finished:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        done.set()
+            if out.finished:
+                slots.release()
+
+        sp = SamplingParams(min_length=out_lens[i])
+        executor.enqueue(Request(ids[i], max_new_tokens=out_lens[i], streaming=True, sampling=sp, callback=cb))
+
+    t0 = time.perf_counter()
+    for i in range(len(ids)):
+        slots.acquire()
+        submit(i)
+    done.wait()
+    return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="llama3.2-1b", choices=SHAPES)
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--input-len", type=int, default=128, help="prompt words")
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--work", default="/tmp/bench_serving")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = p.parse_args()
+    from quickstart_server import make_model_repo
+
+    from tensorrt_llm.builder import BuildConfig, build_engine
+    from tensorrt_llm.runtime import Engine
+    from tensorrt_llm.tools.tiny_model import train_tokenizer
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(work / "tokenizer")
+    build = BuildConfig(max_batch_size=64, max_input_len=1024, max_seq_len=2048, max_num_tokens=8192)
+    t0 = time.perf_counter()
+    build_engine(work / "engine", hf_config=SHAPES[args.model], dtype="float16", build=build, device="cuda")
+    build_s = time.perf_counter() - t0
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = {}
+
+    engine = Engine.from_dir(work / "engine", device="cuda")
+    executor = Executor(engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144))
+    for c in levels:
+        prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
+        ids = [tok.encode(t) for t in prompts]
+        run_direct(executor, ids[:c], [8] * c, c)  # warm-up
+        rows[c] = {"engine": run_direct(executor, ids, out_lens, c)}
+        print(c, "engine", json.dumps(rows[c]["engine"]), flush=True)
+    executor.shutdown()
+    del executor, engine
+    torch.cuda.empty_cache()
+
+    repo = make_model_repo(work / "repo", work / "engine", work / "tokenizer", device="cuda", triton_max_batch_size=64)
+    log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo), "--no-mpi",
+         "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen("http://localhost:18000/v2/health/ready", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
+                time.sleep(1)
+        for c in levels:
+            n = max(16, 4 * c)
+            cmd = [sys.executable, str(ROOT / "client" / "benchmark_serving.py"), "-u", "http://localhost:18000",
+                   "--num-requests", str(n), "-c", str(c), "--input-len", str(args.input_len),
+                   "--output-len", str(args.output_len), "--json", str(work / f"server_{c}.json")]  # fmt: skip
+            subprocess.run(cmd[:-2] + ["--num-requests", str(c), "--output-len", "8"], check=True, capture_output=True)
+            subprocess.run(cmd, check=True, capture_output=True)
+            rows[c]["server"] = json.loads((work / f"server_{c}.json").read_text())
+            print(c, "server", json.dumps(rows[c]["server"]["output_token_throughput"]), flush=True)
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16, random weights; prompts of "
+        f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s",
+        f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
+        f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
+    ]
+    for c, r in rows.items():
+        e, s = r["engine"], r.get("server")
+        if s is None:
+            continue
+        f = lambda d, k: f"{d[k]['p50']:.1f}/{d[k]['p99']:.1f} ms"  # noqa: E731
+        lines.append(
+            f"{c:>4} {e['output_token_throughput']:>12.0f} {s['output_token_throughput']:>12.0f} "
+            f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
+            f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}"
+        )
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out, f"bench_serving_{args.model}.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

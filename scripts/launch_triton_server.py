@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Start Triton Inference Server on a model repository: one `tritonserver` per rank.
+
+Flags follow the TensorRT-LLM backend's launcher (spec/triton_interface.md section 5). Differences:
+- it finds `tritonserver` on PATH, in `/opt/tritonserver`, or inside the `nvidia-pytriton` wheel, and sets up
+  what that wheel's binary needs (run bits, its libs on LD_LIBRARY_PATH, the environment's `bin/` first on
+  PATH, the Python backend stub in a backend directory) so users never do;
+- it puts the project root on PYTHONPATH so that model files can `import backend`;
+- by default it stays in the foreground: waits until `/v2/health/ready`, prints where the server listens, and
+  stops the server cleanly on Ctrl-C / SIGTERM. `--detach` returns once ready and leaves the server running
+  (the original script's behaviour, minus the readiness wait).
+- world_size 1 without `mpirun` on PATH runs a plain server (as `--no-mpi`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPO = ROOT / "all_models" / "inflight_batcher_llm"
+
+
+def _wheel_dir() -> Path | None:
+    """The `pytriton/tritonserver` folder of an installed nvidia-pytriton wheel, if any."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    return d if (d / "bin" / "tritonserver").exists() else None
+
+
+def find_tritonserver(explicit: str | None = None) -> Path:
+    """`--tritonserver`, else PATH, else /opt/tritonserver, else the nvidia-pytriton wheel."""
+    if explicit:
+        p = Path(explicit)
+        if not p.exists():
+            raise FileNotFoundError(f"--tritonserver {explicit}: no such file")
+        return p.resolve()
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path).resolve()
+    opt = Path("/opt/tritonserver/bin/tritonserver")
+    if opt.exists():
+        return opt
+    wheel = _wheel_dir()
+    if wheel is not None:
+        return wheel / "bin" / "tritonserver"
+    raise FileNotFoundError(
+        "tritonserver not found: not on PATH, not in /opt/tritonserver, and the nvidia-pytriton wheel is not "
+        "installed (pip install 'nvidia-pytriton==0.7.0'); or pass --tritonserver PATH"
+    )
+
+
+def _python_version_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def prepare_environment(tritonserver: Path, backend_dir: Path | None = None) -> tuple[dict, list[str]]:
+    """Environment variables and extra tritonserver arguments the binary needs.
+
+    For the wheel's binary (`.../pytriton/tritonserver/bin/tritonserver`): make the binary and the stub
+    executable (unzipping drops run bits), put the wheel's `nvidia_pytriton.libs` on LD_LIBRARY_PATH, and
+    build a backend directory holding the Python backend plus the stub for this Python, because the stub
+    embeds `libpython3.X` and the wheel ships one stub per Python version beside, not inside, the backend.
+    """
+    env = dict(os.environ)
+    # The stub imports packages from the first python3 on PATH: make it this environment's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # Model files `import backend` (and backend imports inflight_batcher / tensorrt_llm).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    extra: list[str] = []
+    wheel = tritonserver.parent.parent
+    stubs = wheel / "python_backend_stubs"
+    if not stubs.is_dir():
+        return env, extra  # a regular Triton install (container): it knows its own backends
+
+    libs = wheel.parent.parent / "nvidia_pytriton.libs"
+    lib_path = [str(libs)] if libs.is_dir() else []
+    # The stub links `libpython3.X.so.1.0`; without help it finds the system one, whose patch level may
+    # differ from this interpreter's standard library (seen: Debian 3.11.2 libpython vs pyenv 3.11.7,
+    # "_ssl...so: undefined symbol: _PyModule_Add"). This interpreter's own shared libpython comes first.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlib = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if libdir and ldlib and (Path(libdir) / ldlib).exists():
+        lib_path.insert(0, libdir)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [*lib_path, env.get("LD_LIBRARY_PATH", "")] if p)
+    stub = stubs / _python_version_tag() / "triton_python_backend_stub"
+    if not stub.exists():
+        raise FileNotFoundError(
+            f"the nvidia-pytriton wheel has no Python backend stub for Python {_python_version_tag()} ({stub})"
+        )
+    for exe in (tritonserver, stub):
+        if not os.access(exe, os.X_OK):
+            exe.chmod(exe.stat().st_mode | 0o111)
+
+    if backend_dir is None:
+        backend_dir = Path(tempfile.gettempdir()) / f"trtllm_triton_backends_py{_python_version_tag()}"
+    py_dir = backend_dir / "python"
+    py_dir.mkdir(parents=True, exist_ok=True)
+    for src in [*sorted((wheel / "backends" / "python").glob("*")), stub]:
+        if src.is_file():
+            dst = py_dir / src.name
+            # Copy only when changed: another server may be running from this directory.
+            if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+                tmp = py_dir / (src.name + f".tmp{os.getpid()}")
+                shutil.copy2(src, tmp)
+                os.replace(tmp, dst)
+    # A Python-based backend named "tensorrtllm": configs filled with `triton_backend:tensorrtllm` (the
+    # TensorRT-LLM README's value) load our engine model, as with `triton_backend:python`.
+    trt_dir = backend_dir / "tensorrtllm"
+    trt_dir.mkdir(exist_ok=True)
+    (trt_dir / "model.py").write_text(
+        '"""Python-based backend "tensorrtllm": the in-flight batcher engine model (backend/engine_model.py)."""\n\n'
+        "from backend.engine_model import EngineModel\n\n\n"
+        "class TritonPythonModel(EngineModel):\n    pass\n"
+    )
+    extra.append(f"--backend-directory={backend_dir}")
+    caches = wheel / "caches"
+    if caches.is_dir():
+        extra.append(f"--cache-directory={caches}")
+    return env, extra
+
+
+def rank_command(args: argparse.Namespace, tritonserver: Path, rank: int, extra: list[str]) -> list[str]:
+    """The tritonserver command line of one rank (spec section 5)."""
+    cmd = [
+        str(tritonserver),
+        f"--model-repository={args.model_repo}",
+        f"--grpc-port={args.grpc_port}",
+        f"--http-port={args.http_port}",
+        f"--metrics-port={args.metrics_port}",
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
+        *extra,
+    ]
+    if rank == 0 and args.log:
+        cmd += ["--log-verbose=3", f"--log-file={args.log_file}"]
+    if rank != 0:
+        # Workers load only the engine model; they block in its initialize and never serve.
+        cmd += ["--model-control-mode=explicit"]
+        cmd += [f"--load-model={name}" for name in args.tensorrt_llm_model_name.split(",")]
+    if rank == 0 and args.multimodal_gpu0_cuda_mem_pool_bytes:
+        cmd += [f"--cuda-memory-pool-byte-size=0:{args.multimodal_gpu0_cuda_mem_pool_bytes}"]
+    return cmd
+
+
+def build_command(args: argparse.Namespace, tritonserver: Path, extra: list[str]) -> list[str]:
+    if args.no_mpi:
+        return rank_command(args, tritonserver, 0, extra)
+    cmd = ["mpirun", "--allow-run-as-root"]
+    if args.oversubscribe:
+        cmd.append("--oversubscribe")
+    for rank in range(args.world_size):
+        cmd += ["-n", "1", *rank_command(args, tritonserver, rank, extra), ":"]
+    return cmd
+
+
+def server_running() -> bool:
+    try:
+        out = subprocess.run(["pgrep", "-x", "tritonserver"], capture_output=True, text=True)
+    except FileNotFoundError:  # no procps: cannot tell, do not block the start
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def is_ready(http_port: int, host: str = "localhost") -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http_port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_ready(proc: subprocess.Popen, http_port: int, timeout: float) -> None:
+    """Poll readiness; fail as soon as the server process dies (a model failing to load ends it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {proc.returncode} before becoming ready")
+        if is_ready(http_port):
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (Triton unloads models and exits), then SIGKILL of the process group after `timeout`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world_size", type=int, default=1, help="number of ranks (= TP x PP)")
+    p.add_argument(
+        "--tritonserver",
+        default=None,
+        help="tritonserver binary (default: PATH, /opt/tritonserver/bin/tritonserver, then the nvidia-pytriton wheel)",
+    )
+    p.add_argument("--model_repo", default=str(DEFAULT_MODEL_REPO), help="model repository")
+    p.add_argument("--log", action="store_true", help="rank 0 logs verbosely to --log-file")
+    p.add_argument("--log-file", dest="log_file", default="triton_log.txt")
+    p.add_argument("--force", "-f", action="store_true", help="start even if a tritonserver is running")
+    p.add_argument("--http_port", type=int, default=8000)
+    p.add_argument("--grpc_port", type=int, default=8001)
+    p.add_argument("--metrics_port", type=int, default=8002)
+    p.add_argument(
+        "--tensorrt_llm_model_name",
+        default="tensorrt_llm",
+        help="engine model name(s), comma separated; worker ranks load only these",
+    )
+    p.add_argument(
+        "--multi-model",
+        dest="multi_model",
+        action="store_true",
+        help="orchestrator mode (TRTLLM_ORCHESTRATOR=1); world_size must be 1",
+    )
+    p.add_argument("--disable-spawn-processes", dest="disable_spawn_processes", action="store_true")
+    p.add_argument("--oversubscribe", action="store_true", help="pass --oversubscribe to mpirun")
+    p.add_argument("--no-mpi", dest="no_mpi", action="store_true", help="plain tritonserver (world_size 1)")
+    p.add_argument("--multimodal_gpu0_cuda_mem_pool_bytes", type=int, default=0)
+    p.add_argument(
+        "--backend-directory",
+        dest="backend_directory",
+        default=None,
+        help="where to assemble the Python backend for a wheel-installed tritonserver",
+    )
+    p.add_argument(
+        "--detach", action="store_true", help="return once ready and leave the server running (prints its pid)"
+    )
+    p.add_argument(
+        "--ready-timeout", dest="ready_timeout", type=float, default=600.0, help="seconds to wait for /v2/health/ready"
+    )
+    p.add_argument(
+        "--print-command",
+        dest="print_command",
+        action="store_true",
+        help="print the command and environment, start nothing",
+    )
+    args = p.parse_args(argv)
+    args.model_repo = str(Path(args.model_repo).resolve())
+    if args.world_size < 1:
+        p.error("--world_size must be >= 1")
+    if args.world_size == 1 and not args.no_mpi and shutil.which("mpirun") is None:
+        args.no_mpi = True  # nothing to coordinate: run the plain server rather than fail for lack of MPI
+    if args.no_mpi and args.world_size != 1:
+        p.error("--no-mpi needs --world_size 1")
+    if not args.no_mpi and shutil.which("mpirun") is None:
+        p.error(f"--world_size {args.world_size} needs mpirun on PATH (Open MPI)")
+    if args.multi_model and args.world_size != 1 and not args.disable_spawn_processes:
+        p.error("--multi-model needs --world_size 1 unless --disable-spawn-processes")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.force and server_running():
+        print("tritonserver is already running; stop it or pass --force", file=sys.stderr)
+        return 1
+    tritonserver = find_tritonserver(args.tritonserver)
+    backend_dir = Path(args.backend_directory) if args.backend_directory else None
+    env, extra = prepare_environment(tritonserver, backend_dir)
+    if args.multi_model:
+        env["TRTLLM_ORCHESTRATOR"] = "1"
+        env["TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES"] = "0" if args.disable_spawn_processes else "1"
+    cmd = build_command(args, tritonserver, extra)
+    if args.print_command:
+        print(" ".join(cmd))
+        for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
+            print(f"{k}={env.get(k, '')}")
+        return 0
+
+    # Own process group: signals reach mpirun / tritonserver and their stubs together.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopping = {"sig": None}
+
+    def on_signal(signum, _frame):
+        stopping["sig"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        wait_ready(proc, args.http_port, args.ready_timeout)
+        print(
+            f"tritonserver ready (pid {proc.pid}): HTTP localhost:{args.http_port}, "
+            f"gRPC localhost:{args.grpc_port}, metrics localhost:{args.metrics_port}/metrics, "
+            f"model repository {args.model_repo}",
+            flush=True,
+        )
+        if args.detach:
+            return 0
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("stopping tritonserver ...", flush=True)
+        stop(proc)
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        stop(proc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""One real `tritonserver` per test session, started with the project's launcher on a tiny model.
+
+Skipped (not failed) when the nvidia-pytriton wheel or tritonclient is not installed:
+`pip install -e '.[serve]'`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Server:
+    def __init__(self, http: int, grpc: int, metrics: int, model_dir: Path, engine_dir: Path, log: Path):
+        self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
+        self.http_url = f"http://localhost:{http}"
+        self.grpc_url = f"localhost:{grpc}"
+        self.metrics_url = f"http://localhost:{metrics}/metrics"
+        self.model_dir, self.engine_dir, self.log = model_dir, engine_dir, log
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return r.read().decode()
+
+    def metric(self, family: str, label: str, model: str = "tensorrt_llm") -> float:
+        for line in self.metrics().splitlines():
+            if line.startswith(family + "{") and f'"{label}"' in line and f'model="{model}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(f"{family} {label}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from tests.helpers import build_engine, make_tiny_llama
+
+    d = tmp_path_factory.mktemp("tiny")
+    make_tiny_llama(d / "hf")
+    build_engine(d / "hf", d / "engine", max_batch_size=8)
+    return d / "hf", d / "engine"
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model, tmp_path_factory):
+    yield from start_server(tiny_model, tmp_path_factory.mktemp("server"), decoupled=True)
+
+
+def start_server(tiny_model, work: Path, decoupled: bool, extra: dict | None = None):
+    """Fill the templates, start the launcher, yield a `Server` once ready, stop it with SIGTERM."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (tritonserver): pip install -e '.[serve]'")
+    pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[all]")
+    from quickstart_server import make_model_repo
+
+    model_dir, engine_dir = tiny_model
+    repo = make_model_repo(
+        work / "repo", engine_dir, model_dir, decoupled=decoupled, triton_max_batch_size=64, extra=extra
+    )
+    http, grpc, metrics = _free_ports(3)
+    log = work / "server.log"
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "launch_triton_server.py"),
+        "--model_repo",
+        str(repo),
+        "--http_port",
+        str(http),
+        "--grpc_port",
+        str(grpc),
+        "--metrics_port",
+        str(metrics),
+        "--force",
+        "--ready-timeout",
+        "300",
+        "--backend-directory",
+        str(work / "backends"),
+    ]
+    env = {**os.environ, "TRTLLM_DEVICE": "cpu"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    srv = Server(http, grpc, metrics, model_dir, engine_dir, log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the launcher exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if "tritonserver ready" in log.read_text():
+            break
+        time.sleep(0.5)
+    else:
+        proc.send_signal(signal.SIGTERM)
+        pytest.fail(f"server not ready:\n{log.read_text()[-4000:]}")
+    yield srv
+    proc.send_signal(signal.SIGTERM)  # the launcher stops tritonserver cleanly
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    """The engine's own greedy output, computed in the test process: prompt text -> generated token ids."""
+    from transformers import AutoTokenizer
+
+    from inflight_batcher import Executor, ExecutorConfig, Request
+
+    model_dir, engine_dir = tiny_model
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ex = Executor.from_engine_dir(engine_dir, ExecutorConfig(), device="cpu")
+    cache: dict = {}
+
+    def generate(prompt: str, max_tokens: int, **kw) -> list[int]:
+        key = (prompt, max_tokens, repr(sorted(kw.items())))
+        if key not in cache:
+            ids = tok.encode(prompt)
+            cache[key] = ex.generate([Request(input_ids=ids, max_new_tokens=max_tokens, **kw)])[0].tokens[0]
+        return cache[key]
+
+    generate.tokenizer = tok
+    yield generate
+    ex.shutdown()

@@ -1,0 +1,237 @@
+"""Unit tests of the launcher, fill_template, request parsing and the engine model, without tritonserver."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.params import Params
+from backend.request_parsing import EngineLimits, parse_request
+from backend.tokenization import to_word_list_format
+from backend.triton_utils import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import fill_template  # noqa: E402
+import launch_triton_server as launcher  # noqa: E402
+
+
+# -- fill_template (spec section 6) -------------------------------------------------------------------
+def test_fill_template_semantics():
+    text = "a: ${x}\nb: $y\nc: ${unknown}\nd: $$literal\nq: ${max_queue_size}"
+    out = fill_template.fill(text, "x:1,y:hello")
+    assert out == "a: 1\nb: hello\nc: ${unknown}\nd: $literal\nq: 0"
+
+
+def test_fill_template_escapes_and_errors():
+    assert fill_template.fill("${p}", r"p:/a\,b\:c") == "/a,b:c"
+    with pytest.raises(ValueError, match="exactly one"):
+        fill_template.fill("${p}", "p:a:b")
+    with pytest.raises(ValueError, match="does not appear"):
+        fill_template.fill("${p}", "q:1")
+
+
+def test_fill_template_cli_in_place(tmp_path):
+    f = tmp_path / "config.pbtxt"
+    f.write_text("decoupled: ${decoupled_mode}\nmax_batch_size: ${triton_max_batch_size}\n")
+    assert fill_template.main(["-i", str(f), "decoupled_mode:true,triton_max_batch_size:64"]) == 0
+    assert f.read_text() == "decoupled: true\nmax_batch_size: 64\n"
+
+
+# -- launcher (spec section 5) ------------------------------------------------------------------------
+def _args(**kw):
+    base = dict(
+        world_size=2,
+        model_repo="/repo",
+        http_port=8000,
+        grpc_port=8001,
+        metrics_port=8002,
+        log=True,
+        log_file="triton_log.txt",
+        tensorrt_llm_model_name="tensorrt_llm,other",
+        no_mpi=False,
+        oversubscribe=True,
+        multimodal_gpu0_cuda_mem_pool_bytes=0,
+    )
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_launcher_mpmd_command():
+    cmd = launcher.build_command(_args(), Path("/bin/tritonserver"), ["--backend-directory=/b"])
+    assert cmd[:3] == ["mpirun", "--allow-run-as-root", "--oversubscribe"]
+    assert cmd.count("-n") == 2 and cmd.count(":") == 2 and cmd[-1] == ":"
+    rank0 = cmd[cmd.index("-n") + 2 : cmd.index(":")]
+    rank1 = cmd[cmd.index(":") + 3 : -1]
+    assert "--backend-config=python,shm-region-prefix-name=prefix0_" in rank0
+    assert "--backend-config=python,shm-region-prefix-name=prefix1_" in rank1
+    assert "--log-verbose=3" in rank0 and "--log-verbose=3" not in rank1
+    assert "--model-control-mode=explicit" in rank1 and "--model-control-mode=explicit" not in rank0
+    assert "--load-model=tensorrt_llm" in rank1 and "--load-model=other" in rank1
+    for r in (rank0, rank1):  # every rank gets the same ports (only rank 0 ever serves)
+        assert "--http-port=8000" in r and "--grpc-port=8001" in r and "--metrics-port=8002" in r
+        assert "--disable-auto-complete-config" in r
+
+
+def test_launcher_no_mpi_and_world_size_checks():
+    cmd = launcher.build_command(_args(world_size=1, no_mpi=True), Path("/bin/tritonserver"), [])
+    assert cmd[0] == "/bin/tritonserver"
+    with pytest.raises(SystemExit):
+        launcher.parse_args(["--no-mpi", "--world_size", "2"])
+
+
+def test_launcher_finds_wheel_server_and_prepares_backend(tmp_path):
+    pytest.importorskip("pytriton")
+    exe = launcher.find_tritonserver()
+    env, extra = launcher.prepare_environment(exe, tmp_path / "backends")
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert str(ROOT) in env["PYTHONPATH"].split(":")
+    assert (tmp_path / "backends" / "python" / "triton_python_backend_stub").exists()
+    assert (tmp_path / "backends" / "python" / "libtriton_python.so").exists()
+    assert (tmp_path / "backends" / "tensorrtllm" / "model.py").exists()
+    assert f"--backend-directory={tmp_path / 'backends'}" in extra
+
+
+# -- parameters and request parsing -------------------------------------------------------------------
+def test_params_defaults_for_unfilled_placeholders():
+    warnings = []
+    p = Params(
+        {
+            "parameters": {
+                "a": {"string_value": "${a}"},
+                "b": {"string_value": "True"},
+                "c": {"string_value": "0.5"},
+                "d": {"string_value": "x"},
+            }
+        },
+        warnings.append,
+    )
+    assert p.int("a", 7) == 7 and p.bool("b") is True and p.float("c") == 0.5 and p.int("d", 3) == 3
+    assert len(warnings) == 2
+    with pytest.raises(ValueError, match="required"):
+        p.str("a", required=True)
+
+
+LIMITS = EngineLimits(vocab_size=100, max_input_len=8, max_seq_len=16, max_beam_width=1, eos_token_id=2)
+
+
+def _req(**kw):
+    base = {
+        "input_ids": np.array([[5, 6, 7]], np.int32),
+        "input_lengths": np.array([3], np.int32),
+        "request_output_len": np.array([4], np.int32),
+    }
+    return {**base, **kw}
+
+
+def test_parse_request_basic_and_word_lists():
+    words = to_word_list_format([([5, 6, 7], [2, 3])])
+    p = parse_request(_req(stop_words_list=words, streaming=np.array([True])), LIMITS)
+    row = p.rows[0]
+    assert p.streaming and row.input_ids == [5, 6, 7] and row.max_new_tokens == 4 and row.end_id == 2
+    assert row.stop_words == [[5, 6], [7]] and row.sampling["temperature"] is None
+
+
+@pytest.mark.parametrize(
+    "inputs,match",
+    [
+        (_req(input_lengths=np.array([0])), "empty"),
+        (_req(input_ids=np.array([[5, 100, 7]])), "vocabulary"),
+        (_req(input_ids=np.array([[5, -1, 7]])), "vocabulary"),
+        (_req(input_ids=np.zeros((1, 9), np.int32), input_lengths=np.array([9])), "max_input_len"),
+        (_req(request_output_len=np.array([0])), "request_output_len"),
+        (_req(temperature=np.array([np.nan], np.float32)), "temperature"),
+        (_req(runtime_top_p=np.array([1.5], np.float32)), "top_p"),
+        (_req(beam_width=np.array([2])), "beam_width"),
+        (_req(lora_task_id=np.array([3], np.uint64)), "LoRA"),
+        (_req(return_context_logits=np.array([True])), "context logits"),
+        (_req(stop_words_list=np.array([[[5, 6], [3, 1]]], np.int32)), "offsets"),
+    ],
+)
+def test_parse_request_rejects(inputs, match):
+    with pytest.raises(InputError, match=match):
+        parse_request(inputs, LIMITS)
+
+
+def test_parse_request_clips_to_max_seq_len_and_stop():
+    row = parse_request(_req(request_output_len=np.array([100])), LIMITS).rows[0]
+    assert row.max_new_tokens == 13 and row.clipped_from == 100
+    assert parse_request(_req(stop=np.array([True])), LIMITS).stop
+
+
+# -- the engine model in-process (fake pb_utils) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    from tests.helpers import build_engine, make_tiny_llama
+
+    d = tmp_path_factory.mktemp("unit_engine")
+    make_tiny_llama(d / "hf")
+    return build_engine(d / "hf", d / "engine", max_batch_size=4)
+
+
+def _engine_model(engine_dir, decoupled: bool, monkeypatch):
+    import backend.engine_model as em
+    import backend.metrics as mm
+    import backend.triton_utils as tu
+    from tests.server import fake_pb_utils as fp
+
+    for mod in (tu, em):
+        monkeypatch.setattr(mod, "pb_utils", fp)
+    monkeypatch.setattr(mm, "pb_utils", None)
+    cfg = {
+        "name": "tensorrt_llm",
+        "model_transaction_policy": {"decoupled": decoupled},
+        "output": [{"name": "context_logits", "data_type": "TYPE_FP32"}],
+        "parameters": {
+            "gpt_model_path": {"string_value": str(engine_dir)},
+            "device": {"string_value": "cpu"},
+            "cancellation_check_period_ms": {"string_value": "10"},
+        },
+    }
+    m = em.EngineModel()
+    m.initialize(fp.model_args(cfg))
+    return m, fp
+
+
+def test_engine_model_non_decoupled(engine_dir, monkeypatch):
+    m, fp = _engine_model(engine_dir, False, monkeypatch)
+    try:
+        ok = fp.Request({"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [4]})
+        streaming = fp.Request(
+            {"input_ids": [[1, 5]], "input_lengths": [2], "request_output_len": [4], "streaming": [True]}
+        )
+        bad = fp.Request({"input_ids": [[1, 5]], "input_lengths": [2], "request_output_len": [0]})
+        responses = m.execute([ok, streaming, bad])
+        assert responses[0].error is None and responses[0].tensors["output_ids"].shape == (1, 1, 7)
+        assert responses[0].tensors["sequence_length"].tolist() == [[7]]
+        assert "decoupled" in str(responses[1].error)
+        assert "request_output_len" in str(responses[2].error)
+    finally:
+        m.finalize()
+
+
+def test_engine_model_streams_and_cancels(engine_dir, monkeypatch):
+    m, fp = _engine_model(engine_dir, True, monkeypatch)
+    try:
+        r = fp.Request({"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [6], "streaming": [True]})
+        assert m.execute([r]) is None
+        assert r.sender.done.wait(60)
+        chunks = [resp.tensors["output_ids"].reshape(-1).tolist() for resp, _ in r.sender.responses]
+        prefixes = [resp.tensors["stream_prefix_ids"].reshape(-1).tolist() for resp, _ in r.sender.responses]
+        flat = [t for c in chunks for t in c]
+        assert len(flat) == 6
+        assert all(p == flat[: len(p)] for p in prefixes)  # each chunk says what came before it
+        assert r.sender.responses[-1][1] == fp.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        # Cancellation: a long request is cancelled by the watcher and still gets its final response.
+        long = fp.Request(
+            {"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [200], "streaming": [True]}
+        )
+        m.execute([long])
+        long.cancelled = True
+        assert long.sender.done.wait(30)
+        assert sum(resp.tensors["output_ids"].size for resp, _ in long.sender.responses) < 200
+    finally:
+        m.finalize()
