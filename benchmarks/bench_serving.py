@@ -99,6 +99,56 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
     return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
 
 
+async def _core_one(session, url: str, ids: list[int], n: int) -> tuple[float, list[float], int]:
+    """One streamed request to the `tensorrt_llm` model itself (token ids in and out, no tokenizer)."""
+    body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": n, "min_length": n,
+            "streaming": True, "exclude_input_in_output": True}  # fmt: skip
+    t0, last, ttft, itl, count = time.perf_counter(), None, 0.0, [], 0
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            now = time.perf_counter()
+            ids_out = event.get("output_ids")  # the generate endpoint gives one token as a bare number
+            new = len(torch.tensor(ids_out).flatten()) if ids_out is not None else 0
+            if new == 0:
+                continue
+            if last is None:
+                ttft = now - t0
+            else:
+                itl.append(now - last)
+            last, count = now, count + new
+    return ttft, itl, count
+
+
+def run_core(url: str, ids: list[list[int]], out_lens: list[int], concurrency: int) -> dict:
+    """The same load as `run_direct`, through tritonserver's generate_stream on the engine model."""
+    import asyncio
+
+    import aiohttp
+
+    async def go() -> dict:
+        sem = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+
+            async def task(i: int):
+                async with sem:
+                    return await _core_one(session, url, ids[i], out_lens[i])
+
+            t0 = time.perf_counter()
+            res = await asyncio.gather(*(task(i) for i in range(len(ids))))
+            dur = time.perf_counter() - t0
+        return summarize([r[0] for r in res], [x for r in res for x in r[1]], sum(r[2] for r in res), dur)
+
+    return asyncio.run(go())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="llama3.2-1b", choices=SHAPES)
@@ -106,6 +156,8 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128, help="prompt words")
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--work", default="/tmp/bench_serving")
+    p.add_argument("--target", default="ensemble", choices=["ensemble", "core"],
+                   help="ensemble: text, tokenizer and detokenizer; core: token ids to tensorrt_llm")  # fmt: skip
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     from quickstart_server import make_model_repo
@@ -156,12 +208,22 @@ def main() -> None:
                     raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
                 time.sleep(1)
         for c in levels:
+            if args.target == "core":
+                prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
+                ids = [tok.encode(t) for t in prompts]
+                url = "http://localhost:18000/v2/models/tensorrt_llm/generate_stream"
+                run_core(url, ids[:c], [8] * c, c)  # warm-up
+                rows[c]["server"] = run_core(url, ids, out_lens, c)
+                print(c, "server", json.dumps(rows[c]["server"]), flush=True)
+                continue
             n = max(16, 4 * c)
             cmd = [sys.executable, str(ROOT / "client" / "benchmark_serving.py"), "-u", "http://localhost:18000",
                    "--num-requests", str(n), "-c", str(c), "--input-len", str(args.input_len),
                    "--output-len", str(args.output_len), "--json", str(work / f"server_{c}.json")]  # fmt: skip
-            subprocess.run(cmd[:-2] + ["--num-requests", str(c), "--output-len", "8"], check=True, capture_output=True)
-            subprocess.run(cmd, check=True, capture_output=True)
+            for run in (cmd[:-2] + ["--num-requests", str(c), "--output-len", "8"], cmd):  # warm-up, then measure
+                r = subprocess.run(run, capture_output=True, text=True)
+                if r.returncode:
+                    raise RuntimeError(f"load generator failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
             rows[c]["server"] = json.loads((work / f"server_{c}.json").read_text())
             print(c, "server", json.dumps(rows[c]["server"]["output_token_throughput"]), flush=True)
     finally:
@@ -170,7 +232,8 @@ def main() -> None:
 
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16, random weights; prompts of "
-        f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s",
+        f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
+        f"server target: {args.target}",
         f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
         f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
     ]

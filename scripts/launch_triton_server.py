@@ -162,6 +162,8 @@ def rank_command(args: argparse.Namespace, tritonserver: Path, rank: int, extra:
 
 
 def build_command(args: argparse.Namespace, tritonserver: Path, extra: list[str]) -> list[str]:
+    # Site-specific tritonserver options pass through unchanged (e.g. memory pool sizes).
+    extra = extra + os.environ.get("TRTLLM_TRITONSERVER_ARGS", "").split()
     if args.no_mpi:
         return rank_command(args, tritonserver, 0, extra)
     cmd = ["mpirun", "--allow-run-as-root"]
