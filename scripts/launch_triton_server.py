@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -91,6 +92,15 @@ def prepare_environment(tritonserver: Path, backend_dir: Path | None = None) -> 
     if not stubs.is_dir():
         return env, extra  # a regular Triton install (container): it knows its own backends
 
+    # The wheel's stub (Triton 2.51) was built for numpy 1: under numpy 2 its tensors come out garbled
+    # (seen: "unpack_from requires a buffer of at least 993737535 bytes" on the first text request).
+    numpy_version = importlib.metadata.version("numpy")
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise RuntimeError(
+            f"the nvidia-pytriton tritonserver's Python backend needs numpy < 2, and {sys.executable} has numpy "
+            f"{numpy_version}: install numpy<2 in this environment (pip install 'numpy<2'), or run from an "
+            "environment that has it"
+        )
     libs = wheel.parent.parent / "nvidia_pytriton.libs"
     lib_path = [str(libs)] if libs.is_dir() else []
     # The stub links `libpython3.X.so.1.0`; without help it finds the system one, whose patch level may
@@ -286,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tritonserver = find_tritonserver(args.tritonserver)
     backend_dir = Path(args.backend_directory) if args.backend_directory else None
-    env, extra = prepare_environment(tritonserver, backend_dir)
+    try:
+        env, extra = prepare_environment(tritonserver, backend_dir)
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.multi_model:
         env["TRTLLM_ORCHESTRATOR"] = "1"
         env["TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES"] = "0" if args.disable_spawn_processes else "1"
