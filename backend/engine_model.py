@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -90,27 +90,6 @@ INPUT_NAMES = [
 ]
 
 GPT_MODEL_TYPES = {"v1", "inflight_batching", "inflight_fused_batching"}
-
-
-def coalesce(items: list[tuple]) -> list[tuple]:
-    """Merges, per (stream, row), consecutive streamed outputs into one, in arrival order: the merged
-    output carries all their new tokens and the latest state (finished, log probs). Outputs of
-    non-streaming rows and beam-search rows (whose chunks are whole beams) pass unchanged."""
-    merged: list[tuple] = []
-    pending: dict[tuple[int, int], int] = {}  # (stream, row) -> index in merged of its open chunk
-    for stream, row, out in items:
-        key = (id(stream), id(row))
-        k = pending.get(key)
-        if k is not None and stream.streaming and len(out.new_tokens or []) == 1:
-            prev = merged[k][2]
-            out = replace(out, new_tokens=[prev.new_tokens[0] + out.new_tokens[0]])
-            merged[k] = (stream, row, out)
-        else:
-            pending[key] = len(merged)
-            merged.append((stream, row, out))
-        if out.finished:
-            pending.pop(key, None)
-    return merged
 
 
 @dataclass(eq=False)
@@ -355,34 +334,24 @@ class EngineModel:
     # -- responses -----------------------------------------------------------------------------------
     def _send_loop(self) -> None:
         while True:
-            items = [self._outbox.get()]
-            # Under load a response costs more than a step: whatever queued meanwhile is sent together,
-            # each streaming request's pending chunks merged into one (more tokens, fewer responses).
-            while True:
-                try:
-                    items.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
-            for stream, row, out in coalesce([it for it in items if it is not None]):
-                self._send_one(stream, row, out)
-            if any(it is None for it in items):
+            item = self._outbox.get()
+            if item is None:
                 return
-
-    def _send_one(self, stream: _Stream, row: _Row, out) -> None:
-        try:
-            self._on_output(stream, row, out)
-        except Exception as e:  # a failed send must not kill the sender thread
-            log_warn(self.logger, f"sending a response failed: {e!r}")
-            done = out.finished and all(r.finished for r in stream.rows)
-            if done and stream.sender is not None and not stream.final_sent:
-                with stream.lock, contextlib.suppress(Exception):  # the client must still get a final
-                    stream.closed = True
-                    self._forget(stream)
-                    stream.sender.send(
-                        error_response(f"internal error: {e!r}"),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                    )
-                    stream.final_sent = True
+            stream, row, out = item
+            try:
+                self._on_output(stream, row, out)
+            except Exception as e:  # a failed send must not kill the sender thread
+                log_warn(self.logger, f"sending a response failed: {e!r}")
+                done = out.finished and all(r.finished for r in stream.rows)
+                if done and stream.sender is not None and not stream.final_sent:
+                    with stream.lock, contextlib.suppress(Exception):  # the client must still get a final
+                        stream.closed = True
+                        self._forget(stream)
+                        stream.sender.send(
+                            error_response(f"internal error: {e!r}"),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                        )
+                        stream.final_sent = True
 
     def _on_output(self, stream: _Stream, row: _Row, out) -> None:
         if out.finished:

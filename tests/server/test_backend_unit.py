@@ -235,30 +235,3 @@ def test_engine_model_streams_and_cancels(engine_dir, monkeypatch):
         assert sum(resp.tensors["output_ids"].size for resp, _ in long.sender.responses) < 200
     finally:
         m.finalize()
-
-
-def test_coalesce_merges_a_streams_pending_chunks_in_order():
-    from types import SimpleNamespace
-
-    from backend.engine_model import coalesce
-    from inflight_batcher.request import Output
-
-    s1, s2 = SimpleNamespace(streaming=True), SimpleNamespace(streaming=False)
-    r1, r2, r3 = object(), object(), object()
-    items = [
-        (s1, r1, Output(1, [[5]], [[5]])),
-        (s2, r3, Output(3, [[9]], [[9]])),
-        (s1, r1, Output(1, [[6]], [[5, 6]])),
-        (s1, r2, Output(2, [[7]], [[7]])),
-        (s1, r1, Output(1, [[8]], [[5, 6, 8]], finished=True, finish_reason="length")),
-        (s1, r1, Output(1, [[]], [[5, 6, 8]], finished=True)),  # nothing merges into a final
-    ]
-    out = coalesce(items)
-    assert [(o.request_id, o.new_tokens, o.finished) for _, _, o in out] == [
-        (1, [[5, 6, 8]], True),
-        (3, [[9]], False),
-        (2, [[7]], False),
-        (1, [[]], True),
-    ]
-    # Non-streaming rows pass unchanged.
-    assert coalesce([(s2, r3, items[1][2]), (s2, r3, items[1][2])]) == [(s2, r3, items[1][2])] * 2
