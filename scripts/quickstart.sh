@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# One command from a fresh machine to generated text: environment, a tiny Llama checkpoint and tokenizer
-# (random weights, no download), its engine, and a generation from a prompt.
+# One command from a fresh machine to a running server: environment, a tiny Llama checkpoint and tokenizer
+# (random weights, no download), its engine, a generation from a prompt, then tritonserver serving it on
+# ports 8000 (HTTP) / 8001 (gRPC) / 8002 (metrics) until Ctrl-C. Extra flags go to the launcher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 WORK=${WORK:-work_dirs/quickstart}
-python -m tensorrt_llm.tools.tiny_model "$WORK/hf"
-trtllm-build --model_dir "$WORK/hf" --dtype float32 --output_dir "$WORK/engine" \
-  --max_batch_size 8 --max_input_len 128 --max_output_len 64 --tokens_per_block 16
-trtllm-run --engine_dir "$WORK/engine" --tokenizer_dir "$WORK/hf" \
+[ -f "$WORK/hf_model/config.json" ] || python -m tensorrt_llm.tools.tiny_model "$WORK/hf_model"
+[ -f "$WORK/engine/config.json" ] || trtllm-build --model_dir "$WORK/hf_model" --dtype float32 \
+  --output_dir "$WORK/engine" --max_batch_size 64 --max_input_len 256 --max_output_len 256 --tokens_per_block 16
+trtllm-run --engine_dir "$WORK/engine" --tokenizer_dir "$WORK/hf_model" \
   --input_text "How do I count to nine in French?" --max_output_len 24
+cat <<'MSG'
+
+Starting tritonserver. Once it prints "ready", from another shell:
+  curl -X POST localhost:8000/v2/models/ensemble/generate \
+       -d '{"text_input": "What is machine learning?", "max_tokens": 20, "bad_words": "", "stop_words": ""}'
+MSG
+exec python scripts/quickstart_server.py --work_dir "$WORK" "$@"
