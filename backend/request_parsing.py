@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.triton_utils import InputError
+from inflight_batcher.request import parse_word_list
 
 # Inputs the engine cannot serve yet: present and non-empty -> a clear error (never silently ignored).
 UNSUPPORTED_INPUTS: dict[str, str] = {
@@ -169,17 +170,10 @@ def _words(inputs: dict, name: str, b: int) -> list[list[int]]:
         a = a[None]
     if a.ndim != 3 or a.shape[1] != 2:
         raise InputError(f"{name} must have shape [batch, 2, L], got {list(a.shape)}")
-    ids, offs = a[b][0].tolist(), a[b][1].tolist()
-    words: list[list[int]] = []
-    start = 0
-    for end in offs:
-        if end < 0:
-            break
-        if end <= start or end > len(ids):
-            raise InputError(f"{name}: offsets must increase within [1, {len(ids)}], got {offs}")
-        words.append([int(i) for i in ids[start:end]])
-        start = end
-    return words
+    try:
+        return parse_word_list(a[b][0].tolist(), a[b][1].tolist())
+    except ValueError as e:
+        raise InputError(f"{name}: {e}") from None
 
 
 def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: bool = False) -> ParsedRequest:

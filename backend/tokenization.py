@@ -111,26 +111,6 @@ def to_word_list_format(per_batch: Sequence[tuple[list[int], list[int]]]) -> np.
     return out
 
 
-def from_word_list_format(arr: np.ndarray | None) -> list[list[int]]:
-    """One `[2, L]` word list -> list of words (token id lists), validated."""
-    if arr is None:
-        return []
-    arr = np.asarray(arr)
-    if arr.ndim != 2 or arr.shape[0] != 2:
-        raise InputError(f"word list must have shape [2, L], got {list(arr.shape)}")
-    ids, offs = arr[0].tolist(), arr[1].tolist()
-    words: list[list[int]] = []
-    start = 0
-    for end in offs:
-        if end < 0:
-            break
-        if end <= start or end > len(ids):
-            raise InputError(f"word list offsets must increase within [1, {len(ids)}], got {offs}")
-        words.append([int(i) for i in ids[start:end]])
-        start = end
-    return words
-
-
 def embedding_bias(tok, words: Sequence[str], weights: Sequence[float], vocab_size: int) -> np.ndarray:
     """Vocab-sized FP32 vector summing each word's weight at its token ids."""
     if len(words) != len(weights):
