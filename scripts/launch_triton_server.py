@@ -213,10 +213,12 @@ def wait_ready(proc: subprocess.Popen, http_port: int, timeout: float) -> None:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    """SIGTERM (Triton unloads models and exits), then SIGKILL of the process group after `timeout`."""
+    """SIGTERM to tritonserver (or mpirun, which forwards it), then SIGKILL of the process group after
+    `timeout`. Only the server gets the SIGTERM: it stops admitting, lets in-flight requests finish, then
+    unloads the models; a signal to the whole group would kill the Python stubs under running requests."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
