@@ -118,6 +118,13 @@ class _Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     final_sent: bool = False
+    # Outputs the caller asked for (empty: all, as Triton means it). Only those are built and copied:
+    # a streamed response's cost grows with its tensors.
+    requested: frozenset = frozenset()
+
+    def keep(self, tensors: list) -> list:
+        return [t for t in tensors if t.name() in self.requested] if self.requested else tensors
+
     arrival: float = field(default_factory=time.monotonic)
 
     @property
@@ -251,6 +258,8 @@ class EngineModel:
             if len(parsed.rows) > 1 and not self.decoupled:
                 raise InputError("a request with batch size > 1 needs the model in decoupled mode")
             stream = _Stream(request=request, triton_id=triton_id, streaming=parsed.streaming, sender=sender)
+            names = getattr(request, "requested_output_names", None)
+            stream.requested = frozenset(names()) if names is not None else frozenset()
             stream.rows = [_Row(batch_index=b, parsed=row) for b, row in enumerate(parsed.rows)]
             with self._lock:
                 self._streams.add(stream)
@@ -407,7 +416,7 @@ class EngineModel:
             *self._common_outputs(stream, row),
         ]
         row.streamed.extend(new)
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return pb_utils.InferenceResponse(output_tensors=stream.keep(tensors))
 
     def _beams(self, row: _Row, out) -> list[list[int]]:
         beams = [list(map(int, b)) for b in (out.tokens or [[]])]
@@ -431,7 +440,7 @@ class EngineModel:
             *self._log_prob_outputs(out, None, streaming=False),
             *self._common_outputs(stream, row),
         ]
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return pb_utils.InferenceResponse(output_tensors=stream.keep(tensors))
 
     def _log_prob_outputs(self, out, n_new: int | None, streaming: bool) -> list:
         t = pb_utils.Tensor
