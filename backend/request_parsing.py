@@ -9,13 +9,12 @@ Every problem raises `InputError` with a message naming the input and the value.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from backend.triton_utils import InputError
-from inflight_batcher.request import parse_word_list
+from inflight_batcher.request import checked_float, checked_int, parse_word_list
 
 # Inputs the engine cannot serve yet: present and non-empty -> a clear error (never silently ignored).
 UNSUPPORTED_INPUTS: dict[str, str] = {
@@ -117,25 +116,17 @@ def _scalar(inputs: dict, name: str, b: int, default=None):
 
 
 def _int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(v, float) and not v.is_integer():
-        raise InputError(f"{name} must be an integer, got {v}")
-    v = int(v)
-    if lo is not None and v < lo:
-        raise InputError(f"{name}={v} is out of range: must be >= {lo}")
-    if hi is not None and v > hi:
-        raise InputError(f"{name}={v} is out of range: must be <= {hi}")
-    return v
+    try:  # the batcher's check, so both layers hold the same rule and message
+        return checked_int(name, v, lo, hi)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _float(name: str, v, lo: float | None = None, hi: float | None = None) -> float:
-    v = float(v)
-    if not math.isfinite(v):
-        raise InputError(f"{name}={v} is not a finite number")
-    if lo is not None and v < lo:
-        raise InputError(f"{name}={v} is out of range: must be >= {lo}")
-    if hi is not None and v > hi:
-        raise InputError(f"{name}={v} is out of range: must be <= {hi}")
-    return v
+    try:
+        return checked_float(name, v, lo, hi)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _bool(inputs: dict, name: str, b: int, default: bool = False) -> bool:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "client"))
 
-from benchmark_serving import WORDS, make_lengths, percentile  # noqa: E402
+from benchmark_serving import WORDS, make_lengths, percentile, sse_events  # noqa: E402
 
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request  # noqa: E402
@@ -104,26 +104,17 @@ async def _core_one(session, url: str, ids: list[int], n: int) -> tuple[float, l
     body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": n, "min_length": n,
             "streaming": True, "exclude_input_in_output": True}  # fmt: skip
     t0, last, ttft, itl, count = time.perf_counter(), None, 0.0, [], 0
-    async with session.post(url, json=body) as r:
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
-            if "error" in event:
-                raise RuntimeError(event["error"])
-            now = time.perf_counter()
-            ids_out = event.get("output_ids")  # the generate endpoint gives one token as a bare number
-            new = len(torch.tensor(ids_out).flatten()) if ids_out is not None else 0
-            if new == 0:
-                continue
-            if last is None:
-                ttft = now - t0
-            else:
-                itl.append(now - last)
-            last, count = now, count + new
+    async for event in sse_events(session, url, body):
+        now = time.perf_counter()
+        ids_out = event.get("output_ids")  # the generate endpoint gives one token as a bare number
+        new = len(torch.tensor(ids_out).flatten()) if ids_out is not None else 0
+        if new == 0:
+            continue
+        if last is None:
+            ttft = now - t0
+        else:
+            itl.append(now - last)
+        last, count = now, count + new
     return ttft, itl, count
 
 

@@ -83,34 +83,39 @@ def make_lengths(n: int, mean: int, stdev: float, rng: random.Random) -> list[in
     return [max(1, round(rng.gauss(mean, stdev))) if stdev > 0 else mean for _ in range(n)]
 
 
+async def sse_events(session, url: str, body: dict):
+    """POSTs `body` to a generate_stream endpoint and yields each event as a dict. Raises RuntimeError
+    on an HTTP error or an error event (the message is the server's)."""
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:200]}")
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            yield event
+
+
 async def one_request(session, url: str, body: dict) -> Result:
     t0 = time.perf_counter()
     last = None
     res = Result(ok=False)
     pieces = []
     try:
-        async with session.post(url, json=body) as r:
-            if r.status != 200:
-                res.error = f"HTTP {r.status}: {(await r.text())[:200]}"
-                return res
-            async for raw in r.content:
-                line = raw.decode().strip()
-                if not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                if "error" in event:
-                    res.error = event["error"]
-                    return res
-                now = time.perf_counter()
-                if last is None:
-                    res.ttft = now - t0
-                else:
-                    res.itl.append(now - last)
-                last = now
-                res.chunks += 1
-                pieces.append(event.get("text_output", ""))
+        async for event in sse_events(session, url, body):
+            now = time.perf_counter()
+            if last is None:
+                res.ttft = now - t0
+            else:
+                res.itl.append(now - last)
+            last = now
+            res.chunks += 1
+            pieces.append(event.get("text_output", ""))
     except Exception as e:  # a failed request is counted, not fatal
-        res.error = repr(e)
+        res.error = str(e) if isinstance(e, RuntimeError) else repr(e)
         return res
     res.latency = time.perf_counter() - t0
     res.text = "".join(pieces)

@@ -57,7 +57,7 @@ _FINISH_REASONS = {
 }
 
 
-def _int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
+def checked_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
     """`value` as a Python int, or ValueError naming `name`. Floats (even 3.0) and bools are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -69,7 +69,7 @@ def _int(name: str, value: object, lo: int | None = None, hi: int | None = None)
     return v
 
 
-def _float(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
+def checked_float(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
     """`value` as a finite Python float, or ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
@@ -107,19 +107,19 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature is not None:
-            self.temperature = _float("temperature", self.temperature, lo=0.0)
-        self.top_k = _int("top_k", self.top_k, lo=0)
-        self.top_p = _float("top_p", self.top_p, lo=0.0, hi=1.0)
-        self.min_length = _int("min_length", self.min_length, lo=0)
-        self.repetition_penalty = _float("repetition_penalty", self.repetition_penalty, hi=MAX_PENALTY)
+            self.temperature = checked_float("temperature", self.temperature, lo=0.0)
+        self.top_k = checked_int("top_k", self.top_k, lo=0)
+        self.top_p = checked_float("top_p", self.top_p, lo=0.0, hi=1.0)
+        self.min_length = checked_int("min_length", self.min_length, lo=0)
+        self.repetition_penalty = checked_float("repetition_penalty", self.repetition_penalty, hi=MAX_PENALTY)
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty={self.repetition_penalty} is out of range: must be > 0")
-        self.presence_penalty = _float("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
-        self.frequency_penalty = _float("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
-        self.length_penalty = _float("length_penalty", self.length_penalty, -MAX_PENALTY, MAX_PENALTY)
-        self.beam_width = _int("beam_width", self.beam_width, lo=1)
+        self.presence_penalty = checked_float("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
+        self.frequency_penalty = checked_float("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
+        self.length_penalty = checked_float("length_penalty", self.length_penalty, -MAX_PENALTY, MAX_PENALTY)
+        self.beam_width = checked_int("beam_width", self.beam_width, lo=1)
         if self.random_seed is not None:
-            self.random_seed = _int("random_seed", self.random_seed, lo=0, hi=MAX_SEED)
+            self.random_seed = checked_int("random_seed", self.random_seed, lo=0, hi=MAX_SEED)
 
     @property
     def greedy(self) -> bool:
@@ -148,7 +148,7 @@ def _word_list(name: str, words: object) -> list[list[int]]:
             raise ValueError(f"{name}[{i}] must be a list of token ids, got {type(w).__name__}")
         if not 1 <= len(w) <= MAX_WORD_TOKENS:
             raise ValueError(f"{name}[{i}] has {len(w)} tokens; must have 1..{MAX_WORD_TOKENS}")
-        out.append([_int(f"{name}[{i}][{j}]", t, lo=0) for j, t in enumerate(w)])
+        out.append([checked_int(f"{name}[{i}][{j}]", t, lo=0) for j, t in enumerate(w)])
     return out
 
 
@@ -230,12 +230,12 @@ class Request:
             raise ValueError(f"input_ids must be a list of token ids, got {type(self.input_ids).__name__}")
         if len(self.input_ids) == 0:
             raise ValueError("input_ids is empty: a prompt needs at least one token")
-        self.input_ids = [_int(f"input_ids[{i}]", t, lo=0) for i, t in enumerate(self.input_ids)]
-        self.max_new_tokens = _int("max_new_tokens", self.max_new_tokens, lo=1)
+        self.input_ids = [checked_int(f"input_ids[{i}]", t, lo=0) for i, t in enumerate(self.input_ids)]
+        self.max_new_tokens = checked_int("max_new_tokens", self.max_new_tokens, lo=1)
         if self.end_id is not None:
-            self.end_id = _int("end_id", self.end_id, lo=-1)
+            self.end_id = checked_int("end_id", self.end_id, lo=-1)
         if self.pad_id is not None:
-            self.pad_id = _int("pad_id", self.pad_id, lo=-1)
+            self.pad_id = checked_int("pad_id", self.pad_id, lo=-1)
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be SamplingParams, got {type(self.sampling).__name__}")
         self.stop_words = _word_list("stop_words", self.stop_words)
