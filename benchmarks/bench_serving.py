@@ -149,6 +149,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/bench_serving")
     p.add_argument("--target", default="ensemble", choices=["ensemble", "core"],
                    help="ensemble: text, tokenizer and detokenizer; core: token ids to tensorrt_llm")  # fmt: skip
+    p.add_argument("--server-python", default=sys.executable,
+                   help="the Python that runs the launcher (and so the backend stubs): one with numpy < 2")  # fmt: skip
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     from quickstart_server import make_model_repo
@@ -181,10 +183,13 @@ def main() -> None:
 
     repo = make_model_repo(work / "repo", work / "engine", work / "tokenizer", device="cuda", triton_max_batch_size=64)
     log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
+    env = dict(os.environ)
+    if args.target == "core":  # the engine model alone: no tokenizer models to load
+        env["TRTLLM_TRITONSERVER_ARGS"] = "--model-control-mode=explicit --load-model=tensorrt_llm"
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo), "--no-mpi",
+        [args.server_python, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo), "--no-mpi",
          "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         deadline = time.time() + 300

@@ -2,8 +2,10 @@
 ignored; output tokens per second, as TensorRT-LLM's performance overview measures it.
 
     python benchmarks/bench_throughput.py [--model llama3-8b] [--cases 128/128,128/2048,2048/128,2048/2048]
+                                          [--overlap on|off|both]
 
-Random weights of the real shape (no download). Prints a table last.
+Random weights of the real shape (no download). Prints a table last, with where each case's time went:
+steps that computed prompt tokens (context or mixed) against generation-only steps.
 """
 
 import argparse
@@ -23,6 +25,38 @@ from tensorrt_llm.runtime import Engine  # noqa: E402
 
 # TensorRT-LLM v0.14 performance overview, H100 SXM float16, Llama-3.1-8B (output tokens/s).
 PUBLISHED = {(128, 128): 15572, (128, 2048): 9151, (2048, 128): 1904, (2048, 2048): 4160}
+
+
+class StepLog:
+    """Records each planned step's token counts and the time it was planned (the executor's thread)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.rows: list[tuple[float, int, int]] = []  # (time, context tokens, generation sequences)
+        real = executor.scheduler.schedule
+
+        def schedule():
+            plan = real()
+            self.rows.append((time.perf_counter(), plan.num_context_tokens, len(plan.generation)))
+            return plan
+
+        executor.scheduler.schedule = schedule
+
+    def summary(self, end: float) -> str:
+        """Time between consecutive plans, split by kind: with overlap a step's wall time is its device
+        time plus whatever host work was not hidden."""
+        ctx_s = gen_s = 0.0
+        n_ctx = n_gen = ctx_tok = gen_seq = 0
+        for (t, c, g), (t2, _, _) in zip(self.rows, self.rows[1:] + [(end, 0, 0)], strict=True):
+            if c:
+                ctx_s, n_ctx, ctx_tok = ctx_s + t2 - t, n_ctx + 1, ctx_tok + c
+            elif g:
+                gen_s, n_gen, gen_seq = gen_s + t2 - t, n_gen + 1, gen_seq + g
+        self.rows.clear()
+        return (
+            f"steps with prompt tokens {n_ctx} ({ctx_s:.1f} s, {ctx_tok / max(n_ctx, 1):.0f} prompt tokens each, "
+            f"{ctx_tok / max(ctx_s, 1e-9):,.0f} prompt tokens/s); generation-only steps {n_gen} ({gen_s:.1f} s, "
+            f"batch {gen_seq / max(n_gen, 1):.0f}, {1e3 * gen_s / max(n_gen, 1):.2f} ms each)"
+        )
 
 
 def run_case(executor: Executor, vocab: int, isl: int, osl: int, num: int, seed: int = 0) -> tuple[float, float]:
@@ -49,11 +83,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="llama3-8b", choices=SHAPES)
     p.add_argument("--dtype", default="float16")
-    p.add_argument("--cases", default="128/128,128/2048,2048/128,2048/2048")
+    p.add_argument("--cases", default="128/128,128/2048,2048/128,2048/2048", help="in/out[:requests],...")
     p.add_argument("--max_batch_size", type=int, default=512)
     p.add_argument("--max_num_tokens", type=int, default=8192)
     p.add_argument("--requests", type=int, default=0, help="requests per case (default: by case)")
     p.add_argument("--budget_s", type=float, default=60.0, help="aim each case at about this long")
+    p.add_argument(
+        "--overlap",
+        default="both",
+        choices=["on", "off", "both"],
+        help="overlapped scheduling (ExecutorConfig.overlap_scheduling); both: each case twice",
+    )
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     hf_cfg = SHAPES[args.model]
@@ -66,26 +106,41 @@ def main() -> None:
     t0 = time.perf_counter()
     executor = Executor(engine, ExecutorConfig(batch_scheduler_policy="max_utilization"))
     setup = time.perf_counter() - t0
-    rows = []
+    steps = StepLog(executor)
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
+    rows, notes = [], []
     for case in args.cases.split(","):
+        case, _, count = case.partition(":")  # "in/out" or "in/out:requests"
         isl, osl = map(int, case.split("/"))
         # Enough requests to fill the batch a few times, bounded so each case ends in about budget_s.
-        num = args.requests or max(64, min(3 * args.max_batch_size, int(args.budget_s * 12000 / osl)))
-        run_case(executor, hf_cfg["vocab_size"], isl, min(osl, 16), min(num, 64))  # warm-up
-        tps, elapsed = run_case(executor, hf_cfg["vocab_size"], isl, osl, num)
-        ref = PUBLISHED.get((isl, osl))
-        rows.append((f"{isl}/{osl}", num, f"{elapsed:.1f}", f"{tps:,.0f}", f"{ref:,}" if ref else "-",
-                     f"{tps / ref:.0%}" if ref else "-"))  # fmt: skip
-        print(rows[-1], flush=True)
+        num = (
+            int(count or 0) or args.requests or max(64, min(3 * args.max_batch_size, int(args.budget_s * 12000 / osl)))
+        )
+        for overlap in modes:
+            executor.overlap = overlap  # between runs only: the loop reads it at each launch
+            run_case(executor, hf_cfg["vocab_size"], isl, min(osl, 16), min(num, 64))  # warm-up
+            before = executor.stats()
+            steps.rows.clear()
+            tps, elapsed = run_case(executor, hf_cfg["vocab_size"], isl, osl, num)
+            after = executor.stats()
+            ref = PUBLISHED.get((isl, osl))
+            rows.append((f"{isl}/{osl}", "on" if overlap else "off", num, f"{elapsed:.1f}", f"{tps:,.0f}",
+                         f"{ref:,}" if ref else "-", f"{tps / ref:.0%}" if ref else "-"))  # fmt: skip
+            notes.append(
+                f"{isl}/{osl} overlap {rows[-1][1]}: {after.iteration - before.iteration} steps, "
+                f"{after.preemptions - before.preemptions} pauses; {steps.summary(time.perf_counter())}"
+            )
+            print(rows[-1], notes[-1], sep="\n", flush=True)
     executor.shutdown()
     s = executor.stats()
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; {args.model} shape, {args.dtype}; max_batch_size "
         f"{args.max_batch_size}, max_num_tokens {args.max_num_tokens}; KV cache {s.max_blocks} blocks of "
         f"{s.tokens_per_block} tokens; executor setup {setup:.1f} s",
-        f"{'in/out':>10} {'requests':>9} {'seconds':>8} {'out tok/s':>10} {'TRT-LLM':>8} {'ratio':>6}",
+        f"{'in/out':>10} {'overlap':>7} {'requests':>9} {'seconds':>8} {'out tok/s':>10} {'TRT-LLM':>8} {'ratio':>6}",
     ]
-    lines += [f"{a:>10} {b:>9} {c:>8} {d:>10} {e:>8} {f:>6}" for a, b, c, d, e, f in rows]
+    lines += [f"{a:>10} {o:>7} {b:>9} {c:>8} {d:>10} {e:>8} {f:>6}" for a, o, b, c, d, e, f in rows]
+    lines += notes
     text = "\n".join(lines)
     print(text)
     Path(args.out, f"bench_throughput_{args.model}.txt").write_text(text + "\n")

@@ -31,6 +31,10 @@ class ExecutorConfig:
     cuda_graphs: bool = True
     """Replay CUDA graphs for generation steps and single-prompt steps (CUDA only; `cuda_graph_mode`)."""
 
+    overlap_scheduling: bool = True
+    """Schedule and launch step n+1 while step n runs on the device (its tokens are read afterwards).
+    Requests with penalties, multi-token bad words or beams make a step wait for its tokens."""
+
     def __post_init__(self) -> None:
         if self.batch_scheduler_policy not in POLICIES:
             raise ValueError(f"batch_scheduler_policy={self.batch_scheduler_policy!r}: must be one of {POLICIES}")

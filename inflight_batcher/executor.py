@@ -31,8 +31,15 @@ import torch
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.config import ExecutorConfig
 from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
-from inflight_batcher.sampler import append_token, beam_step, sample_rows
-from inflight_batcher.scheduler import Scheduler, SchedulerOutput
+from inflight_batcher.sampler import (
+    PLACEHOLDER,
+    PendingSample,
+    add_placeholder,
+    append_token,
+    beam_step,
+    drop_placeholders,
+)
+from inflight_batcher.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from tensorrt_llm.runtime.engine import Engine
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput, build_step_input
@@ -131,6 +138,9 @@ class Executor:
             free_blocks=num_blocks,
             tokens_per_block=b.tokens_per_block,
         )
+        # Overlapped scheduling (see `_step`); followers would need the device-side token feed too.
+        self.overlap = config.overlap_scheduling and self.world_size == 1
+        self._inflight: _InFlight | None = None  # launched step whose tokens the host has not read
         self._thread = threading.Thread(target=self._loop, name="inflight-batcher", daemon=True)
         self._thread.start()
 
@@ -247,7 +257,9 @@ class Executor:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._incoming or self._cancels or self._stopping or self.scheduler.has_work()):
+                while not (
+                    self._incoming or self._cancels or self._stopping or self.scheduler.has_work() or self._inflight
+                ):
                     self._lock.wait()
                 incoming, self._incoming = list(self._incoming), deque()
                 # Still queued until the step's stats say otherwise: enqueue's queue limit never
@@ -264,6 +276,7 @@ class Executor:
                 if not r.status.finished:
                     outputs.append(self._finish(r, RequestStatus.FINISHED_CANCELLED))
             if stopping:
+                self._inflight = None  # its requests end below; its results are not needed
                 for r in live:
                     if not r.status.finished:
                         outputs.append(self._finish(r, RequestStatus.FINISHED_CANCELLED, "executor shut down"))
@@ -280,20 +293,38 @@ class Executor:
             self._deliver(outputs)
 
     def _step(self) -> list[tuple[Request, Output]]:
+        """One iteration. Overlapped: step n+1 is scheduled and launched while step n still runs on the
+        device, then step n's tokens are read and applied (its requests' next tokens are placeholders
+        meanwhile, and step n+1 takes its input ids from step n's sampled tokens on the device)."""
         t0 = time.perf_counter()
+        outputs: list[tuple[Request, Output]] = []
+        # A request paused by this plan keeps its placeholder until `prev` is read below, before it can
+        # be resumed (never in the plan that paused it), so it is recomputed from real tokens.
+        prev, self._inflight = self._inflight, None
         plan = self.scheduler.schedule()
         self._counts["preemptions"] += len(plan.preempted)
-        outputs: list[tuple[Request, Output]] = []
+        launched = None
         if plan:
             try:
-                outputs = self._run(plan)
+                launched = self._launch(plan, prev)
             except Exception as e:
                 # The forward pass or sampling failed: the requests of this step fail, the loop goes on.
                 log.exception("forward step failed")
                 msg = f"{type(e).__name__}: {e}"
-                outputs = [self._finish(r, RequestStatus.FINISHED_ERROR, msg) for r in plan.requests]
-        else:
+                if prev is not None:  # its tokens are good: keep them
+                    outputs += self._resolve(prev)
+                    prev = None
+                failed = [r for r in plan.requests if not r.status.finished]
+                outputs += [self._finish(r, RequestStatus.FINISHED_ERROR, msg) for r in failed]
+        elif prev is None:
             time.sleep(0.001)  # nothing schedulable yet (should not happen: check_fits refuses those)
+        if prev is not None:
+            outputs += self._resolve(prev)
+        if launched is not None:
+            if launched.deferred:
+                self._inflight = launched
+            else:
+                outputs += self._resolve(launched)
         try:
             self._update_stats(plan, (time.perf_counter() - t0) * 1e3, bool(plan))
         except Exception:  # stats must never cost the step's outputs (finals would be lost)
@@ -301,8 +332,8 @@ class Executor:
         return outputs
 
     @torch.inference_mode()
-    def _run(self, plan: SchedulerOutput) -> list[tuple[Request, Output]]:
-        """One forward step over the plan, then sampling and bookkeeping."""
+    def _launch(self, plan: SchedulerOutput, prev: _InFlight | None) -> _InFlight:
+        """Queue the plan's forward step and its sampling on the device; nothing here waits for it."""
         seqs = plan.seqs
         if self.world_size > 1:
             step = self._step_input(plan, "cpu")
@@ -311,23 +342,54 @@ class Executor:
             step = _to_device(step, self.device)
         else:
             step = self._step_input(plan, self.device)
+        if prev is not None and prev.placeholder_rows:
+            self._feed_placeholders(plan, prev, step)
         logits = self.engine.forward(step, self.kv)  # [B, V]: the last new token of each sequence
-        rows = [i for i, s in enumerate(seqs) if s.sample]
         for r, n in plan.new_tokens_per_request:  # once per request, not per beam
             r.num_computed_tokens += n
+        rows = [i for i, s in enumerate(seqs) if s.sample]
         if not rows:
-            return []
+            return _InFlight(plan, [], None, {}, deferred=False)
         sampled = [seqs[i] for i in rows]
         if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
-            logits = logits[torch.tensor(rows, device=logits.device)]
-        result = sample_rows(logits, sampled, self.vocab_size)
+            logits = logits[_index_tensor(rows, logits.device)]
+        pending = PendingSample(logits, sampled, self.vocab_size)
+        deferred = self.overlap and all(s.request.overlappable for s in sampled)
+        placeholders = {}
+        if deferred:
+            for j, s in enumerate(sampled):
+                if add_placeholder(s.request):
+                    placeholders[id(s.request)] = j
+        return _InFlight(plan, sampled, pending, placeholders, deferred)
 
+    def _feed_placeholders(self, plan: SchedulerOutput, prev: _InFlight, step: StepInput) -> None:
+        """Generation rows whose input token is a placeholder of `prev` take it from `prev`'s sampled
+        tokens, on the device. Packed rows: the context tokens, then one per generation sequence."""
+        base = plan.num_context_tokens
+        dst, src = [], []
+        for j, s in enumerate(plan.generation):
+            row = prev.placeholder_rows.get(id(s.request))
+            if row is not None and s.seq.tokens[s.start] == PLACEHOLDER:
+                dst.append(base + j)
+                src.append(row)
+        if dst:
+            idx = _index_tensor(dst + src, step.input_ids.device)
+            n = len(dst)
+            step.input_ids.index_copy_(0, idx[:n], prev.pending.tokens.index_select(0, idx[n:]))
+
+    @torch.inference_mode()
+    def _resolve(self, inflight: _InFlight) -> list[tuple[Request, Output]]:
+        """Wait for a launched step's tokens and apply them: append, end, stream."""
+        if inflight.pending is None:
+            return []
+        result = inflight.pending.result()
+        sampled = inflight.sampled
         outputs, copies, now = [], [], time.time()
         beam_done: set[int] = set()
         for row, s in zip(result.rows, sampled, strict=True):
             req = s.request
             if req.status.finished:
-                continue  # a beam sibling already failed it
+                continue  # a beam sibling failed it, it was cancelled, or it ended a step earlier
             if row.bad_logits:
                 outputs.append(self._finish(req, RequestStatus.FINISHED_ERROR, "logits are NaN or inf"))
                 continue
@@ -342,7 +404,7 @@ class Executor:
                 append_token(req, row.token, row.log_prob)
             if req.status.finished:
                 outputs.append(self._finish(req, req.status))
-            elif req.streaming and req.num_generated > req.num_streamed:
+            elif req.streaming and req.num_resolved > req.num_streamed:
                 outputs.append((req, self._output(req)))
         if copies:
             _copy_blocks(self.kv, copies)
@@ -364,6 +426,7 @@ class Executor:
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> tuple[Request, Output]:
         """End `req`: free its blocks, drop it from the scheduler, build its final output."""
         self.scheduler.remove(req)
+        drop_placeholders(req)
         req.status = status
         req.error = error
         key = {
@@ -380,7 +443,8 @@ class Executor:
             beams = [s for _, s in req.finished_beams]
         else:
             beams = req.seqs
-        tokens = [s.tokens[P:] for s in beams] or [[]]
+        # Placeholders (tokens still on the device) are never part of an output.
+        tokens = [s.tokens[P : len(s.tokens) - req.num_pending] for s in beams] or [[]]
         if req.is_beam_search:
             new = tokens  # beams reorder: every output of a beam request carries whole beams
         else:
@@ -437,6 +501,27 @@ class Executor:
                 free_blocks=bm.num_free,
                 **self._counts,
             )
+
+
+@dataclass
+class _InFlight:
+    """A launched step: its plan, the rows that sample, their sampling (on the device), and for each
+    request given a placeholder its row in `sampled`. `deferred`: it may stay unread while the next
+    step is scheduled (no row needs its tokens on the host first: beams, penalties, bad word prefixes)."""
+
+    plan: SchedulerOutput
+    sampled: list[ScheduledSeq]
+    pending: PendingSample | None
+    placeholder_rows: dict[int, int]
+    deferred: bool
+
+
+def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int64 index on `device` without a host sync (pinned staging on CUDA)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 # -- helpers shared by the leader and the followers ---------------------------------------------------------

@@ -214,6 +214,9 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list, init=False, repr=False)
     num_computed_tokens: int = field(default=0, init=False)
     num_streamed: int = field(default=0, init=False)  # generated tokens already sent in callbacks
+    # Overlapped steps: the last `num_pending` tokens of seqs[0] are placeholders for tokens sampled
+    # on the GPU but not yet read by the host (the executor schedules the next step meanwhile).
+    num_pending: int = field(default=0, init=False)
     num_preemptions: int = field(default=0, init=False)
     # Beam search: finished hypotheses (score, beam), best first, at most beam_width; and whether a live
     # beam may still beat the worst of them (Hugging Face's early-stop heuristic, sticky once False).
@@ -265,7 +268,27 @@ class Request:
 
     @property
     def num_generated(self) -> int:
+        """Generated tokens, placeholders of steps still in flight included."""
         return self.num_tokens - self.prompt_len
+
+    @property
+    def num_resolved(self) -> int:
+        """Generated tokens the host has read (placeholders excluded)."""
+        return self.num_generated - self.num_pending
+
+    @property
+    def overlappable(self) -> bool:
+        """Whether the next step may be scheduled before this request's last token is known: its
+        sampling then must not read token values (penalties, multi-token bad words) and its beams must
+        not reorder."""
+        sp = self.sampling
+        return (
+            not self.is_beam_search
+            and sp.repetition_penalty == 1.0
+            and sp.presence_penalty == 0.0
+            and sp.frequency_penalty == 0.0
+            and all(len(w) == 1 for w in self.bad_words)
+        )
 
     @property
     def beam_width(self) -> int:

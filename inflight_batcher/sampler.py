@@ -19,6 +19,8 @@ from inflight_batcher.request import Request, RequestStatus, Sequence
 from inflight_batcher.scheduler import ScheduledSeq
 from tensorrt_llm.runtime import sampling as ops
 
+PLACEHOLDER = -1  # a token sampled on the device, not yet read by the host
+
 
 def banned_tokens(req: Request, seq: Sequence) -> list[int]:
     """Token ids `seq` may not take next: the last token of each bad word whose other tokens end the
@@ -34,11 +36,12 @@ def banned_tokens(req: Request, seq: Sequence) -> list[int]:
     return out
 
 
-def hits_stop_word(req: Request, tokens: list[int]) -> bool:
-    """True when `tokens` (prompt + generated) end with one of the request's stop words, matched within
-    the generated part only. Compares tails, never copies the sequence."""
-    generated = len(tokens) - req.prompt_len
-    return any(generated >= len(w) and tokens[-len(w) :] == w for w in req.stop_words)
+def hits_stop_word(req: Request, tokens: list[int], end: int | None = None) -> bool:
+    """True when `tokens[:end]` (prompt + generated) end with one of the request's stop words, matched
+    within the generated part only. Compares tails, never copies the sequence."""
+    end = len(tokens) if end is None else end
+    generated = end - req.prompt_len
+    return any(generated >= len(w) and tokens[end - len(w) : end] == w for w in req.stop_words)
 
 
 def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> ops.SamplingTensors:
@@ -81,42 +84,98 @@ class StepSample:
     beam_log_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # request id -> [beams, V]
 
 
-def sample_rows(logits: torch.Tensor, rows: list[ScheduledSeq], vocab_size: int) -> StepSample:
-    """Sample every row. `logits` is [N, V] float32 with N == len(rows)."""
-    st = prepare(rows, vocab_size, logits.device)
-    want_lp = any(r.request.return_log_probs for r in rows)
-    tokens, log_probs = ops.sample(logits, st, return_log_probs=want_lp)
-    bad = ~torch.isfinite(logits).all(dim=-1)  # [N]: NaN/inf logits fail the request, not the step
-    lp = log_probs if log_probs is not None else torch.zeros_like(tokens, dtype=torch.float32)
-    host = torch.stack([tokens.double(), lp.double(), bad.double()], dim=1).cpu().tolist()
-    out = StepSample([RowResult(int(t), float(p), bool(b)) for t, p, b in host])
-    beam_rows = [i for i, r in enumerate(rows) if r.request.is_beam_search]
-    if beam_rows:
-        idx = torch.tensor(beam_rows, device=logits.device)
-        beam_lp = ops.process_logits(logits, st)[idx].log_softmax(-1).cpu()  # [beam rows, V]
-        for j, i in enumerate(beam_rows):
-            rid = rows[i].request.request_id
+class PendingSample:
+    """A step's sampling launched on the device; `result()` waits for it and reads it on the host.
+
+    `tokens` [N] int64 stays on the device: the next step's generation rows take their input ids from it
+    before the host has seen them (overlapped scheduling)."""
+
+    def __init__(self, logits: torch.Tensor, rows: list[ScheduledSeq], vocab_size: int) -> None:
+        st = prepare(rows, vocab_size, logits.device)
+        want_lp = any(r.request.return_log_probs for r in rows)
+        tokens, log_probs = ops.sample(logits, st, return_log_probs=want_lp)
+        self.tokens = tokens
+        bad = ~torch.isfinite(logits).all(dim=-1)  # [N]: NaN/inf logits fail the request, not the step
+        lp = log_probs if log_probs is not None else torch.zeros_like(tokens, dtype=torch.float32)
+        packed = torch.stack([tokens.double(), lp.double(), bad.double()], dim=1)  # [N, 3]
+        self._beam_rows = [i for i, r in enumerate(rows) if r.request.is_beam_search]
+        self._beam_ids = [rows[i].request.request_id for i in self._beam_rows]
+        beam_lp = None
+        if self._beam_rows:
+            idx = torch.tensor(self._beam_rows).to(logits.device, non_blocking=True)
+            beam_lp = ops.process_logits(logits, st)[idx].log_softmax(-1)  # [beam rows, V]
+        self._event = None
+        if logits.is_cuda:
+            # Copies into pinned memory return at once; the event says when they have landed.
+            self._host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True).copy_(packed, non_blocking=True)
+            self._beam_lp = None
+            if beam_lp is not None:
+                self._beam_lp = torch.empty(beam_lp.shape, pin_memory=True).copy_(beam_lp, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._beam_lp = packed, beam_lp
+
+    def result(self) -> StepSample:
+        if self._event is not None:
+            self._event.synchronize()
+        out = StepSample([RowResult(int(t), float(p), bool(b)) for t, p, b in self._host.tolist()])
+        for j, rid in enumerate(self._beam_ids):
             prev = out.beam_log_probs.get(rid)
-            row = beam_lp[j : j + 1]
+            row = self._beam_lp[j : j + 1]
             out.beam_log_probs[rid] = row if prev is None else torch.cat([prev, row])
-    return out
+        return out
+
+
+def sample_rows(logits: torch.Tensor, rows: list[ScheduledSeq], vocab_size: int) -> StepSample:
+    """Sample every row and wait for the result. `logits` is [N, V] float32 with N == len(rows)."""
+    return PendingSample(logits, rows, vocab_size).result()
+
+
+def add_placeholder(req: Request) -> bool:
+    """Stand in for the token being sampled for `req` (non-beam) so that the next step can be scheduled
+    before it is known. Not when that token is the last one `req` may generate: a request that ends
+    for certain is not scheduled again. Returns whether a placeholder was added."""
+    if req.num_generated + 1 >= req.max_new_tokens:
+        return False
+    req.seqs[0].tokens.append(PLACEHOLDER)
+    req.num_pending += 1
+    return True
 
 
 def append_token(req: Request, token: int, log_prob: float) -> None:
-    """Add a sampled token to a non-beam request and set its status when it ends.
+    """Add a sampled token to a non-beam request (in place of its oldest placeholder, if any) and set
+    its status when it ends; an ended request drops its later placeholders.
 
     The end id token is not kept (TensorRT-LLM's outputs never hold it); a stop word is."""
     seq = req.seqs[0]
+    at = len(seq.tokens) - req.num_pending  # where this token goes
+    if req.num_pending:
+        req.num_pending -= 1
     if req.end_id is not None and token == req.end_id:
         req.status = RequestStatus.FINISHED_END_ID
-        return
-    seq.tokens.append(token)
-    seq.log_probs.append(log_prob)
-    seq.cum_log_prob += log_prob
-    if req.stop_words and hits_stop_word(req, seq.tokens):
-        req.status = RequestStatus.FINISHED_STOP_WORDS
-    elif req.num_generated >= req.max_new_tokens:
-        req.status = RequestStatus.FINISHED_LENGTH
+    else:
+        if at < len(seq.tokens):
+            seq.tokens[at] = token
+        else:
+            seq.tokens.append(token)
+        at += 1
+        seq.log_probs.append(log_prob)
+        seq.cum_log_prob += log_prob
+        if req.stop_words and hits_stop_word(req, seq.tokens, at):
+            req.status = RequestStatus.FINISHED_STOP_WORDS
+        elif at - req.prompt_len >= req.max_new_tokens:
+            req.status = RequestStatus.FINISHED_LENGTH
+    if req.status.finished:
+        del seq.tokens[at:]  # the placeholders of later steps
+        req.num_pending = 0
+
+
+def drop_placeholders(req: Request) -> None:
+    """Forget the tokens of `req` still in flight (it ended: their steps' results will be ignored)."""
+    if req.num_pending:
+        del req.seqs[0].tokens[-req.num_pending :]
+        req.num_pending = 0
 
 
 # -- beam search ---------------------------------------------------------------------------------------

@@ -77,12 +77,15 @@ def paged_attention(
     scale: float,
     max_seq_len: int,
     max_context_len: int,
+    decode_tail: int = 0,
 ) -> torch.Tensor:
-    """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md."""
+    """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md.
+    `decode_tail`: the last sequences with one new token each (kernel choice only)."""
     if _use_kernels(q):
         return kernels.paged_attention(
-            q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len
-        )
+            q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len,
+            decode_tail=decode_tail,
+        )  # fmt: skip
     return kernels.paged_attention_ref(
         q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len
     )

@@ -225,12 +225,16 @@ def paged_attention(
     max_context_len: int,
     *,
     num_splits: int | None = None,
+    decode_tail: int = 0,
 ) -> torch.Tensor:
     """Causal attention of packed queries q `[T, H, D]` over the paged cache; returns `[T, H, D]`.
 
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
     the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU).
+    `decode_tail`: how many of the last sequences have exactly one new token (a mixed step: prompts
+    first, then generation rows); those go to the decode kernel too, which reads each K/V head once for
+    its whole query group, where the context kernel would read it once per query head.
     The split count depends only on host values (B, Hkv, max_context_len), and each sequence cuts its
     own context into that many slices on the device, so a graph captured once stays balanced.
     No host synchronisation; safe to capture in a CUDA graph.
@@ -242,54 +246,101 @@ def paged_attention(
     check(q.stride(-1) == 1 and k_cache.stride(-1) == 1, "q and the caches must be contiguous in head_dim")
     check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
     check(block_tables.stride(-1) == 1, "block_tables must be contiguous in its last dim")
-    T, H, D = q.shape
-    B, Hkv, tpb = block_tables.shape[0], k_cache.shape[2], k_cache.shape[1]
-    out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    T = q.shape[0]
+    B = block_tables.shape[0]
+    check(0 <= decode_tail <= min(B, T), "decode_tail {} out of range for {} sequences", decode_tail, B)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
-    cuda = q.is_cuda
-    qk_scale = scale * LOG2E
-    block_d = max(16, next_pow2(D))  # tl.dot needs every dim >= 16
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 caches: no TF32 rounding
-    strides = (
+    args = (k_cache, v_cache, scale, max_context_len, q.dtype)
+    if max_seq_len == 1 and T == B:
+        _decode(q, out, block_tables, context_lens, *args, num_splits)
+    elif 0 < decode_tail < B:
+        # Packed rows: the prompts' tokens [0, Tp), then one row per generation sequence [Tp, T).
+        Bp, Tp = B - decode_tail, T - decode_tail
+        _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], *args, max_seq_len)
+        _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], *args, num_splits)
+    else:
+        _context(q, out, block_tables, seq_lens, context_lens, *args, max_seq_len)
+    return out
+
+
+def _strides(q: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor) -> tuple:
+    return (
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
     )  # fmt: skip
-    if max_seq_len == 1 and T == B:
-        group = H // Hkv
-        cfg = DECODE_CONFIG if cuda else INTERPRET_DECODE_CONFIG
-        block_n = cfg["BLOCK_N"]
-        splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
-        direct = splits == 1
-        part_o = out if direct else torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
-        part_ml = out if direct else torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
-        _decode_attention_kernel[(B, Hkv, splits)](
-            q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *strides,
-            qk_scale, D, H,
-            GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
-            BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, DOT_PRECISION=precision,
-            TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 caches: no TF32 rounding
+
+
+def _decode(
+    q: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+    max_context_len: int,
+    dtype: torch.dtype,
+    num_splits: int | None,
+) -> None:
+    """One query token per sequence: q, out `[B, H, D]` (views of the packed rows)."""
+    B, H, D = q.shape
+    Hkv, tpb = k_cache.shape[2], k_cache.shape[1]
+    group = H // Hkv
+    cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
+    block_n = cfg["BLOCK_N"]
+    splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
+    direct = splits == 1
+    part_o = out if direct else torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
+    part_ml = out if direct else torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
+    _decode_attention_kernel[(B, Hkv, splits)](
+        q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *_strides(q, out, k_cache, block_tables),
+        scale * LOG2E, D, H,
+        GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
+        BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)), DIRECT=direct, DOT_PRECISION=_precision(dtype),
+        TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    if not direct:
+        _decode_reduce_kernel[(B, H)](
+            part_o, part_ml, out, out.stride(0), out.stride(1), H, splits, D,
+            BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
         )  # fmt: skip
-        if not direct:
-            _decode_reduce_kernel[(B, H)](
-                part_o, part_ml, out, out.stride(0), out.stride(1), H, splits, D,
-                BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
-            )  # fmt: skip
-        return out
-    cfg = CONTEXT_CONFIG if cuda else INTERPRET_CONTEXT_CONFIG
+
+
+def _context(
+    q: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+    max_context_len: int,
+    dtype: torch.dtype,
+    max_seq_len: int,
+) -> None:
+    """Packed queries of any lengths: q, out `[T, H, D]`."""
+    H, D = q.shape[1], q.shape[2]
+    B, Hkv, tpb = block_tables.shape[0], k_cache.shape[2], k_cache.shape[1]
+    cfg = CONTEXT_CONFIG if q.is_cuda else INTERPRET_CONTEXT_CONFIG
     block_m = min(cfg["BLOCK_M"], max(16, next_pow2(max_seq_len)))  # short prompts: smaller tiles
     block_n = cfg["BLOCK_N"]
     q_start = torch.cumsum(seq_lens, 0, dtype=torch.int32) - seq_lens  # [B], no host sync
     grid = (math.ceil(max_seq_len / block_m), B, H)
     _context_attention_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *strides,
-        qk_scale, D,
-        GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_PRECISION=precision, TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
+        q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start,
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D,
+        GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
+        DOT_PRECISION=_precision(dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return out
 
 
 def paged_attention_ref(

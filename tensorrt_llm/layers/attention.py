@@ -21,6 +21,7 @@ class AttentionParams:
     max_seq_len: int
     max_context_len: int
     cos_sin_cache: torch.Tensor
+    num_decode_tail: int = 0  # see StepInput
 
 
 class Attention(nn.Module):
@@ -72,5 +73,6 @@ class Attention(nn.Module):
             self.scale,
             p.max_seq_len,
             p.max_context_len,
+            decode_tail=p.num_decode_tail,
         )
         return self.dense(o.reshape(T, H * D))

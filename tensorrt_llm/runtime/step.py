@@ -27,6 +27,9 @@ class StepInput:
     logits_indices: torch.Tensor  # [N] int64, rows of the packed tokens whose logits are returned
     max_seq_len: int
     max_context_len: int
+    # How many of the last sequences have exactly one new token (a mixed step's generation rows): the
+    # attention runs them with the decode kernel. 0: unknown, or none.
+    num_decode_tail: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -83,4 +86,5 @@ def build_step_input(
         block_tables=dev[o[6] :].view(B, width).to(torch.int32),
         max_seq_len=int(seq_lens.max()),
         max_context_len=int(ctx_lens.max()),
+        num_decode_tail=B - 1 - int(np.flatnonzero(seq_lens > 1)[-1]) if seq_lens.max() > 1 else B,
     )

@@ -319,7 +319,8 @@ def test_random_cancellations_under_load(make_executor):
 
 
 def test_stats_during_and_after_a_run(make_executor):
-    ex = make_executor(max_tokens_in_paged_kv_cache=800)
+    # Not overlapped: a step's callbacks then come before the next step is scheduled.
+    ex = make_executor(max_tokens_in_paged_kv_cache=800, overlap_scheduling=False)
     seen = []
     reqs = [Request(p, max_new_tokens=10, end_id=-1, streaming=True, callback=lambda o: seen.append(ex.stats()))
             for p in prompts(6, lo=10, hi=20)]  # fmt: skip

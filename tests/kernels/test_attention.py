@@ -58,6 +58,24 @@ def test_context_phase_kernel_variants(device, monkeypatch, variant):
     run_both([1, 1, 1], [5, 70, 13], 4, 2, 32, 16, torch.float32, device, num_splits=3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (4, 1)])
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_mixed_step_generation_tail_on_the_decode_kernel(device, dtype, heads, num_splits):
+    # prompts (one after a cached prefix), then generation rows: the tail goes to the decode kernel
+    kw = dict(decode_tail=3, num_splits=num_splits)
+    run_both([5, 9, 1, 1, 1], [5, 30, 13, 64, 100], *heads, 32, 16, dtype, device, **kw)
+    run_both([7, 1], [7, 40], *heads, 32, 8, dtype, device, decode_tail=1)
+    # a one-token prompt chunk inside the head is fine too (it is causal for one query)
+    run_both([1, 6, 1], [20, 6, 9], *heads, 32, 8, dtype, device, decode_tail=1)
+
+
+def test_decode_tail_out_of_range(device):
+    q, kc, vc, bt, sl, cl = make_batch([2, 1], [2, 5], 2, 1, 16, 4, torch.float32, device)
+    with pytest.raises(ValueError, match="decode_tail"):
+        K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 2, 5, decode_tail=3)
+
+
 def test_context_phase_odd_head_dim_and_block_size(device):
     run_both([3, 18], [10, 18], 2, 1, 24, 5, torch.float32, device)
 

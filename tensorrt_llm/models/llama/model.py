@@ -84,6 +84,7 @@ class LlamaForCausalLM(nn.Module):
             max_seq_len=step.max_seq_len,
             max_context_len=step.max_context_len,
             cos_sin_cache=self.cos_sin_cache,
+            num_decode_tail=step.num_decode_tail,
         )
         h = self.vocab_embedding(step.input_ids)  # [T, hidden]
         residual = None

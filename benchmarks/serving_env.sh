@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the H100 machine: a Python environment for tritonserver's Python backend, made from the wheels in
+# .whl/ (../shared/tools/stage_wheels.sh, plus a numpy 1.26 wheel for that Python).
+#   bash benchmarks/serving_env.sh [/tmp/venv]      then: --server-python /tmp/venv/bin/python
+# Why: the nvidia-pytriton stub (Triton 2.51) was built for numpy 1 and garbles tensors under numpy 2,
+# which that machine's Python has. The venv holds numpy 1, pytriton and tritonclient, and sees the base
+# environment's packages (torch) after its own through a .pth file.
+set -euo pipefail
+V=${1:-/tmp/venv}
+if [ ! -x "$V/bin/python" ]; then
+  python3 -m venv "$V"
+  "$V/bin/python" -m pip install -q --no-index --no-deps .whl/*.whl
+  base=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  site=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$base" >"$site/zz_base_env.pth"
+fi
+"$V/bin/python" -c 'import numpy, torch, pytriton; print("serving env:", numpy.__version__, torch.__version__)'
