@@ -8,7 +8,7 @@ first imported), which is how tests check them without a GPU.
 from ._common import HAS_TRITON, available, interpreting
 from .activation import silu_and_mul, silu_and_mul_ref
 from .attention import paged_attention, paged_attention_ref
-from .kv_cache import write_kv_cache, write_kv_cache_ref
+from .kv_cache import rotary_write_kv_cache, rotary_write_kv_cache_ref, write_kv_cache, write_kv_cache_ref
 from .norm import rms_norm, rms_norm_ref
 from .rotary import apply_rotary, apply_rotary_ref, rope_cos_sin_cache, rope_inv_freq
 from .sampling import hash_uniform, top_k_top_p_probs, top_k_top_p_sample, top_k_top_p_sample_ref
@@ -29,6 +29,8 @@ __all__ = [
     "rms_norm_ref",
     "rope_cos_sin_cache",
     "rope_inv_freq",
+    "rotary_write_kv_cache",
+    "rotary_write_kv_cache_ref",
     "silu_and_mul",
     "silu_and_mul_ref",
     "top_k_top_p_probs",

@@ -10,8 +10,13 @@ Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
 - context (any seq_lens): grid (query tiles, B, H); a program walks the KV of one head up to its last
   query's position.
 - generation (all seq_lens == 1): grid (B, Hkv, splits); a program takes the whole query group of one KV
-  head (so K/V are read once per group) over one slice of the context; the slices are merged by a
-  small reduce kernel (flash-decoding), so long contexts at small batch still fill the GPU.
+  head (so K/V are read once per group) over one slice of the context (flash-decoding), so long contexts
+  at small batch still fill the GPU. Each sequence cuts its own context on the device into at most
+  `splits` slices of at least SPLIT_MIN keys: a context that fits one slice is attended in a single pass
+  that writes the output, with no partials and no merge. Otherwise the last slice of a (sequence, KV
+  head) to finish merges the partials (an arrival counter per pair; FUSED_MERGE), or, with FUSED_MERGE
+  off, a small reduce kernel does. Both choices are made on the device, so they also hold inside a CUDA
+  graph captured with an upper bound of the context length.
 """
 
 from __future__ import annotations
@@ -30,8 +35,14 @@ LOG2E = 1.4426950408889634
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
-# tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal).
-INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+# tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal);
+# decode only: SPLIT_MIN (default DECODE_SPLIT_MIN: fewest keys per context slice, so a short context
+# is one pass with no merge) and FUSED_MERGE (default True: the last slice merges, no reduce kernel).
+DECODE_SPLIT_MIN = 256
+# fp32 partials the merge holds at once (BLOCK_GM heads x BLOCK_S slices x BLOCK_D): ~32 registers a
+# thread at 4 warps; more slices are merged in turns
+MERGE_TILE = 4096
+INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "SPLIT_MIN": 32}
 INTERPRET_CONTEXT_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
 
 if HAS_TRITON:
@@ -124,76 +135,131 @@ if HAS_TRITON:
             )
 
     @triton.jit
+    def _split_plan(ctx, num_splits, split_min, BLOCK_N: tl.constexpr):
+        # how a sequence with `ctx` keys is cut: at most num_splits slices of whole tiles, each at least
+        # split_min keys; returns (slice length, number of non-empty slices, at least 1). Every program
+        # of the sequence computes the same plan, so it needs no host value but the grid's split count.
+        n = tl.minimum(num_splits, tl.maximum(tl.cdiv(ctx, split_min), 1))
+        split_size = tl.maximum(tl.cdiv(tl.cdiv(ctx, n), BLOCK_N), 1) * BLOCK_N
+        return split_size, tl.maximum(tl.cdiv(ctx, split_size), 1)
+
+    @triton.jit
+    def _merge_splits(
+        part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh, num_heads, head_dim,
+        GROUP: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        # out[b, heads of kvh] from the `active` partials of each head: partials [B, H, splits, D] (acc,
+        # unnormalized) and [B, H, splits, 2] (row max in log2 units, row sum), merged BLOCK_S at a time.
+        # Loads bypass L1 (.cg): other programs of this launch wrote the partials, and a line of them may
+        # sit stale in this SM's L1 from an earlier merge of a neighbouring head group.
+        offs_g = tl.arange(0, BLOCK_GM)
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, BLOCK_D)
+        g_mask, d_mask = offs_g < GROUP, offs_d < head_dim
+        heads = kvh * GROUP + offs_g  # [BLOCK_GM]
+        first = (b * num_heads + heads) * num_splits  # [BLOCK_GM] partial index of slice 0
+        m_run = tl.full([BLOCK_GM], float("-inf"), tl.float32)
+        l_run = tl.zeros([BLOCK_GM], tl.float32)
+        acc = tl.zeros([BLOCK_GM, BLOCK_D], tl.float32)
+        for s0 in range(0, active, BLOCK_S):
+            part = first[:, None] + s0 + offs_s[None, :]  # [BLOCK_GM, BLOCK_S]
+            gs_mask = g_mask[:, None] & (s0 + offs_s < active)[None, :]
+            m = tl.load(part_ml_ptr + part * 2, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+            l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=gs_mask, other=0.0, cache_modifier=".cg")
+            o = tl.load(
+                part_o_ptr + part[:, :, None] * head_dim + offs_d[None, None, :],
+                mask=gs_mask[:, :, None] & d_mask[None, None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )  # [BLOCK_GM, BLOCK_S, BLOCK_D]
+            m_new = tl.maximum(m_run, tl.max(m, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_run - m_new)
+            w = tl.exp2(m - m_new[:, None])  # masked slices (m = -inf) weigh 0
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 1)
+            l_run = l_run * alpha + tl.sum(w * l_s, 1)
+            m_run = m_new
+        out = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]
+        o_ptrs = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+
+    @triton.jit
     def _decode_attention_kernel(
-        q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, bt_ptr, ctx_lens_ptr,
+        q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, num_heads,
+        qk_scale, head_dim, num_heads, num_kv_heads, split_min,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TILE_IN_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
+        BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         num_splits = tl.num_programs(2)
         ctx = tl.load(ctx_lens_ptr + b)
-        # each sequence cuts its own context into num_splits slices of whole tiles, so the work stays
-        # balanced whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
-        split_size = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
-        start = split * split_size
-        end = tl.minimum(start + split_size, ctx)
-        offs_g = tl.arange(0, BLOCK_G)
-        offs_d = tl.arange(0, BLOCK_D)
-        heads = kvh * GROUP + offs_g  # [BLOCK_G]
-        hd_mask = (offs_g < GROUP)[:, None] & (offs_d < head_dim)[None, :]
-        q = tl.load(
-            q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-            mask=hd_mask,
-            other=0.0,
-        )
-        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for start_n in range(start, end, BLOCK_N):
-            n_mask = start_n + tl.arange(0, BLOCK_N) < end
-            acc, m_i, l_i = _attend_tile(
-                q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
-                offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
-            )  # fmt: skip
-        if DIRECT:  # a single split: normalize and write the output here
-            acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-            out = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-            tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=hd_mask)
-        else:  # partials [B, H, splits, D] and (max, sum) [B, H, splits, 2] for the reduce kernel
-            part = (b * num_heads + heads) * num_splits + split  # [BLOCK_G]
-            tl.store(part_o_ptr + part[:, None] * head_dim + offs_d[None, :], acc, mask=hd_mask)
-            g_mask = offs_g < GROUP
-            tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
-            tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
+        # each sequence cuts its own context, so the work stays balanced (and a short context stays one
+        # pass) whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
+        split_size, active = _split_plan(ctx, num_splits, split_min, BLOCK_N)
+        if split < active:  # slices past the sequence's last have nothing to do
+            start = split * split_size
+            end = tl.minimum(start + split_size, ctx)
+            offs_g = tl.arange(0, BLOCK_G)
+            offs_d = tl.arange(0, BLOCK_D)
+            heads = kvh * GROUP + offs_g  # [BLOCK_G]
+            hd_mask = (offs_g < GROUP)[:, None] & (offs_d < head_dim)[None, :]
+            q = tl.load(
+                q_ptr + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=hd_mask,
+                other=0.0,
+            )
+            m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_G], tl.float32)
+            acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+            for start_n in range(start, end, BLOCK_N):
+                n_mask = start_n + tl.arange(0, BLOCK_N) < end
+                acc, m_i, l_i = _attend_tile(
+                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                    stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
+                    offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                )  # fmt: skip
+            if active == 1:  # the whole context in this program: normalize and write the output here
+                acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+                out = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+                tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=hd_mask)
+            else:  # partials [B, H, splits, D] and (max, sum) [B, H, splits, 2], merged below or by the reduce
+                part = (b * num_heads + heads) * num_splits + split  # [BLOCK_G]
+                tl.store(part_o_ptr + part[:, None] * head_dim + offs_d[None, :], acc, mask=hd_mask)
+                g_mask = offs_g < GROUP
+                tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
+                tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
+                if FUSED_MERGE:
+                    # every thread's partial stores come before the counter's release (the CUTLASS
+                    # semaphore pattern: barrier, then one thread's release atomic); the program that
+                    # arrives last sees all slices' partials (acquire) and merges them
+                    tl.debug_barrier()
+                    counter = count_ptr + b * num_kv_heads + kvh
+                    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                    if arrived == active - 1:
+                        tl.store(counter, 0)  # zero again for the next launch: no memset per launch
+                        _merge_splits(
+                            part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh,
+                            num_heads, head_dim, GROUP, BLOCK_GM, BLOCK_S, BLOCK_D,
+                        )  # fmt: skip
 
     @triton.jit
     def _decode_reduce_kernel(
-        part_o_ptr, part_ml_ptr, o_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
-        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+        part_o_ptr, part_ml_ptr, o_ptr, ctx_lens_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
+        split_min, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):  # fmt: skip
-        b, h = tl.program_id(0), tl.program_id(1)
-        offs_s = tl.arange(0, BLOCK_S)
-        offs_d = tl.arange(0, BLOCK_D)
-        s_mask, d_mask = offs_s < num_splits, offs_d < head_dim
-        part = (b * num_heads + h) * num_splits + offs_s  # [BLOCK_S]
-        m = tl.load(part_ml_ptr + part * 2, mask=s_mask, other=float("-inf"))
-        l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=s_mask, other=0.0)
-        m_all = tl.max(m, 0)
-        m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
-        w = tl.exp2(m - m_all)  # empty splits (m = -inf) weigh 0
-        total = tl.sum(w * l_s, 0)
-        o = tl.load(
-            part_o_ptr + part[:, None] * head_dim + offs_d[None, :],
-            mask=s_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
-        tl.store(o_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
+        # grid (B, Hkv): the merge as a kernel of its own (FUSED_MERGE off)
+        b, kvh = tl.program_id(0), tl.program_id(1)
+        ctx = tl.load(ctx_lens_ptr + b)
+        _, active = _split_plan(ctx, num_splits, split_min, BLOCK_N)
+        if active > 1:  # a sequence cut in one slice already has its output
+            _merge_splits(
+                part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh, num_heads,
+                head_dim, GROUP, BLOCK_GM, BLOCK_S, BLOCK_D,
+            )  # fmt: skip
 
 
 def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> None:
@@ -207,10 +273,33 @@ def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> No
     check(seq_lens.shape == (B,) and context_lens.shape == (B,), "seq_lens, context_lens must be [B={}]", B)
 
 
-def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
-    # enough (sequence, kv head, split) programs for ~2 waves, each split at least one KV tile
-    tiles = max(1, math.ceil(max_context_len / block_n))
-    return max(1, min(tiles, math.ceil(2 * num_sms(device) / max(1, batch * kv_heads)), 64))
+def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, min_keys: int, device) -> int:
+    # enough (sequence, kv head, split) programs for ~2 waves, each split at least `min_keys` keys
+    slices = max(1, math.ceil(max_context_len / min_keys))
+    return max(1, min(slices, math.ceil(2 * num_sms(device) / max(1, batch * kv_heads)), 64))
+
+
+# Arrival counters of the fused merge, one int32 per (sequence, KV head), per device. Every decode
+# launch leaves them zero (the last slice of a pair resets its counter), so none is cleared per launch;
+# launches on one device must therefore not run concurrently on two streams (the engine uses one).
+# Buffers are never freed: a captured CUDA graph keeps the address it was captured with.
+_COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
+_RETIRED_COUNTERS: list[torch.Tensor] = []
+
+
+def _merge_counters(device: torch.device, n: int) -> torch.Tensor | None:
+    """A zeroed int32 buffer of at least `n` counters for `device`; None while a CUDA graph is being
+    captured and the buffer would have to grow (its zeroing would only run at replay)."""
+    key = (device.type, device.index)
+    buf = _COUNTERS.get(key)
+    if buf is not None and buf.numel() >= n:
+        return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if buf is not None:
+        _RETIRED_COUNTERS.append(buf)
+    buf = _COUNTERS[key] = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+    return buf
 
 
 def paged_attention(
@@ -231,12 +320,13 @@ def paged_attention(
 
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
-    the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU).
+    the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU, each
+    slice at least SPLIT_MIN keys); a sequence whose context fits one slice is a single pass regardless.
     `decode_tail`: how many of the last sequences have exactly one new token (a mixed step: prompts
     first, then generation rows); those go to the decode kernel too, which reads each K/V head once for
     its whole query group, where the context kernel would read it once per query head.
     The split count depends only on host values (B, Hkv, max_context_len), and each sequence cuts its
-    own context into that many slices on the device, so a graph captured once stays balanced.
+    own context into at most that many slices on the device, so a graph captured once stays balanced.
     No host synchronisation; safe to capture in a CUDA graph.
     """
     _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
@@ -294,22 +384,29 @@ def _decode(
     group = H // Hkv
     cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
-    splits = num_splits or _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
-    direct = splits == 1
-    part_o = out if direct else torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
-    part_ml = out if direct else torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
+    split_min = max(1, cfg.get("SPLIT_MIN", DECODE_SPLIT_MIN))
+    splits = num_splits or _default_num_splits(B, Hkv, max_context_len, max(block_n, split_min), q.device)
+    counters = _merge_counters(q.device, B * Hkv) if splits > 1 and cfg.get("FUSED_MERGE", True) else None
+    fused = counters is not None
+    part_o = part_ml = out  # unused when every sequence is one slice
+    if splits > 1:
+        part_o = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
+        part_ml = torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
+    block_d = max(16, next_pow2(D))
+    block_gm = next_pow2(group)
+    block_s = min(next_pow2(splits), max(1, MERGE_TILE // (block_gm * block_d)))
     _decode_attention_kernel[(B, Hkv, splits)](
-        q, k_cache, v_cache, out, part_o, part_ml, block_tables, context_lens, *_strides(q, out, k_cache, block_tables),
-        scale * LOG2E, D, H,
-        GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb,
-        BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)), DIRECT=direct, DOT_PRECISION=_precision(dtype),
+        q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, split_min,
+        GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
+        FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    if not direct:
-        _decode_reduce_kernel[(B, H)](
-            part_o, part_ml, out, out.stride(0), out.stride(1), H, splits, D,
-            BLOCK_S=next_pow2(splits), BLOCK_D=next_pow2(D),
+    if splits > 1 and not fused:
+        _decode_reduce_kernel[(B, Hkv)](
+            part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, split_min,
+            GROUP=group, BLOCK_N=block_n, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=block_d,
         )  # fmt: skip
 
 

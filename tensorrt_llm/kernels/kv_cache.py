@@ -1,19 +1,26 @@
-"""Write this step's K/V into the paged cache.
+"""Write this step's K/V into the paged cache, alone or fused with the rotary embedding.
 
 Cache layout per layer: `[num_blocks, tokens_per_block, num_kv_heads, head_dim]`; a token's slot is
 `block * tokens_per_block + row`. A negative slot means "padding token, write nothing" (so CUDA-graph
 batches can be padded).
+
+`rotary_write_kv_cache` does `apply_rotary` and `write_kv_cache` in one kernel: the rotated k goes from
+registers straight into the cache instead of through a temporary, and a decode step launches one
+kernel per layer instead of two.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import rotary
 from ._common import HAS_TRITON, check, check_launchable, next_pow2
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    from .rotary import _rotate
 
     @triton.jit
     def _write_kv_cache_kernel(
@@ -37,6 +44,42 @@ if HAS_TRITON:
             v = tl.load(v_ptr + t * stride_vt + h * stride_vh + d, mask=mask)
             tl.store(kc_ptr + dst, k, mask=mask)
             tl.store(vc_ptr + dst, v, mask=mask)
+
+    @triton.jit
+    def _rotary_write_kv_kernel(
+        q_ptr, k_ptr, v_ptr, qo_ptr, kc_ptr, vc_ptr, pos_ptr, cache_ptr, slot_ptr,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_qot, stride_qoh,
+        stride_cache, stride_cb, stride_ct, stride_ch,
+        num_q_heads, num_kv_heads, half, head_dim,
+        TOKENS_PER_BLOCK: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+        BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        # one program per token: its q heads rotated into q_out; its k heads rotated and its v heads
+        # copied straight into the token's cache slot (all with the same cos/sin row)
+        t = tl.program_id(0).to(tl.int64)
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, BLOCK_HALF)
+        cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+        sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
+        sin = sin[None, :]
+        o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)
+        out = qo_ptr + t * stride_qot + h * stride_qoh + dd  # [BLOCK_HQ, BLOCK_HALF]
+        tl.store(out, o1.to(qo_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + half, o2.to(qo_ptr.dtype.element_ty), mask=mask)
+        slot = tl.load(slot_ptr + t).to(tl.int64)  # int64 offsets: caches exceed 2**31 elements
+        if slot >= 0:  # a padding token's q is rotated all the same (harmless), its K/V go nowhere
+            row = (slot // TOKENS_PER_BLOCK) * stride_cb + (slot % TOKENS_PER_BLOCK) * stride_ct
+            o1, o2, h, dd, mask = _rotate(
+                k_ptr, stride_kt, stride_kh, t, cos, sin, num_kv_heads, half, BLOCK_HK, BLOCK_HALF
+            )
+            dst = kc_ptr + row + h * stride_ch + dd  # [BLOCK_HK, BLOCK_HALF]
+            tl.store(dst, o1.to(kc_ptr.dtype.element_ty), mask=mask)
+            tl.store(dst + half, o2.to(kc_ptr.dtype.element_ty), mask=mask)
+            hv = tl.arange(0, BLOCK_HK)[:, None]
+            dv = tl.arange(0, BLOCK_D)[None, :]
+            v_mask = (hv < num_kv_heads) & (dv < head_dim)  # [BLOCK_HK, BLOCK_D]
+            v = tl.load(v_ptr + t * stride_vt + hv * stride_vh + dv, mask=v_mask)
+            tl.store(vc_ptr + row + hv * stride_ch + dv, v, mask=v_mask)
 
 
 def _check_args(k, v, k_cache, v_cache, slot_mapping) -> None:
@@ -89,3 +132,58 @@ def write_kv_cache_ref(
     block, row = slots // tpb, slots % tpb
     k_cache[block, row] = k[keep]
     v_cache[block, row] = v[keep]
+
+
+def rotary_write_kv_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """`apply_rotary` then `write_kv_cache` in one kernel: rotates q `[T, H, D]` and k `[T, Hkv, D]` by
+    `positions[t]`, stores the rotated k and v `[T, Hkv, D]` at cache slot `slot_mapping[t]` (negative:
+    nothing), and returns the rotated q (a new contiguous tensor). Inputs are left untouched; q, k, v may
+    be strided views of a fused QKV output as long as head_dim is contiguous. No host synchronisation.
+    """
+    rotary._check_args(q, k, positions, cos_sin_cache)
+    _check_args(k, v, k_cache, v_cache, slot_mapping)
+    check_launchable(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    check(slot_mapping.dtype in (torch.int32, torch.int64), "slot_mapping must be an integer tensor")
+    for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check(t.stride(-1) == 1, "{} must be contiguous in head_dim", name)
+    check(cos_sin_cache.stride(-1) == 1, "cos_sin_cache must be contiguous in its last dim")
+    check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    T, H, D = q.shape
+    Hkv = k.shape[1]
+    if T > 0:
+        _rotary_write_kv_kernel[(T,)](
+            q, k, v, q_out, k_cache, v_cache, positions, cos_sin_cache, slot_mapping,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            H, Hkv, D // 2, D,
+            TOKENS_PER_BLOCK=k_cache.shape[1], BLOCK_HQ=next_pow2(H), BLOCK_HK=next_pow2(Hkv),
+            BLOCK_HALF=next_pow2(D // 2), BLOCK_D=next_pow2(D),
+        )  # fmt: skip
+    return q_out
+
+
+def rotary_write_kv_cache_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """PyTorch reference of `rotary_write_kv_cache`: the two references one after the other."""
+    q, k = rotary.apply_rotary_ref(q, k, positions, cos_sin_cache)
+    write_kv_cache_ref(k, v, k_cache, v_cache, slot_mapping)
+    return q

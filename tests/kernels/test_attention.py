@@ -92,6 +92,62 @@ def test_generation_split_count_beyond_context(device):
     run_both([1, 1], [3, 20], 2, 2, 16, 4, torch.float32, device, num_splits=8)
 
 
+class _MustNotLaunch:
+    def __getitem__(self, grid):
+        raise AssertionError("the reduce kernel was launched")
+
+
+def _decode_config(monkeypatch, **keys) -> None:
+    for name in ("DECODE_CONFIG", "INTERPRET_DECODE_CONFIG"):
+        monkeypatch.setattr(attention, name, {**getattr(attention, name), **keys})
+
+
+# float32 and float16 only: the Triton 3.6 interpreter's tl.dot garbles bfloat16 (on the GPU,
+# benchmarks/kernels_check.py checks bfloat16 too)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (4, 1)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_decode_short_context_single_pass_long_merged(device, monkeypatch, dtype, heads, fused):
+    # As in a CUDA graph: the host bound (max_context_len) is far above the real contexts, so the host
+    # split count is > 1; each sequence still picks its own slicing: contexts up to SPLIT_MIN are one
+    # pass that writes its output, longer ones are merged (by their last slice, or the reduce kernel).
+    _decode_config(monkeypatch, SPLIT_MIN=32, FUSED_MERGE=fused)
+    if fused:
+        monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
+    ctx_lens = [1, 20, 32, 33, 100, 250]
+    q, kc, vc, bt, sl, cl = make_batch([1] * len(ctx_lens), ctx_lens, *heads, 32, 16, dtype, device)
+    args = (q, kc, vc, bt, sl, cl, 32**-0.5)
+    ref = K.paged_attention_ref(*args)
+    for splits in (None, 8):
+        out = K.paged_attention(*args, 1, 4096, num_splits=splits)
+        torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_decode_fused_merge_leaves_counters_zero_and_is_repeatable(device, monkeypatch):
+    _decode_config(monkeypatch, SPLIT_MIN=16, FUSED_MERGE=True)
+    monkeypatch.setattr(attention, "MERGE_TILE", 32)  # one slice per turn: the merge loop runs many turns
+    monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
+    q, kc, vc, bt, sl, cl = make_batch([1] * 3, [17, 90, 200], 8, 2, 32, 16, torch.float32, device)
+    args = (q, kc, vc, bt, sl, cl, 32**-0.5, 1, 256)
+    first = K.paged_attention(*args, num_splits=7)
+    counters = attention._COUNTERS[(q.device.type, q.device.index)]
+    assert counters.abs().sum().item() == 0  # every (sequence, KV head) pair reset its counter
+    torch.testing.assert_close(first, K.paged_attention_ref(*args), rtol=2e-5, atol=2e-5)
+    assert torch.equal(K.paged_attention(*args, num_splits=7), first)
+
+
+def test_decode_reduce_kernel_merges_in_turns(device, monkeypatch):
+    _decode_config(monkeypatch, SPLIT_MIN=16, FUSED_MERGE=False)
+    monkeypatch.setattr(attention, "MERGE_TILE", 64)
+    run_both([1, 1, 1], [5, 70, 130], 4, 1, 32, 16, torch.float32, device, num_splits=6)
+
+
+def test_default_split_count_is_one_for_short_contexts():
+    cpu = torch.device("cpu")  # 4 "SMs" under the interpreter
+    assert attention._default_num_splits(1, 2, 200, 256, cpu) == 1  # no partials, no merge at all
+    assert attention._default_num_splits(1, 2, 4096, 256, cpu) == 4
+
+
 def test_max_lengths_may_be_upper_bounds(device):
     q, kc, vc, bt, sl, cl = make_batch([1, 1], [9, 17], 4, 2, 16, 8, torch.float32, device)
     ref = K.paged_attention_ref(q, kc, vc, bt, sl, cl, 0.25)
