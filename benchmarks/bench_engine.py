@@ -7,6 +7,7 @@ Weights are random (no download); shapes are the real models'. Prints a table la
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tensorrt_llm.builder import BuildConfig, convert_in_memory  # noqa: E402
+from tensorrt_llm._utils import str_to_dtype  # noqa: E402
+from tensorrt_llm.builder import BuildConfig, convert_in_memory, tune_kernels  # noqa: E402
 from tensorrt_llm.runtime import Engine, ModelRunner  # noqa: E402
 
 SHAPES = {
@@ -79,6 +81,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--hf", action="store_true", help="also time Hugging Face generate on the same weights")
     p.add_argument("--build-time", action="store_true", help="time trtllm-build and loading (writes to disk)")
+    p.add_argument("--tune", action="store_true", help="tune kernel choices on this GPU, as trtllm-build --device cuda")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     rows: list[tuple[str, str]] = []
@@ -107,6 +110,10 @@ def main() -> None:
             shutil.rmtree(f"{tmp}/engine", ignore_errors=True)
 
     cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda")
+    if args.tune:  # attention launch configs and the GEMV's linear shapes, applied at load as from an engine
+        kernels = tune_kernels(cfg.model, cfg.mapping, build, str_to_dtype(args.dtype), "cuda")
+        cfg = dataclasses.replace(cfg, kernels=kernels)
+        rows.append(("tuned: linear shapes on the Triton GEMV", str(kernels.get("linear_gemv", {}).get("shapes", []))))
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
     engine = Engine.from_weights(cfg, weights, torch.device("cuda"))
     del weights

@@ -1,12 +1,19 @@
 """Every Triton kernel against its PyTorch reference on the GPU, at Llama shapes, then timed.
 
-    python benchmarks/kernels_check.py [--sweep] [--quick] [--out DIR]
+    python benchmarks/kernels_check.py [--sweep] [--quick] [--new] [--out DIR]
 
 Correctness first (relative L2 error and max abs error, float16 and bfloat16), then medians from
 `triton.testing.do_bench` for kernel, reference and, for attention, torch SDPA on dense K/V as a peer.
 `--sweep` also times a few launch configurations of the attention kernels. A table goes to stdout and
 `DIR/kernels_check.log` (DIR defaults to $OUT or ./bench_out). `--quick` (small shapes) runs on CPU
 under TRITON_INTERPRET=1 as a smoke test of this script.
+
+The batch-1 decode changes are checked old against new in a table of their own (`--new` runs only that,
+~2 minutes on an H100): the fused rotary + KV write against apply_rotary then write_kv_cache; decode
+attention as a CUDA graph launches it (context bound 4096) with single pass / fused merge against the
+old split + reduce; a layer's attention kernels old vs new; the Triton GEMV at M = 1 against cuBLAS on
+the Llama-2-7B / Llama-3-8B shapes, and what build-time tuning would pick. Each row: relative error
+against the reference (and, where a merge or a race could hide, whether 50 more replays change a bit).
 """
 
 from __future__ import annotations
@@ -303,6 +310,244 @@ def check_sampling(dev, sizes):
             record("sample " + label, f"N={n} V={V}", torch.float32, None, None, fn, dev=dev)
 
 
+# -- the batch-1 decode changes, old against new: fused rotary + KV write, decode attention without the
+# split + reduce, the per-shape GEMV. Times are per call with L calls back to back in one CUDA graph (as
+# the layers of a decode step: no launch overhead between them), each call on its own data, L2 flushed
+# before each replay.
+
+NEW_BAD: list[str] = []  # rows whose error is above the bound, or whose output changed between replays
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}  # fmt: skip
+
+
+def graph_ms(fns: list[Callable[[], object]], dev: str, replays: int = 20) -> tuple[float, list, Callable]:
+    """(GPU ms per call of `fns` replayed back to back from one CUDA graph, their outputs, replay()).
+    On CPU: one eager pass, wall time."""
+    if dev != "cuda":
+        t0 = time.perf_counter()
+        outs = [fn() for fn in fns]
+        return (time.perf_counter() - t0) * 1e3 / len(fns), outs, lambda: None
+    if not _FLUSH:
+        _FLUSH.append(torch.empty(256 << 20, dtype=torch.int8, device=dev))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile, and settle the allocator, outside the capture
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [fn() for fn in fns]
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(replays)]
+    for start, end in events:
+        _FLUSH[0].zero_()
+        start.record()
+        g.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(a.elapsed_time(b) for a, b in events)
+    return times[len(times) // 2] / len(fns), outs, g.replay
+
+
+def stable(outs: list, replay: Callable, dev: str, n: int = 50) -> bool:
+    """Whether `n` more replays give bit-identical outputs (a race in a kernel would show here)."""
+    first = [o.clone() for o in outs]
+    for _ in range(n if dev == "cuda" else 0):
+        replay()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return all(torch.equal(a, b) for a, b in zip(first, outs, strict=True))
+
+
+def new_header() -> None:
+    say(
+        f"\n{'check':32s} {'shape':44s} {'dtype':8s} {'rel':>7s} | {'old us':>8s} {'new us':>8s} {'old/new':>7s} | note"
+    )
+
+
+def compare(name, shape, dtype, rel, t_old, t_new, note="", ok=True) -> None:
+    bound = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    dt = str(dtype).replace("torch.", "")
+    if not (rel <= bound and ok):  # nan counts as bad
+        NEW_BAD.append(f"{name} {shape} {dt}")
+        note = ("WRONG " if rel > bound or rel != rel else "UNSTABLE ") + note
+    say(f"{name:32s} {shape:44s} {dt:8s} {rel:7.1e} | {t_old * 1e3:8.2f} {t_new * 1e3:8.2f} "
+        f"{t_old / t_new:6.2f}x | {note}")  # fmt: skip
+
+
+def _rotary_then_write(q, k, v, kc, vc, pos, cos_sin, slots) -> torch.Tensor:
+    q, k = K.apply_rotary(q, k, pos, cos_sin)
+    K.write_kv_cache(k, v, kc, vc, slots)
+    return q
+
+
+def _attention_old(q, k, v, kc, vc, pos, cos_sin, slots, tables, sl, cl, bound) -> torch.Tensor:
+    q = _rotary_then_write(q, k, v, kc, vc, pos, cos_sin, slots)
+    return K.paged_attention(q, kc, vc, tables, sl, cl, q.shape[-1] ** -0.5, 1, bound)
+
+
+def _attention_new(q, k, v, kc, vc, pos, cos_sin, slots, tables, sl, cl, bound) -> torch.Tensor:
+    q = K.rotary_write_kv_cache(q, k, v, pos, cos_sin, kc, vc, slots)
+    return K.paged_attention(q, kc, vc, tables, sl, cl, q.shape[-1] ** -0.5, 1, bound)
+
+
+def check_rotary_kv(dev, dtypes, sizes):
+    """rotary_write_kv_cache against its reference (q, and the whole k cache) and against the two kernels
+    it replaces (apply_rotary, then write_kv_cache)."""
+    D, tpb, L = sizes["head_dim"], 64, sizes["layers"]
+    cos_sin = K.rope_cos_sin_cache(D, 16384, 500000.0, LLAMA3_SCALING, device=dev)
+    for dtype, (H, Hkv), T in itertools.product(dtypes, sizes["heads"], sizes["rk_tokens"]):
+        blocks = 2 * T // tpb + 2
+        pos = torch.randint(0, 16384, (T,), device=dev)
+        slots = torch.randperm(blocks * tpb, device=dev)[:T]
+        layers = []
+        for _ in range(L):  # q, k, v: views of a fused QKV output, as in the model
+            qkv = torch.randn(T, H + 2 * Hkv, D, dtype=dtype, device=dev)
+            kc = torch.zeros(blocks, tpb, Hkv, D, dtype=dtype, device=dev)
+            layers.append((qkv[:, :H], qkv[:, H : H + Hkv], qkv[:, H + Hkv :], kc, torch.zeros_like(kc)))
+        q, k, v, kc, vc = layers[0]
+        kr, vr = kc.clone(), vc.clone()
+        qo = K.rotary_write_kv_cache(q, k, v, pos, cos_sin, kc, vc, slots)
+        qr = K.rotary_write_kv_cache_ref(q, k, v, pos, cos_sin, kr, vr, slots)
+        rel = max(errors(qo, qr)[0], errors(kc, kr)[0])
+        exact_v = torch.equal(vc, vr)
+
+        t_old = graph_ms([partial(_rotary_then_write, *lay, pos, cos_sin, slots) for lay in layers], dev)[0]
+        t_new, outs, replay = graph_ms([partial(K.rotary_write_kv_cache, *lay[:3], pos, cos_sin, *lay[3:], slots)
+                                        for lay in layers], dev)  # fmt: skip
+        note = "v copied exactly" if exact_v else "v DIFFERS"
+        compare("rotary+write_kv fused", f"T={T} H={H} Hkv={Hkv} D={D}", dtype, rel, t_old, t_new, note,
+                ok=exact_v and stable(outs, replay, dev))  # fmt: skip
+
+
+# decode launches compared: the old one (every sequence cut into the host's split count, merged by the
+# reduce kernel), then with the merge fused, and one pass for contexts up to SINGLE_PASS_CTX keys
+DECODE_VARIANTS = {
+    "old: split by bound + reduce": {"SINGLE_PASS_CTX": 0, "FUSED_MERGE": False},
+    "split by bound + fused merge": {"SINGLE_PASS_CTX": 0, "FUSED_MERGE": True},
+    "1 pass <=128, fused (default)": {"SINGLE_PASS_CTX": 128, "FUSED_MERGE": True},
+    "1 pass <=256, fused merge": {"SINGLE_PASS_CTX": 256, "FUSED_MERGE": True},
+    "1 pass <=512, fused merge": {"SINGLE_PASS_CTX": 512, "FUSED_MERGE": True},
+    "1 pass <=1024, fused merge": {"SINGLE_PASS_CTX": 1024, "FUSED_MERGE": True},
+    "1 pass <=128, reduce kernel": {"SINGLE_PASS_CTX": 128, "FUSED_MERGE": False},
+}
+
+
+def _with_decode(variant: dict, fn: Callable[[], object]) -> Callable[[], object]:
+    # the launch config is read when the kernel is launched: at warm-up and capture, not at replay
+    def run():
+        saved = {name: getattr(attention, name) for name in ("DECODE_CONFIG", "INTERPRET_DECODE_CONFIG")}
+        for name, cfg in saved.items():
+            setattr(attention, name, {**cfg, **variant})
+        try:
+            return fn()
+        finally:
+            for name, cfg in saved.items():
+                setattr(attention, name, cfg)
+
+    return run
+
+
+def check_decode_split(dev, dtypes, sizes):
+    """Decode attention launched as inside a CUDA graph (max_context_len = the engine's bound, whatever
+    the real context), each variant against the reference and timed against the old launch."""
+    D, tpb, L, bound = sizes["head_dim"], 64, sizes["layers"], sizes["bound"]
+    for dtype, (H, Hkv), (B, ctx) in itertools.product(dtypes, sizes["heads"], sizes["split_decode"]):
+        blocks = math.ceil(ctx / tpb)
+        tables = torch.randperm(B * blocks, device=dev).view(B, blocks).to(torch.int32)
+        q = torch.randn(B, H, D, dtype=dtype, device=dev)
+        sl = torch.ones(B, dtype=torch.int32, device=dev)
+        cl = torch.full((B,), ctx, dtype=torch.int32, device=dev)
+        caches = [tuple(torch.randn(B * blocks, tpb, Hkv, D, dtype=dtype, device=dev) for _ in range(2))
+                  for _ in range(L)]  # fmt: skip
+        ref = K.paged_attention_ref(q, *caches[0], tables, sl, cl, D**-0.5)
+        calls = [partial(K.paged_attention, q, kc, vc, tables, sl, cl, D**-0.5, 1, bound) for kc, vc in caches]
+        variants = DECODE_VARIANTS  # all for the first dtype; the old and the default for the others
+        if dtype != dtypes[0]:
+            variants = {k: v for k, v in variants.items() if k.startswith(("old", "1 pass <=128, fused"))}
+        t_old = None
+        for label, variant in variants.items():
+            t, outs, replay = graph_ms([_with_decode(variant, fn) for fn in calls], dev)
+            t_old = t if t_old is None else t_old
+            rel = errors(outs[0], ref)[0]
+            ok = stable(outs, replay, dev) if variant["FUSED_MERGE"] else True
+            compare(label, f"B={B} ctx={ctx} (bound {bound}) H={H} Hkv={Hkv}", dtype, rel, t_old, t, ok=ok)
+        del caches
+
+
+GEMV_MODEL_SHAPES = {  # (N, K) at tp 1: qkv, o_proj, gate_up, down, lm_head
+    "7b": [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008), (32000, 4096)],
+    "8b": [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)],
+}
+
+
+def check_gemv(dev, dtypes, sizes):
+    """The Triton GEMV at M = 1 (each launch config tuning tries) against cuBLAS (F.linear), per shape;
+    then what build-time tuning (tune_gemv, do_bench timings) would store for these shapes."""
+    from tensorrt_llm.kernels import tuning
+    from tensorrt_llm.kernels.gemv import GEMV_SHAPES
+
+    for dtype, (model, shapes) in itertools.product(dtypes, sizes["gemv"].items()):
+        for N, Kd in shapes:
+            nbytes = N * Kd * 2
+            reps = max(1, min(8, math.ceil((256 << 20) / nbytes)))  # distinct weights: more than the L2 holds
+            ws = [(torch.randn(N, Kd, device=dev) / Kd**0.5).to(dtype) for _ in range(reps)]
+            x = torch.randn(1, Kd, device=dev).to(dtype)
+            ref = F.linear(x, ws[0])
+            t_cublas = graph_ms([partial(F.linear, x, w) for w in ws], dev)[0]
+            results = []
+            for cfg in tuning.GEMV_CANDIDATES:
+                t, outs, _ = graph_ms([partial(K.gemv, x, w, None, cfg) for w in ws], dev)
+                results.append((t, cfg, errors(outs[0], ref)[0]))
+            t, cfg, rel = min(results)
+            others = " ".join(f"{c[0]}x{c[1]}/{c[2]}w{c[3]}s:{tt * 1e3:.1f}" for tt, c, _ in results)
+            note = f"{nbytes / t_cublas / 1e6:.0f} -> {nbytes / t / 1e6:.0f} GB/s; us by config {others}"
+            compare(f"gemv M=1 vs cuBLAS ({model})", f"N={N} K={Kd} best {cfg}", dtype, max(r[2] for r in results),
+                    t_cublas, t, note)  # fmt: skip
+            del ws
+    saved = dict(GEMV_SHAPES)
+    for model, shapes in sizes["gemv"].items():
+        chosen = tuning.tune_gemv(shapes, dtypes[0], dev)
+        picked = [(s["N"], s["K"], (s["BLOCK_N"], s["BLOCK_K"], s["num_warps"], s["num_stages"]))
+                  for s in chosen.get("linear_gemv", {}).get("shapes", [])]  # fmt: skip
+        say(f"build-time tuning ({model}, {str(dtypes[0]).replace('torch.', '')}): GEMV on {picked or 'no shape'}")
+    GEMV_SHAPES.clear()
+    GEMV_SHAPES.update(saved)
+
+
+def check_attention_block(dev, dtypes, sizes):
+    """A decode layer's attention kernels, old (rotary, KV write, split + reduce attention) against new
+    (fused rotary + KV write, default decode launch), as a graph launches them (context bound)."""
+    D, tpb, L, bound = sizes["head_dim"], 64, sizes["layers"], sizes["bound"]
+    dtype = dtypes[0]
+    cos_sin = K.rope_cos_sin_cache(D, bound + 1, 10000.0, device=dev)
+    for (H, Hkv), (B, ctx) in itertools.product(sizes["heads"], sizes["block_decode"]):
+        blocks = math.ceil(ctx / tpb)
+        tables = torch.randperm(B * blocks, device=dev).view(B, blocks).to(torch.int32)
+        sl = torch.ones(B, dtype=torch.int32, device=dev)
+        cl = torch.full((B,), ctx, dtype=torch.int32, device=dev)
+        pos = torch.full((B,), ctx - 1, device=dev)
+        slots = (tables[:, (ctx - 1) // tpb].long() * tpb + (ctx - 1) % tpb).contiguous()
+        layers = []
+        for _ in range(L):
+            qkv = torch.randn(B, H + 2 * Hkv, D, dtype=dtype, device=dev)
+            kc, vc = (torch.randn(B * blocks, tpb, Hkv, D, dtype=dtype, device=dev) for _ in range(2))
+            layers.append((qkv[:, :H], qkv[:, H : H + Hkv], qkv[:, H + Hkv :], kc, vc))
+
+        rest = (pos, cos_sin, slots, tables, sl, cl, bound)
+        old_launch = DECODE_VARIANTS["old: split by bound + reduce"]
+        t_old, o_old, _ = graph_ms(
+            [_with_decode(old_launch, partial(_attention_old, *lay, *rest)) for lay in layers], dev
+        )
+        t_new, o_new, _ = graph_ms([partial(_attention_new, *lay, *rest) for lay in layers], dev)
+        compare("attention block per layer", f"B={B} ctx={ctx} (bound {bound}) H={H} Hkv={Hkv}", dtype,
+                errors(o_new[0], o_old[0])[0], t_old, t_new, "rel: new vs old output")  # fmt: skip
+        del layers
+
+
+NEW_SECTIONS = ("rotary_kv", "decode_split", "attention_block", "gemv")
+
+
 def _sweep_one(label: str, args: tuple, configs: list[dict], attr: str, dev: str) -> None:
     # times every config on one shape (checking each against the reference) and prints the best three
     ref = K.paged_attention_ref(*args)
@@ -364,6 +609,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke test under TRITON_INTERPRET=1)")
     ap.add_argument("--sweep", action="store_true", help="also sweep attention launch configs")
     ap.add_argument("--only", default="", help="comma list of sections to run (default: all)")
+    ap.add_argument(
+        "--new", action="store_true", help=f"only the decode changes, old vs new: {', '.join(NEW_SECTIONS)}"
+    )
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -374,13 +622,18 @@ def main() -> None:
     LOG_PATH[0].write_text("")
     if args.quick:
         sizes = dict(rows=[1, 5], inter=96, heads=[(4, 2)], decode=[(2, 40)], context=[(2, 20, 20), (1, 8, 30)],
-                     vocab=500, sample_rows=[4], layer=[(2, 40)])  # fmt: skip
+                     vocab=500, sample_rows=[4], layer=[(2, 40)], head_dim=32, layers=2, bound=64,
+                     rk_tokens=[1, 5], split_decode=[(1, 20), (2, 50)], block_decode=[(1, 40)],
+                     gemv={"tiny": [(64, 128), (40, 96)]})  # fmt: skip
         dtypes = [torch.float16]
     else:
         sizes = dict(rows=[1, 32, 512, 4096], inter=14336, heads=[(32, 32), (32, 8)],
                      decode=[(1, 512), (1, 4096), (1, 16384), (16, 2048), (64, 1024), (64, 4096), (256, 1024)],
                      context=[(1, 128, 128), (1, 2048, 2048), (8, 512, 512), (1, 512, 2048)],
-                     vocab=128256, sample_rows=[1, 64, 256], layer=[(1, 1024), (64, 1024)])  # fmt: skip
+                     vocab=128256, sample_rows=[1, 64, 256], layer=[(1, 1024), (64, 1024)],
+                     head_dim=128, layers=16, bound=4096, rk_tokens=[1, 64, 2048],
+                     split_decode=[(1, 128), (1, 256), (1, 512), (1, 1024), (1, 4096), (8, 1024)],
+                     block_decode=[(1, 256), (1, 1024)], gemv=GEMV_MODEL_SHAPES)  # fmt: skip
         dtypes = [torch.float16, torch.bfloat16]
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (Triton interpreter)"
     say(f"GPU: {name} | torch {torch.__version__} | triton {__import__('triton').__version__}")
@@ -388,7 +641,8 @@ def main() -> None:
     say("CUDA graph after an L2 flush (no host overhead); eager: per call in a back-to-back loop (host launch")
     say("overhead shows here); ref: the *_ref (graphed unless it syncs); peer: torch SDPA on dense K/V.\n")
     launch_floor(dev)
-    header()
+    if not args.new:
+        header()
     sections = {
         "rms_norm": lambda: check_rms_norm(dev, dtypes, sizes),
         "silu": lambda: check_silu_and_mul(dev, dtypes, sizes),
@@ -399,7 +653,13 @@ def main() -> None:
         "layer": lambda: check_layer(dev, dtypes, sizes),
         "sampling": lambda: check_sampling(dev, sizes),
     }
-    only = [s for s in args.only.split(",") if s]
+    new_sections = {
+        "rotary_kv": lambda: check_rotary_kv(dev, dtypes, sizes),
+        "decode_split": lambda: check_decode_split(dev, dtypes, sizes),
+        "attention_block": lambda: check_attention_block(dev, dtypes, sizes),
+        "gemv": lambda: check_gemv(dev, dtypes, sizes),
+    }
+    only = [s for s in args.only.split(",") if s] or (list(NEW_SECTIONS) if args.new else [])
     failures = []
     for key, fn in sections.items():
         if only and key not in only:
@@ -409,10 +669,25 @@ def main() -> None:
         except Exception as e:  # keep going: one broken kernel should not hide the others' figures
             failures.append(key)
             say(f"!! {key} failed: {type(e).__name__}: {e}")
+    if not only or set(only) & set(NEW_SECTIONS):
+        say("\n== decode changes, old vs new (per call, L calls back to back in one CUDA graph, L2 flushed) ==")
+        new_header()
+    for key, fn in new_sections.items():
+        if only and key not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:
+            failures.append(key)
+            say(f"!! {key} failed: {type(e).__name__}: {e}")
+        say(f"   ({key}: {time.perf_counter() - t0:.0f} s)")
     if args.sweep and dev == "cuda":
         sweep(dev, torch.float16)
     bad = [r for r in ROWS if r["rel"] == r["rel"] and r["rel"] > (2e-2 if r["dtype"] == "bfloat16" else 4e-3)]
     say(f"\n{len(ROWS)} rows; {len(bad)} above the error bound; failed sections: {failures or 'none'}")
+    if NEW_BAD:
+        say(f"decode changes: {len(NEW_BAD)} rows wrong or unstable: {NEW_BAD}")
 
 
 if __name__ == "__main__":

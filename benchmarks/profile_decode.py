@@ -5,6 +5,7 @@ kernels inside it (torch.profiler), for the Llama-2-7B shape in float16.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import SHAPES  # noqa: E402
-from tensorrt_llm.builder import BuildConfig, convert_in_memory  # noqa: E402
+from tensorrt_llm.builder import BuildConfig, convert_in_memory, tune_kernels  # noqa: E402
 from tensorrt_llm.runtime import Engine, build_step_input  # noqa: E402
 from tensorrt_llm.runtime.sampling import make_sampling_tensors, sample  # noqa: E402
 
@@ -47,10 +48,13 @@ def main() -> None:
     p.add_argument("--model", default="llama2-7b", choices=SHAPES)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--tune", action="store_true", help="tune kernel choices on this GPU, as trtllm-build --device cuda")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     build = BuildConfig(max_batch_size=max(8, args.batch), max_input_len=2048, max_seq_len=4096)
     cfg, weights = convert_in_memory(SHAPES[args.model], "float16", build, "cuda")
+    if args.tune:  # as trtllm-build --device cuda: kernel choices timed here, applied at load
+        cfg = dataclasses.replace(cfg, kernels=tune_kernels(cfg.model, cfg.mapping, build, torch.float16, "cuda"))
     engine = Engine.from_weights(cfg, weights, torch.device("cuda"))
     del weights
     tpb = build.tokens_per_block

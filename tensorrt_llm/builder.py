@@ -148,20 +148,34 @@ def _random_reader(cfg: ModelConfig, device: str, seed: int = 0):
     return get
 
 
+def linear_weight_shapes(model: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """The distinct (N, K) weight shapes of one rank's linear layers (QKV, O, gate_up, down, lm_head), read
+    off the model built on the meta device, so every family reports its own."""
+    from tensorrt_llm.layers import ColumnLinear, RowLinear
+
+    rank0 = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, 0)
+    with torch.device("meta"):
+        net = get_family(model.architecture).model_cls(model, dtype, rank0)
+    shapes = {tuple(m.weight.shape) for m in net.modules() if isinstance(m, ColumnLinear | RowLinear)}
+    return sorted(shapes)
+
+
 def tune_kernels(
     model: ModelConfig, mapping: Mapping, build: BuildConfig, dtype: torch.dtype, device: str
 ) -> dict[str, dict]:
     """Kernel launch choices timed on the build GPU and kept in the engine (a timing cache), so that
-    loading tunes nothing. Building on a CPU keeps the defaults (recorded all the same)."""
+    loading tunes nothing: attention launch configs, and the linear shapes that run the Triton GEMV at
+    batch-1 decode. Building on a CPU keeps the defaults (recorded all the same; no GEMV)."""
     from tensorrt_llm.kernels import tuning
 
-    if torch.device(device).type != "cuda":
-        return tuning.current_configs()
+    if torch.device(device).type != "cuda":  # (a GEMV choice in force in this process was made elsewhere)
+        return {k: v for k, v in tuning.current_configs().items() if k != tuning.GEMV_KEY}
     tp = mapping.tp_size
-    return tuning.tune_attention(
+    chosen = tuning.tune_attention(
         model.num_attention_heads // tp, max(model.num_key_value_heads // tp, 1), model.head_dim,
         build.tokens_per_block, dtype, device,
     )  # fmt: skip
+    return chosen | tuning.tune_gemv(linear_weight_shapes(model, mapping, dtype), dtype, device)
 
 
 def convert_in_memory(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tensorrt_llm import kernels
+from tensorrt_llm.kernels.gemv import GEMV_SHAPES
 
 # Read once: consulted on every op of every step.
 _KERNELS = os.environ.get("TRTLLM_KERNELS", "triton") != "ref"
@@ -20,9 +21,20 @@ def _use_kernels(x: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T through cuBLAS. A Triton skinny-GEMM for decode-sized M was measured
-    on the H100 (Llama-2-7B shapes) and did not beat cuBLAS (batch-1 decode 167 vs 172 tokens/s), so
-    GEMMs stay on cuBLAS (design: "unless a kernel beats it")."""
+    """x [M, K] @ weight [N, K]^T (+ bias). cuBLAS, except for one row of x (batch-1 decode) and the
+    weight shapes where the engine's build-time tuning found the Triton GEMV faster on its GPU
+    (`GEMV_SHAPES`, installed at load; empty by default: over all shapes the GEMV does not beat cuBLAS,
+    on some it does). Both paths are CUDA-graph safe."""
+    if GEMV_SHAPES and x.dim() == 2 and x.shape[0] == 1:
+        cfg = GEMV_SHAPES.get((weight.shape[0], weight.shape[1]))
+        if (
+            cfg is not None
+            and x.dtype == weight.dtype
+            and x.stride(-1) == 1
+            and weight.stride(-1) == 1
+            and _use_kernels(x)
+        ):
+            return kernels.gemv(x, weight, bias, cfg)
     return F.linear(x, weight, bias)
 
 
@@ -65,6 +77,24 @@ def write_kv_cache(
         kernels.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     else:
         kernels.write_kv_cache_ref(k, v, k_cache, v_cache, slot_mapping)
+
+
+def rotary_write_kv_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """`apply_rotary` then `write_kv_cache` (one kernel on CUDA): q [T, H, D] and k [T, Hkv, D] rotated by
+    `positions`, the rotated k and v [T, Hkv, D] stored at their cache slots; returns the rotated q."""
+    args = (q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    if _use_kernels(q):
+        return kernels.rotary_write_kv_cache(*args)
+    return kernels.rotary_write_kv_cache_ref(*args)
 
 
 def paged_attention(

@@ -8,11 +8,12 @@ first imported), which is how tests check them without a GPU.
 from ._common import HAS_TRITON, available, interpreting
 from .activation import silu_and_mul, silu_and_mul_ref
 from .attention import paged_attention, paged_attention_ref
+from .gemv import gemv, gemv_ref
 from .kv_cache import rotary_write_kv_cache, rotary_write_kv_cache_ref, write_kv_cache, write_kv_cache_ref
 from .norm import rms_norm, rms_norm_ref
 from .rotary import apply_rotary, apply_rotary_ref, rope_cos_sin_cache, rope_inv_freq
 from .sampling import hash_uniform, top_k_top_p_probs, top_k_top_p_sample, top_k_top_p_sample_ref
-from .tuning import apply_configs, current_configs, tune_attention
+from .tuning import apply_configs, current_configs, tune_attention, tune_gemv
 
 __all__ = [
     "HAS_TRITON",
@@ -21,6 +22,8 @@ __all__ = [
     "apply_rotary_ref",
     "available",
     "current_configs",
+    "gemv",
+    "gemv_ref",
     "hash_uniform",
     "interpreting",
     "paged_attention",
@@ -37,6 +40,7 @@ __all__ = [
     "top_k_top_p_sample",
     "top_k_top_p_sample_ref",
     "tune_attention",
+    "tune_gemv",
     "write_kv_cache",
     "write_kv_cache_ref",
 ]

@@ -11,12 +11,12 @@ Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
   query's position.
 - generation (all seq_lens == 1): grid (B, Hkv, splits); a program takes the whole query group of one KV
   head (so K/V are read once per group) over one slice of the context (flash-decoding), so long contexts
-  at small batch still fill the GPU. Each sequence cuts its own context on the device into at most
-  `splits` slices of at least SPLIT_MIN keys: a context that fits one slice is attended in a single pass
-  that writes the output, with no partials and no merge. Otherwise the last slice of a (sequence, KV
-  head) to finish merges the partials (an arrival counter per pair; FUSED_MERGE), or, with FUSED_MERGE
-  off, a small reduce kernel does. Both choices are made on the device, so they also hold inside a CUDA
-  graph captured with an upper bound of the context length.
+  at small batch still fill the GPU. Each sequence cuts its own context on the device into `splits`
+  slices of whole tiles, except that a context of at most SINGLE_PASS_CTX keys is attended in a single
+  pass that writes the output (no partials, no merge). The slices of a longer context are merged by
+  the last of them to finish (an arrival counter per (sequence, KV head); FUSED_MERGE), or, with
+  FUSED_MERGE off, by a small reduce kernel. Both choices are made on the device, so they also hold
+  inside a CUDA graph captured with an upper bound of the context length.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
 # tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal);
-# decode only: SPLIT_MIN (default DECODE_SPLIT_MIN: fewest keys per context slice, so a short context
-# is one pass with no merge) and FUSED_MERGE (default True: the last slice merges, no reduce kernel).
-DECODE_SPLIT_MIN = 256
+# decode only: SINGLE_PASS_CTX (default DECODE_SINGLE_PASS_CTX: contexts up to this many keys are one
+# pass, no split and no merge) and FUSED_MERGE (default True: the last slice merges, no reduce kernel).
+DECODE_SINGLE_PASS_CTX = 128  # H100: one pass wins at 128 keys, loses at 256 (results/kernels_new_h100.log)
 # fp32 partials the merge holds at once (BLOCK_GM heads x BLOCK_S slices x BLOCK_D): ~32 registers a
 # thread at 4 warps; more slices are merged in turns
 MERGE_TILE = 4096
-INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "SPLIT_MIN": 32}
+INTERPRET_DECODE_CONFIG = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "SINGLE_PASS_CTX": 32}
 INTERPRET_CONTEXT_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
 
 if HAS_TRITON:
@@ -135,11 +135,11 @@ if HAS_TRITON:
             )
 
     @triton.jit
-    def _split_plan(ctx, num_splits, split_min, BLOCK_N: tl.constexpr):
-        # how a sequence with `ctx` keys is cut: at most num_splits slices of whole tiles, each at least
-        # split_min keys; returns (slice length, number of non-empty slices, at least 1). Every program
-        # of the sequence computes the same plan, so it needs no host value but the grid's split count.
-        n = tl.minimum(num_splits, tl.maximum(tl.cdiv(ctx, split_min), 1))
+    def _split_plan(ctx, num_splits, single_pass_ctx, BLOCK_N: tl.constexpr):
+        # how a sequence with `ctx` keys is cut: num_splits slices of whole tiles (one when ctx is at most
+        # single_pass_ctx); returns (slice length, number of non-empty slices, at least 1). Every program
+        # of the sequence computes the same plan from the grid's split count and its own context.
+        n = tl.where(ctx > single_pass_ctx, num_splits, 1)
         split_size = tl.maximum(tl.cdiv(tl.cdiv(ctx, n), BLOCK_N), 1) * BLOCK_N
         return split_size, tl.maximum(tl.cdiv(ctx, split_size), 1)
 
@@ -187,7 +187,7 @@ if HAS_TRITON:
     def _decode_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, num_heads, num_kv_heads, split_min,
+        qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
         BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
@@ -198,7 +198,7 @@ if HAS_TRITON:
         ctx = tl.load(ctx_lens_ptr + b)
         # each sequence cuts its own context, so the work stays balanced (and a short context stays one
         # pass) whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
-        split_size, active = _split_plan(ctx, num_splits, split_min, BLOCK_N)
+        split_size, active = _split_plan(ctx, num_splits, single_pass_ctx, BLOCK_N)
         if split < active:  # slices past the sequence's last have nothing to do
             start = split * split_size
             end = tl.minimum(start + split_size, ctx)
@@ -248,13 +248,13 @@ if HAS_TRITON:
     @triton.jit
     def _decode_reduce_kernel(
         part_o_ptr, part_ml_ptr, o_ptr, ctx_lens_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
-        split_min, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
+        single_pass_ctx, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):  # fmt: skip
         # grid (B, Hkv): the merge as a kernel of its own (FUSED_MERGE off)
         b, kvh = tl.program_id(0), tl.program_id(1)
         ctx = tl.load(ctx_lens_ptr + b)
-        _, active = _split_plan(ctx, num_splits, split_min, BLOCK_N)
+        _, active = _split_plan(ctx, num_splits, single_pass_ctx, BLOCK_N)
         if active > 1:  # a sequence cut in one slice already has its output
             _merge_splits(
                 part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh, num_heads,
@@ -273,10 +273,10 @@ def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> No
     check(seq_lens.shape == (B,) and context_lens.shape == (B,), "seq_lens, context_lens must be [B={}]", B)
 
 
-def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, min_keys: int, device) -> int:
-    # enough (sequence, kv head, split) programs for ~2 waves, each split at least `min_keys` keys
-    slices = max(1, math.ceil(max_context_len / min_keys))
-    return max(1, min(slices, math.ceil(2 * num_sms(device) / max(1, batch * kv_heads)), 64))
+def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
+    # enough (sequence, kv head, split) programs for ~2 waves, each split at least one KV tile
+    tiles = max(1, math.ceil(max_context_len / block_n))
+    return max(1, min(tiles, math.ceil(2 * num_sms(device) / max(1, batch * kv_heads)), 64))
 
 
 # Arrival counters of the fused merge, one int32 per (sequence, KV head), per device. Every decode
@@ -320,13 +320,13 @@ def paged_attention(
 
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
-    the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU, each
-    slice at least SPLIT_MIN keys); a sequence whose context fits one slice is a single pass regardless.
+    the split-KV decode kernel runs; `num_splits` overrides its split count (default: fill the GPU); a
+    sequence whose context is at most SINGLE_PASS_CTX keys is one pass whatever the split count.
     `decode_tail`: how many of the last sequences have exactly one new token (a mixed step: prompts
     first, then generation rows); those go to the decode kernel too, which reads each K/V head once for
     its whole query group, where the context kernel would read it once per query head.
     The split count depends only on host values (B, Hkv, max_context_len), and each sequence cuts its
-    own context into at most that many slices on the device, so a graph captured once stays balanced.
+    own context into that many slices (or one) on the device, so a graph captured once stays balanced.
     No host synchronisation; safe to capture in a CUDA graph.
     """
     _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
@@ -384,8 +384,10 @@ def _decode(
     group = H // Hkv
     cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
-    split_min = max(1, cfg.get("SPLIT_MIN", DECODE_SPLIT_MIN))
-    splits = num_splits or _default_num_splits(B, Hkv, max_context_len, max(block_n, split_min), q.device)
+    single_pass_ctx = cfg.get("SINGLE_PASS_CTX", DECODE_SINGLE_PASS_CTX)
+    splits = num_splits or (
+        1 if max_context_len <= single_pass_ctx else _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
+    )
     counters = _merge_counters(q.device, B * Hkv) if splits > 1 and cfg.get("FUSED_MERGE", True) else None
     fused = counters is not None
     part_o = part_ml = out  # unused when every sequence is one slice
@@ -397,7 +399,7 @@ def _decode(
     block_s = min(next_pow2(splits), max(1, MERGE_TILE // (block_gm * block_d)))
     _decode_attention_kernel[(B, Hkv, splits)](
         q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
-        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, split_min,
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
@@ -405,7 +407,7 @@ def _decode(
     )  # fmt: skip
     if splits > 1 and not fused:
         _decode_reduce_kernel[(B, Hkv)](
-            part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, split_min,
+            part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, single_pass_ctx,
             GROUP=group, BLOCK_N=block_n, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=block_d,
         )  # fmt: skip
 

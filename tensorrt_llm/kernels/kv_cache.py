@@ -69,12 +69,13 @@ if HAS_TRITON:
         slot = tl.load(slot_ptr + t).to(tl.int64)  # int64 offsets: caches exceed 2**31 elements
         if slot >= 0:  # a padding token's q is rotated all the same (harmless), its K/V go nowhere
             row = (slot // TOKENS_PER_BLOCK) * stride_cb + (slot % TOKENS_PER_BLOCK) * stride_ct
-            o1, o2, h, dd, mask = _rotate(
+            # new names: a branch may not rebind q's tiles to k's shape ([BLOCK_HK, ...], not [BLOCK_HQ, ...])
+            k1, k2, hk, dk, k_mask = _rotate(
                 k_ptr, stride_kt, stride_kh, t, cos, sin, num_kv_heads, half, BLOCK_HK, BLOCK_HALF
             )
-            dst = kc_ptr + row + h * stride_ch + dd  # [BLOCK_HK, BLOCK_HALF]
-            tl.store(dst, o1.to(kc_ptr.dtype.element_ty), mask=mask)
-            tl.store(dst + half, o2.to(kc_ptr.dtype.element_ty), mask=mask)
+            dst = kc_ptr + row + hk * stride_ch + dk  # [BLOCK_HK, BLOCK_HALF]
+            tl.store(dst, k1.to(kc_ptr.dtype.element_ty), mask=k_mask)
+            tl.store(dst + half, k2.to(kc_ptr.dtype.element_ty), mask=k_mask)
             hv = tl.arange(0, BLOCK_HK)[:, None]
             dv = tl.arange(0, BLOCK_D)[None, :]
             v_mask = (hv < num_kv_heads) & (dv < head_dim)  # [BLOCK_HK, BLOCK_D]

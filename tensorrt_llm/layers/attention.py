@@ -61,8 +61,11 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(x)  # [T, (H + 2 Hkv) D]
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q, k = tf.apply_rotary(q.view(T, H, D), k.view(T, Hkv, D), p.positions, p.cos_sin_cache)
-        tf.write_kv_cache(k, v.view(T, Hkv, D), k_cache, v_cache, p.slot_mapping)
+        # rotary and the cache write in one kernel: the rotated k is written only into the cache
+        q = tf.rotary_write_kv_cache(
+            q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D), p.positions, p.cos_sin_cache,
+            k_cache, v_cache, p.slot_mapping,
+        )  # fmt: skip
         o = tf.paged_attention(
             q,
             k_cache,

@@ -109,9 +109,9 @@ def _decode_config(monkeypatch, **keys) -> None:
 @pytest.mark.parametrize("fused", [True, False])
 def test_decode_short_context_single_pass_long_merged(device, monkeypatch, dtype, heads, fused):
     # As in a CUDA graph: the host bound (max_context_len) is far above the real contexts, so the host
-    # split count is > 1; each sequence still picks its own slicing: contexts up to SPLIT_MIN are one
-    # pass that writes its output, longer ones are merged (by their last slice, or the reduce kernel).
-    _decode_config(monkeypatch, SPLIT_MIN=32, FUSED_MERGE=fused)
+    # split count is > 1; each sequence still picks its own slicing: contexts up to SINGLE_PASS_CTX are
+    # one pass that writes its output, longer ones are merged (by their last slice, or the reduce kernel).
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=32, FUSED_MERGE=fused)
     if fused:
         monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
     ctx_lens = [1, 20, 32, 33, 100, 250]
@@ -124,7 +124,7 @@ def test_decode_short_context_single_pass_long_merged(device, monkeypatch, dtype
 
 
 def test_decode_fused_merge_leaves_counters_zero_and_is_repeatable(device, monkeypatch):
-    _decode_config(monkeypatch, SPLIT_MIN=16, FUSED_MERGE=True)
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=True)
     monkeypatch.setattr(attention, "MERGE_TILE", 32)  # one slice per turn: the merge loop runs many turns
     monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
     q, kc, vc, bt, sl, cl = make_batch([1] * 3, [17, 90, 200], 8, 2, 32, 16, torch.float32, device)
@@ -137,15 +137,18 @@ def test_decode_fused_merge_leaves_counters_zero_and_is_repeatable(device, monke
 
 
 def test_decode_reduce_kernel_merges_in_turns(device, monkeypatch):
-    _decode_config(monkeypatch, SPLIT_MIN=16, FUSED_MERGE=False)
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=False)
     monkeypatch.setattr(attention, "MERGE_TILE", 64)
     run_both([1, 1, 1], [5, 70, 130], 4, 1, 32, 16, torch.float32, device, num_splits=6)
 
 
-def test_default_split_count_is_one_for_short_contexts():
-    cpu = torch.device("cpu")  # 4 "SMs" under the interpreter
-    assert attention._default_num_splits(1, 2, 200, 256, cpu) == 1  # no partials, no merge at all
-    assert attention._default_num_splits(1, 2, 4096, 256, cpu) == 4
+def test_decode_short_bound_launches_one_split(device, monkeypatch):
+    # eager steps know the real maximum: up to SINGLE_PASS_CTX, no partials, no counters, no merge
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=64)
+    monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
+    monkeypatch.setattr(attention, "_merge_counters", lambda *a: pytest.fail("split a short context"))
+    monkeypatch.setattr(attention, "num_sms", lambda dev: 1000)  # the GPU would want many splits
+    run_both([1, 1], [30, 64], 8, 2, 32, 16, torch.float32, device)
 
 
 def test_max_lengths_may_be_upper_bounds(device):

@@ -1,4 +1,5 @@
-"""write_kv_cache, rms_norm, silu_and_mul and apply_rotary against their PyTorch references."""
+"""write_kv_cache, rms_norm, silu_and_mul, apply_rotary and the fused rotary + KV write against their
+PyTorch references."""
 
 import pytest
 import torch
@@ -100,6 +101,55 @@ def test_apply_rotary(device, dtype, heads):
     _close(qo, qr, dtype)
     _close(ko, kr, dtype)
     assert torch.equal(q, q0)
+
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])  # MHA, GQA, MQA
+@pytest.mark.parametrize("tpb", [4, 8])
+def test_rotary_write_kv_cache(device, dtype, heads, tpb):
+    torch.manual_seed(0)
+    H, Hkv = heads
+    T, D, blocks = 7, 32, 6
+    cache = K.rope_cos_sin_cache(D, 512, 500000.0, LLAMA3_SCALING, device=device)
+    qkv = torch.randn(T, H + 2 * Hkv, D, dtype=dtype, device=device)
+    q, k, v = qkv[:, :H], qkv[:, H : H + Hkv], qkv[:, H + Hkv :]  # strided views of a fused QKV output
+    positions = torch.randint(0, 512, (T,), device=device)
+    slots = torch.randperm(blocks * tpb, device=device)[:T]
+    slots[2] = -1  # a padding token: its q is rotated, its K/V are written nowhere
+    kc = torch.randn(blocks, tpb, Hkv, D, dtype=dtype, device=device)
+    vc = torch.randn_like(kc)
+    kc_ref, vc_ref, qkv0 = kc.clone(), vc.clone(), qkv.clone()
+    qo = K.rotary_write_kv_cache(q, k, v, positions, cache, kc, vc, slots)
+    qr = K.rotary_write_kv_cache_ref(q, k, v, positions, cache, kc_ref, vc_ref, slots)
+    assert qo.shape == (T, H, D) and qo.is_contiguous()
+    _close(qo, qr, dtype)
+    _close(kc, kc_ref, dtype)
+    assert torch.equal(vc, vc_ref)  # v is copied, not computed
+    assert torch.equal(qkv, qkv0)  # inputs untouched
+    # and it is the separate kernels' result
+    kc2, vc2 = torch.randn_like(kc), torch.randn_like(vc)
+    kc3, vc3 = kc2.clone(), vc2.clone()
+    q2, k2 = K.apply_rotary(q, k, positions, cache)
+    K.write_kv_cache(k2, v, kc2, vc2, slots)
+    torch.testing.assert_close(K.rotary_write_kv_cache(q, k, v, positions, cache, kc3, vc3, slots), q2)
+    torch.testing.assert_close(kc3, kc2)
+    assert torch.equal(vc3, vc2)
+
+
+def test_rotary_write_kv_cache_rejects_bad_shapes(device):
+    cache = K.rope_cos_sin_cache(16, 64, device=device)
+    q, k = torch.randn(2, 4, 16, device=device), torch.randn(2, 2, 16, device=device)
+    kc = torch.randn(3, 4, 2, 16, device=device)
+    slots = torch.zeros(2, dtype=torch.long, device=device)
+    pos = torch.zeros(2, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match="cache heads/dim"):
+        K.rotary_write_kv_cache(q, k, k, pos, cache, kc[:, :, :1], kc[:, :, :1], slots)
+    with pytest.raises(ValueError, match="share T"):
+        K.rotary_write_kv_cache(q[:1], k, k, pos, cache, kc, kc, slots)
 
 
 def test_rope_cache_matches_hugging_face():
