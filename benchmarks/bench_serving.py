@@ -53,6 +53,13 @@ def workload(n: int, in_len: int, out_len: int, seed: int = 0) -> tuple[list[str
     return [" ".join(rng.choice(WORDS) for _ in range(k)) for k in in_lens], out_lens
 
 
+def per_token_gaps(gap: float, n: int) -> list[float]:
+    """Inter-token latency of a chunk of `n` tokens that came `gap` s after the previous one: the server
+    merges a stream's queued tokens into one response under load, so a chunk counts as n tokens, each
+    gap / n apart (the same rule on both sides)."""
+    return [gap / n] * n
+
+
 def summarize(ttft: list[float], itl: list[float], tokens: int, duration: float) -> dict:
     ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
     return {
@@ -78,7 +85,7 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
             n = len(out.new_tokens[0]) if out.new_tokens else 0
             with lock:
                 if n:
-                    (ttft.append(now - t0) if last[0] is None else itl.append(now - last[0]))
+                    (ttft.append(now - t0) if last[0] is None else itl.extend(per_token_gaps(now - last[0], n)))
                     last[0] = now
                     produced[0] += n
                 if out.finished:
@@ -113,7 +120,7 @@ async def _core_one(session, url: str, ids: list[int], n: int) -> tuple[float, l
         if last is None:
             ttft = now - t0
         else:
-            itl.append(now - last)
+            itl.extend(per_token_gaps(now - last, new))
         last, count = now, count + new
     return ttft, itl, count
 

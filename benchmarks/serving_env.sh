@@ -8,10 +8,10 @@
 set -euo pipefail
 V=${1:-/tmp/venv}
 if [ ! -x "$V/bin/python" ]; then
-  python3 -m venv "$V"
-  "$V/bin/python" -m pip install -q --no-index --no-deps .whl/*.whl
+  python3 -m venv --without-pip "$V"  # no pip needed (nor ensurepip, which some Pythons lack)
   base=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   site=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for w in .whl/*.whl; do "$V/bin/python" -m zipfile -e "$w" "$site"; done  # run bits: the launcher sets them
   echo "$base" >"$site/zz_base_env.pth"
 fi
 "$V/bin/python" -c 'import numpy, torch, pytriton; print("serving env:", numpy.__version__, torch.__version__)'

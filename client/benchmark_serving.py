@@ -5,10 +5,11 @@
     python client/benchmark_serving.py --num-requests 64 --request-rate 4 --input-len 32 --input-stdev 8 ...
 
 Reports time to first token (TTFT), inter-token latency (ITL, between streamed chunks), end-to-end latency
-(p50 / p90 / p99 and mean), request throughput and output-token throughput. Each streamed chunk of the
-ensemble is one token (the engine streams one response per new token); with `--tokenizer-dir` the output
-text is re-tokenized instead. Requests use `exclude_input_in_output` and `min_length = output_len` so the
-output length is what was asked for (the model may otherwise stop at its end id).
+(p50 / p90 / p99 and mean), request throughput and output-token throughput. Requests use
+`exclude_input_in_output` and `min_length = output_len` so the output length is what was asked for (the
+model may otherwise stop at its end id): output tokens are counted as the lengths asked for, or, with
+`--tokenizer-dir`, by re-tokenizing the output text. Not by chunks: a streamed chunk usually carries one
+token, but several when the engine model merges a request's queued tokens under load.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Result:
     chunks: int = 0
     text: str = ""
     error: str = ""
+    asked: int = 0  # output tokens asked for (max_tokens = min_length)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -145,7 +147,9 @@ async def run(args: argparse.Namespace) -> dict:
                     "stream": True,
                     "exclude_input_in_output": True,
                 }
-                return await one_request(session, url, body)
+                res = await one_request(session, url, body)
+                res.asked = out_lens[i]
+                return res
 
         t0 = time.perf_counter()
         tasks = []
@@ -162,7 +166,7 @@ async def run(args: argparse.Namespace) -> dict:
 
         tok = AutoTokenizer.from_pretrained(args.tokenizer_dir, local_files_only=True)
     ok = [r for r in results if r.ok]
-    out_tokens = sum(len(tok.encode(r.text, add_special_tokens=False)) if tok else r.chunks for r in ok)
+    out_tokens = sum(len(tok.encode(r.text, add_special_tokens=False)) if tok else r.asked for r in ok)
     itl = [x for r in ok for x in r.itl]
     ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
     ttft, lat = [r.ttft for r in ok], [r.latency for r in ok]

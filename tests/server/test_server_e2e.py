@@ -145,6 +145,44 @@ def test_32_concurrent_streams(server, reference):
         assert text == expected[p], (p, events[-1:])
 
 
+def test_16_concurrent_grpc_streams_deliver_every_token_once(server, reference):
+    """Under load the sender may merge a stream's queued tokens into one response: each token still
+    arrives exactly once, in order, and each response's stream_prefix_ids is what came before it."""
+    tok = reference.tokenizer
+    prompts = [f"{PROMPTS[i % 4]} ({i})" for i in range(16)]
+    n = 48
+    expected = {p: reference(p, n) for p in prompts}
+
+    def one(p):
+        s = GrpcStream(server.grpc_url)
+        try:
+            s.send(_grpc_inputs(tok.encode(p), n))
+            chunks, prefixes, finals = [], [], []
+            while True:
+                result, error = s.q.get(timeout=120)
+                assert error is None, error
+                ids = result.as_numpy("output_ids")
+                if ids is not None:
+                    chunks.append(ids.reshape(-1).tolist())
+                    prefixes.append(result.as_numpy("stream_prefix_ids").reshape(-1).tolist())
+                    finals.append(bool(result.as_numpy("stream_final").reshape(-1)[0]))
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return p, chunks, prefixes, finals
+        finally:
+            s.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, prompts))
+    for p, chunks, prefixes, finals in results:
+        assert [t for c in chunks for t in c] == expected[p], p
+        seen: list[int] = []
+        for c, prefix in zip(chunks, prefixes, strict=True):
+            assert prefix == seen
+            seen += c
+        assert finals[-1] and not any(finals[:-1])
+    _wait_idle(server)
+
+
 def _wait_idle(server, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     used = active = None
