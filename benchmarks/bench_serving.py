@@ -181,7 +181,7 @@ def main() -> None:
     for c in levels:
         prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
         ids = [tok.encode(t) for t in prompts]
-        run_direct(executor, ids[:c], [8] * c, c)  # warm-up
+        run_direct(executor, ids, [16] * len(ids), c)  # warm-up: the same prompts and batch shapes
         rows[c] = {"engine": run_direct(executor, ids, out_lens, c)}
         print(c, "engine", json.dumps(rows[c]["engine"]), flush=True)
     executor.shutdown()
@@ -215,7 +215,7 @@ def main() -> None:
                 prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
                 ids = [tok.encode(t) for t in prompts]
                 url = "http://localhost:18000/v2/models/tensorrt_llm/generate_stream"
-                run_core(url, ids[:c], [8] * c, c)  # warm-up
+                run_core(url, ids, [16] * len(ids), c)  # warm-up, as for the engine
                 rows[c]["server"] = run_core(url, ids, out_lens, c)
                 print(c, "server", json.dumps(rows[c]["server"]), flush=True)
                 continue

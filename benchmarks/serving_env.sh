@@ -14,4 +14,4 @@ if [ ! -x "$V/bin/python" ]; then
   for w in .whl/*.whl; do "$V/bin/python" -m zipfile -e "$w" "$site"; done  # run bits: the launcher sets them
   echo "$base" >"$site/zz_base_env.pth"
 fi
-"$V/bin/python" -c 'import numpy, torch, pytriton; print("serving env:", numpy.__version__, torch.__version__)'
+"$V/bin/python" -c 'import importlib.util, numpy, torch; assert importlib.util.find_spec("pytriton"); print("serving env:", numpy.__version__, torch.__version__)'

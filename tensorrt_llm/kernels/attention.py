@@ -79,7 +79,12 @@ if HAS_TRITON:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
-    @triton.jit
+    # A mixed step's generation tail passes slices (block_tables[Bp:], context_lens[Bp:]) whose addresses
+    # are 16-byte aligned or not by Bp, and the table's row stride changes with the step: specializing
+    # on them compiled new variants mid-serving (~1 s stalls). These are scalar loads: nothing is lost.
+    _NO_SPECIALIZE = dict(do_not_specialize=["stride_btb"], do_not_specialize_on_alignment=["bt_ptr", "ctx_lens_ptr"])
+
+    @triton.jit(**_NO_SPECIALIZE)
     def _context_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
@@ -183,7 +188,7 @@ if HAS_TRITON:
         o_ptrs = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
-    @triton.jit
+    @triton.jit(**_NO_SPECIALIZE)
     def _decode_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
@@ -245,7 +250,7 @@ if HAS_TRITON:
                             num_heads, head_dim, GROUP, BLOCK_GM, BLOCK_S, BLOCK_D,
                         )  # fmt: skip
 
-    @triton.jit
+    @triton.jit(do_not_specialize_on_alignment=["ctx_lens_ptr"])
     def _decode_reduce_kernel(
         part_o_ptr, part_ml_ptr, o_ptr, ctx_lens_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
         single_pass_ctx, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
