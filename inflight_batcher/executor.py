@@ -349,7 +349,7 @@ class Executor:
             r.num_computed_tokens += n
         rows = [i for i, s in enumerate(seqs) if s.sample]
         if not rows:
-            return _InFlight(plan, [], None, {}, deferred=False)
+            return _InFlight([], None, {}, deferred=False)
         sampled = [seqs[i] for i in rows]
         if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
             logits = logits[_index_tensor(rows, logits.device)]
@@ -360,7 +360,7 @@ class Executor:
             for j, s in enumerate(sampled):
                 if add_placeholder(s.request):
                     placeholders[id(s.request)] = j
-        return _InFlight(plan, sampled, pending, placeholders, deferred)
+        return _InFlight(sampled, pending, placeholders, deferred)
 
     def _feed_placeholders(self, plan: SchedulerOutput, prev: _InFlight, step: StepInput) -> None:
         """Generation rows whose input token is a placeholder of `prev` take it from `prev`'s sampled
@@ -505,11 +505,10 @@ class Executor:
 
 @dataclass
 class _InFlight:
-    """A launched step: its plan, the rows that sample, their sampling (on the device), and for each
+    """A launched step: the rows that sample, their sampling (on the device), and for each
     request given a placeholder its row in `sampled`. `deferred`: it may stay unread while the next
     step is scheduled (no row needs its tokens on the host first: beams, penalties, bad word prefixes)."""
 
-    plan: SchedulerOutput
     sampled: list[ScheduledSeq]
     pending: PendingSample | None
     placeholder_rows: dict[int, int]

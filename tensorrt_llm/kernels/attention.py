@@ -347,16 +347,17 @@ def paged_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
-    args = (k_cache, v_cache, scale, max_context_len, q.dtype)
     if max_seq_len == 1 and T == B:
-        _decode(q, out, block_tables, context_lens, *args, num_splits)
+        _decode(q, out, block_tables, context_lens, k_cache, v_cache, scale, max_context_len, num_splits)
     elif 0 < decode_tail < B:
         # Packed rows: the prompts' tokens [0, Tp), then one row per generation sequence [Tp, T).
         Bp, Tp = B - decode_tail, T - decode_tail
-        _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], *args, max_seq_len)
-        _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], *args, num_splits)
+        _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], k_cache, v_cache, scale,
+                 max_seq_len)  # fmt: skip
+        _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], k_cache, v_cache, scale, max_context_len,
+                num_splits)  # fmt: skip
     else:
-        _context(q, out, block_tables, seq_lens, context_lens, *args, max_seq_len)
+        _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len)
     return out
 
 
@@ -380,7 +381,6 @@ def _decode(
     v_cache: torch.Tensor,
     scale: float,
     max_context_len: int,
-    dtype: torch.dtype,
     num_splits: int | None,
 ) -> None:
     """One query token per sequence: q, out `[B, H, D]` (views of the packed rows)."""
@@ -406,7 +406,7 @@ def _decode(
         q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
         *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
-        FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(dtype),
+        FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
@@ -426,8 +426,6 @@ def _context(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     scale: float,
-    max_context_len: int,
-    dtype: torch.dtype,
     max_seq_len: int,
 ) -> None:
     """Packed queries of any lengths: q, out `[T, H, D]`."""
@@ -442,7 +440,7 @@ def _context(
         q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start,
         *_strides(q, out, k_cache, block_tables), scale * LOG2E, D,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
-        DOT_PRECISION=_precision(dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
+        DOT_PRECISION=_precision(q.dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
 

@@ -20,7 +20,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .rotary import _rotate
+    from .rotary import _cos_sin, _rotate
 
     @triton.jit
     def _write_kv_cache_kernel(
@@ -57,11 +57,7 @@ if HAS_TRITON:
         # one program per token: its q heads rotated into q_out; its k heads rotated and its v heads
         # copied straight into the token's cache slot (all with the same cos/sin row)
         t = tl.program_id(0).to(tl.int64)
-        pos = tl.load(pos_ptr + t).to(tl.int64)
-        d = tl.arange(0, BLOCK_HALF)
-        cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
-        sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
-        sin = sin[None, :]
+        cos, sin = _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF)
         o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)
         out = qo_ptr + t * stride_qot + h * stride_qoh + dd  # [BLOCK_HQ, BLOCK_HALF]
         tl.store(out, o1.to(qo_ptr.dtype.element_ty), mask=mask)

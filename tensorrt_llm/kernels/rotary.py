@@ -19,6 +19,15 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
+    def _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF: tl.constexpr):
+        # the cos and sin halves of token t's position row, fp32 [1, BLOCK_HALF] each
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, BLOCK_HALF)
+        cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)
+        sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
+        return cos[None, :], sin[None, :]
+
+    @triton.jit
     def _rotate(
         x_ptr, stride_t, stride_h, t, cos, sin, num_heads, half,
         BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
@@ -41,11 +50,7 @@ if HAS_TRITON:
     ):  # fmt: skip
         # one program per token: rotate all its q heads and k heads with the same cos/sin row
         t = tl.program_id(0).to(tl.int64)
-        pos = tl.load(pos_ptr + t).to(tl.int64)
-        d = tl.arange(0, BLOCK_HALF)
-        cos = tl.load(cache_ptr + pos * stride_cache + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
-        sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=d < half, other=0.0).to(tl.float32)
-        sin = sin[None, :]
+        cos, sin = _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF)
         o1, o2, h, dd, mask = _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, num_q_heads, half, BLOCK_HQ, BLOCK_HALF)
         out = qo_ptr + t * stride_qot + h * stride_qoh + dd
         tl.store(out, o1.to(qo_ptr.dtype.element_ty), mask=mask)
