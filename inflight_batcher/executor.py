@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,9 +79,17 @@ class IterationStats:
 
 
 class Executor:
-    def __init__(self, engine: Engine, config: ExecutorConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: ExecutorConfig | None = None,
+        on_outputs: Callable[[list[Output]], None] | None = None,
+    ) -> None:
         config = config or ExecutorConfig()
         self.engine = engine
+        # Called once per step on the executor thread with every output of the step (after the
+        # requests' own callbacks): a server hands them over in one piece instead of one per request.
+        self.on_outputs = on_outputs
         self.config = config
         self.device = engine.device
         b, m = engine.config.build, engine.config.model
@@ -146,9 +155,13 @@ class Executor:
 
     @classmethod
     def from_engine_dir(
-        cls, engine_dir: str | Path, config: ExecutorConfig | None = None, device: str | None = None
+        cls,
+        engine_dir: str | Path,
+        config: ExecutorConfig | None = None,
+        device: str | None = None,
+        on_outputs: Callable[[list[Output]], None] | None = None,
     ) -> Executor:
-        return cls(Engine.from_dir(engine_dir, device=device), config)
+        return cls(Engine.from_dir(engine_dir, device=device), config, on_outputs)
 
     # -- caller side (any thread) ---------------------------------------------------------------------
     def enqueue(self, request: Request) -> int:
@@ -479,6 +492,11 @@ class Executor:
                 req.callback(out)
             except Exception:
                 log.exception("callback of request %s raised", req.request_id)
+        if self.on_outputs is not None:
+            try:
+                self.on_outputs([out for _, out in outputs])
+            except Exception:
+                log.exception("on_outputs raised")
 
     def _update_stats(self, plan: SchedulerOutput, ms: float, ran: bool) -> None:
         sch, bm = self.scheduler, self.block_manager

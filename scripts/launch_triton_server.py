@@ -89,8 +89,18 @@ def prepare_environment(tritonserver: Path, backend_dir: Path | None = None) -> 
     extra: list[str] = []
     wheel = tritonserver.parent.parent
     stubs = wheel / "python_backend_stubs"
+    env["TRTLLM_PYTHON"] = sys.executable  # the engine processes run in this environment
     if not stubs.is_dir():
-        return env, extra  # a regular Triton install (container): it knows its own backends
+        # A regular Triton install (container): its own backends, beside ours.
+        if backend_dir is None:
+            backend_dir = Path(tempfile.gettempdir()) / "trtllm_triton_backends"
+        backend_dir.mkdir(parents=True, exist_ok=True)
+        for src in sorted((wheel / "backends").glob("*")):
+            dst = backend_dir / src.name
+            if src.is_dir() and src.name != "tensorrtllm" and not dst.exists():
+                dst.symlink_to(src)
+        install_native_backend(backend_dir)
+        return env, [f"--backend-directory={backend_dir}"]
 
     # The wheel's stub (Triton 2.51) was built for numpy 1: under numpy 2 its tensors come out garbled
     # (seen: "unpack_from requires a buffer of at least 993737535 bytes" on the first text request).
@@ -132,20 +142,30 @@ def prepare_environment(tritonserver: Path, backend_dir: Path | None = None) -> 
                 tmp = py_dir / (src.name + f".tmp{os.getpid()}")
                 shutil.copy2(src, tmp)
                 os.replace(tmp, dst)
-    # A Python-based backend named "tensorrtllm": configs filled with `triton_backend:tensorrtllm` (the
-    # TensorRT-LLM README's value) load our engine model, as with `triton_backend:python`.
-    trt_dir = backend_dir / "tensorrtllm"
-    trt_dir.mkdir(exist_ok=True)
-    (trt_dir / "model.py").write_text(
-        '"""Python-based backend "tensorrtllm": the in-flight batcher engine model (backend/engine_model.py)."""\n\n'
-        "from backend.engine_model import EngineModel\n\n\n"
-        "class TritonPythonModel(EngineModel):\n    pass\n"
-    )
+    install_native_backend(backend_dir)
     extra.append(f"--backend-directory={backend_dir}")
     caches = wheel / "caches"
     if caches.is_dir():
         extra.append(f"--cache-directory={caches}")
     return env, extra
+
+
+NATIVE_BACKEND = ROOT / "build" / "libtriton_tensorrtllm.so"
+
+
+def install_native_backend(backend_dir: Path) -> None:
+    """Puts the native `tensorrtllm` backend (built by scripts/setup.sh) where tritonserver looks for it."""
+    if not NATIVE_BACKEND.exists():
+        raise FileNotFoundError(
+            f"the native tensorrtllm backend is not built ({NATIVE_BACKEND}): run bash scripts/setup.sh"
+        )
+    d = backend_dir / "tensorrtllm"
+    d.mkdir(parents=True, exist_ok=True)
+    dst = d / "libtriton_tensorrtllm.so"
+    # Replace atomically, never write in place: a running server may have the old file mapped.
+    tmp = d / f".libtriton_tensorrtllm.so.tmp{os.getpid()}"
+    shutil.copy2(NATIVE_BACKEND, tmp)
+    os.replace(tmp, dst)
 
 
 def rank_command(args: argparse.Namespace, tritonserver: Path, rank: int, extra: list[str]) -> list[str]:

@@ -62,7 +62,7 @@ def make_model_repo(
         },
         "tensorrt_llm": {
             **common,
-            "triton_backend": "python",
+            "triton_backend": "tensorrtllm",
             "decoupled_mode": str(decoupled).lower(),
             "batching_strategy": "inflight_fused_batching",
             "engine_dir": str(engine_dir),

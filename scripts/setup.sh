@@ -13,3 +13,6 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 python -m pip install -q -e ".[serve,dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
 python -c "import torch, transformers, tritonclient, pytriton; print('environment ready: torch', torch.__version__)"
+# The native Triton backend (backend/native): g++, cmake and ninja come with the machine.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build build > /dev/null

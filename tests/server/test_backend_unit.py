@@ -91,7 +91,7 @@ def test_launcher_finds_wheel_server_and_prepares_backend(tmp_path):
     assert str(ROOT) in env["PYTHONPATH"].split(":")
     assert (tmp_path / "backends" / "python" / "triton_python_backend_stub").exists()
     assert (tmp_path / "backends" / "python" / "libtriton_python.so").exists()
-    assert (tmp_path / "backends" / "tensorrtllm" / "model.py").exists()
+    assert (tmp_path / "backends" / "tensorrtllm" / "libtriton_tensorrtllm.so").exists()
     assert f"--backend-directory={tmp_path / 'backends'}" in extra
 
 
@@ -162,7 +162,7 @@ def test_parse_request_clips_to_max_seq_len_and_stop():
     assert parse_request(_req(stop=np.array([True])), LIMITS).stop
 
 
-# -- the engine model in-process (fake pb_utils) ------------------------------------------------------
+# -- the engine process over its socket (what the native backend talks to) -------------------------------
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory):
     from tests.helpers import build_engine, make_tiny_llama
@@ -172,66 +172,111 @@ def engine_dir(tmp_path_factory):
     return build_engine(d / "hf", d / "engine", max_batch_size=4)
 
 
-def _engine_model(engine_dir, decoupled: bool, monkeypatch):
-    import backend.engine_model as em
-    import backend.metrics as mm
-    import backend.triton_utils as tu
-    from tests.server import fake_pb_utils as fp
+class _Backend:
+    """The backend's end of the socket: sends CONFIG, requests and cancels; collects response records."""
 
-    for mod in (tu, em):
-        monkeypatch.setattr(mod, "pb_utils", fp)
-    monkeypatch.setattr(mm, "pb_utils", None)
-    cfg = {
-        "name": "tensorrt_llm",
-        "model_transaction_policy": {"decoupled": decoupled},
-        "output": [{"name": "context_logits", "data_type": "TYPE_FP32"}],
-        "parameters": {
-            "gpt_model_path": {"string_value": str(engine_dir)},
-            "device": {"string_value": "cpu"},
-            "cancellation_check_period_ms": {"string_value": "10"},
-        },
+    def __init__(self, engine_dir, decoupled: bool):
+        import json
+        import socket
+        import threading
+
+        from backend import engine_core, wire
+
+        ours, theirs = socket.socketpair()
+        self.conn = wire.Connection(ours)
+        cfg = {
+            "model_transaction_policy": {"decoupled": decoupled},
+            "parameters": {
+                "gpt_model_path": {"string_value": str(engine_dir)},
+                "device": {"string_value": "cpu"},
+                "stats_check_period_ms": {"string_value": "20"},
+            },
+        }
+        self.conn.send(wire.CONFIG, json.dumps({"model_config": cfg}).encode())
+        self.thread = threading.Thread(target=engine_core.main, args=(["--fd", str(theirs.detach())],), daemon=True)
+        self.thread.start()
+        kind, payload = self.conn.recv()
+        assert kind == wire.READY, bytes(payload)
+        self.ready = bytes(payload).decode()
+        self.records: list[dict] = []
+        self.metrics: list[str] = []
+
+    def send(self, slot: int, inputs: dict, rid: str = "") -> None:
+        from backend import wire
+
+        self.conn.send(wire.REQUESTS, wire.encode_requests([(slot, rid, inputs)]))
+
+    def until_final(self, slot: int) -> list[dict]:
+        from backend import wire
+
+        while not any(r["slot"] == slot and r["flags"] & wire.FINAL for r in self.records):
+            kind, payload = self.conn.recv()
+            if kind == wire.RESPONSES:
+                self.records += wire.decode_records(payload)
+            elif kind == wire.METRICS:
+                self.metrics.append(bytes(payload).decode())
+        return [r for r in self.records if r["slot"] == slot]
+
+    def close(self) -> None:
+        import struct
+
+        from backend import wire
+
+        self.conn.send(wire.SHUTDOWN, struct.pack("<d", 0.0))
+        self.thread.join(30)
+
+
+def _ids(*tokens):
+    return {
+        "input_ids": np.array([list(tokens)], dtype=np.int32),
+        "input_lengths": np.array([[len(tokens)]], dtype=np.int32),
     }
-    m = em.EngineModel()
-    m.initialize(fp.model_args(cfg))
-    return m, fp
 
 
-def test_engine_model_non_decoupled(engine_dir, monkeypatch):
-    m, fp = _engine_model(engine_dir, False, monkeypatch)
+def test_engine_core_non_decoupled(engine_dir):
+    from backend import wire
+
+    b = _Backend(engine_dir, decoupled=False)
     try:
-        ok = fp.Request({"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [4]})
-        streaming = fp.Request(
-            {"input_ids": [[1, 5]], "input_lengths": [2], "request_output_len": [4], "streaming": [True]}
-        )
-        bad = fp.Request({"input_ids": [[1, 5]], "input_lengths": [2], "request_output_len": [0]})
-        responses = m.execute([ok, streaming, bad])
-        assert responses[0].error is None and responses[0].tensors["output_ids"].shape == (1, 1, 7)
-        assert responses[0].tensors["sequence_length"].tolist() == [[7]]
-        assert "decoupled" in str(responses[1].error)
-        assert "request_output_len" in str(responses[2].error)
+        assert "decoupled=0" in b.ready and "family=nv_trt_llm_request_metrics|g|" in b.ready
+        b.send(1, {**_ids(1, 5, 6), "request_output_len": np.array([[4]], dtype=np.int32)})
+        b.send(2, {**_ids(1, 5), "request_output_len": np.array([[4]], np.int32), "streaming": np.array([[True]])})
+        b.send(3, {**_ids(1, 5), "request_output_len": np.array([[0]], dtype=np.int32)})
+        (ok,) = b.until_final(1)
+        assert ok["flags"] == wire.FINAL | wire.ROW_END
+        assert ok["tokens"][0][:3] == [1, 5, 6] and ok["seq_lens"] == [7]
+        (streaming,) = b.until_final(2)
+        assert streaming["flags"] & wire.ERROR and "decoupled" in streaming["error"][1]
+        (bad,) = b.until_final(3)
+        assert bad["error"][0] == wire.ERR_INVALID_ARG and "request_output_len" in bad["error"][1]
     finally:
-        m.finalize()
+        b.close()
 
 
-def test_engine_model_streams_and_cancels(engine_dir, monkeypatch):
-    m, fp = _engine_model(engine_dir, True, monkeypatch)
+def test_engine_core_streams_stops_and_cancels(engine_dir):
+    from backend import wire
+
+    b = _Backend(engine_dir, decoupled=True)
     try:
-        r = fp.Request({"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [6], "streaming": [True]})
-        assert m.execute([r]) is None
-        assert r.sender.done.wait(60)
-        chunks = [resp.tensors["output_ids"].reshape(-1).tolist() for resp, _ in r.sender.responses]
-        prefixes = [resp.tensors["stream_prefix_ids"].reshape(-1).tolist() for resp, _ in r.sender.responses]
-        flat = [t for c in chunks for t in c]
-        assert len(flat) == 6
-        assert all(p == flat[: len(p)] for p in prefixes)  # each chunk says what came before it
-        assert r.sender.responses[-1][1] == fp.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        # Cancellation: a long request is cancelled by the watcher and still gets its final response.
-        long = fp.Request(
-            {"input_ids": [[1, 5, 6]], "input_lengths": [3], "request_output_len": [200], "streaming": [True]}
-        )
-        m.execute([long])
-        long.cancelled = True
-        assert long.sender.done.wait(30)
-        assert sum(resp.tensors["output_ids"].size for resp, _ in long.sender.responses) < 200
+        b.send(1, {**_ids(1, 5, 6), "request_output_len": np.array([[6]], np.int32), "streaming": np.array([[1]])})
+        chunks = b.until_final(1)
+        assert all(c["flags"] & wire.STREAM for c in chunks)
+        assert sum(c["seq_lens"][0] for c in chunks) == 6 and chunks[-1]["flags"] & wire.ROW_END
+        # A stop request (same id) ends a running request; it gets the final flag alone.
+        long = {**_ids(1, 5, 6), "request_output_len": np.array([[200]], np.int32), "streaming": np.array([[1]])}
+        b.send(2, long, rid="r2")
+        b.send(3, {**_ids(1), "request_output_len": np.array([[1]], np.int32), "stop": np.array([[True]])}, rid="r2")
+        assert b.until_final(3)[-1]["flags"] == wire.FINAL | wire.EMPTY
+        assert sum(c["seq_lens"][0] for c in b.until_final(2)) < 200
+        # A cancel (client gone) ends one too.
+        b.send(4, long)
+        b.conn.send(wire.CANCEL, __import__("struct").pack("<Q", 4))
+        assert sum(c["seq_lens"][0] for c in b.until_final(4)) < 200
+        b.metrics.clear()
+        while not b.metrics:  # the next METRICS frame counts both cancellations
+            kind, payload = b.conn.recv()
+            if kind == wire.METRICS:
+                b.metrics.append(bytes(payload).decode())
+        assert "c\tnv_trt_llm_request_outcome_metrics\toutcome\tcancelled\t2.0" in b.metrics[0]
     finally:
-        m.finalize()
+        b.close()

@@ -1,0 +1,219 @@
+"""The wire between the native `tensorrtllm` backend (C++, in tritonserver) and the engine process (Python).
+
+One Unix stream socket per model instance. A frame is `u32 length | u8 type | payload` (length counts the
+type byte and the payload; little-endian throughout). `backend/native/wire.h` is the C++ side of this file:
+change both together (`tests/server/test_native_wire.py` checks that they agree).
+
+Backend -> engine:
+- CONFIG: JSON `{"model_config": {...}, "model_name": str, "model_version": str}`, first frame.
+- REQUESTS: `u32 n`, then per request `u64 slot | u32 id_len | id | u32 n_inputs`, then per input
+  `u16 name_len | name | u8 dtype (TRITONSERVER_DataType) | u8 ndims | i64 dims[ndims] | u64 nbytes | data`.
+  One frame carries every request of one `execute` call.
+- CANCEL: `u64 slot` (the client cancelled or went away).
+- SHUTDOWN: `f64 drain_seconds`.
+
+Engine -> backend:
+- READY: text, `key=value` lines (role, decoupled, logits_dtype, cancel_ms) and `family=name|kind|help`
+  lines declaring the custom metric families.
+- RESPONSES: `u32 n`, then n records (below). One frame per executor step, for all requests of the step.
+- METRICS: text lines `kind\\tfamily\\tlabel_key\\tlabel_value\\tvalue` (kind g: gauge, c: counter total,
+  h: histogram observation).
+- FATAL: UTF-8 text; the engine could not start (the backend fails the model load with it).
+
+A response record: `u64 slot | i32 batch_index | u32 flags | u32 beams | u32 tokens_per_beam`, then
+`i32 tokens[beams * tokens_per_beam] | i32 sequence_length[beams]`; with LOGPROBS `u32 n |
+f32 cum_log_probs[beams] | f32 log_probs[beams * n]`; with ERROR `u32 code (TRITONSERVER_Error_Code) |
+u32 len | message`. Flags: FINAL (the Triton request's last response), STREAM (a streamed chunk: new tokens
+only; the backend keeps the prefix for `stream_prefix_ids`), ROW_END (`stream_final`: this batch row is
+done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from array import array
+
+import numpy as np
+
+# Frame types.
+CONFIG, REQUESTS, CANCEL, SHUTDOWN = 1, 2, 3, 4
+READY, RESPONSES, METRICS, FATAL = 11, 12, 13, 14
+
+# Response record flags.
+FINAL, STREAM, ROW_END, ERROR, LOGPROBS, EMPTY = 1, 2, 4, 8, 16, 32
+
+# TRITONSERVER_Error_Code values.
+ERR_INTERNAL, ERR_NOT_FOUND, ERR_INVALID_ARG, ERR_UNAVAILABLE, ERR_UNSUPPORTED = 1, 2, 3, 4, 5
+
+# TRITONSERVER_DataType -> numpy (BYTES is decoded by hand).
+DTYPES = {
+    1: np.bool_,
+    2: np.uint8,
+    3: np.uint16,
+    4: np.uint32,
+    5: np.uint64,
+    6: np.int8,
+    7: np.int16,
+    8: np.int32,
+    9: np.int64,
+    10: np.float16,
+    11: np.float32,
+    12: np.float64,
+}
+TYPE_BYTES, TYPE_BF16 = 13, 14
+
+_FRAME = struct.Struct("<IB")
+_RECORD = struct.Struct("<QiIII")
+_REQUEST_HEAD = struct.Struct("<QI")
+
+
+class Connection:
+    """Framed messages over a connected stream socket. `send` may be called from several threads."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._rfile = sock.makefile("rb", buffering=1 << 20)
+
+    def send(self, kind: int, payload: bytes | bytearray = b"") -> None:
+        self.sock.sendall(_FRAME.pack(len(payload) + 1, kind) + payload)
+
+    def recv(self) -> tuple[int, memoryview] | None:
+        """The next frame, or None when the peer closed the socket."""
+        head = self._rfile.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return None
+        length, kind = _FRAME.unpack(head)
+        body = self._rfile.read(length - 1)
+        if len(body) < length - 1:
+            return None
+        return kind, memoryview(body)
+
+
+def _bytes_tensor(data: memoryview, count: int) -> np.ndarray:
+    """A Triton BYTES tensor's elements (`u32 len | bytes` each) as a numpy object array."""
+    out = np.empty(count, dtype=object)
+    off = 0
+    for i in range(count):
+        (n,) = struct.unpack_from("<I", data, off)
+        out[i] = bytes(data[off + 4 : off + 4 + n])
+        off += 4 + n
+    return out
+
+
+def decode_requests(payload: memoryview) -> list[tuple[int, str, dict[str, np.ndarray]]]:
+    """A REQUESTS frame -> `[(slot, triton request id, {input name: array})]`; arrays keep Triton's shapes
+    (leading batch dimension included) and are read-only views of the frame."""
+    (n,) = struct.unpack_from("<I", payload, 0)
+    off = 4
+    requests = []
+    for _ in range(n):
+        slot, id_len = _REQUEST_HEAD.unpack_from(payload, off)
+        off += _REQUEST_HEAD.size
+        rid = bytes(payload[off : off + id_len]).decode("utf-8", "replace")
+        off += id_len
+        (n_inputs,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        inputs: dict[str, np.ndarray] = {}
+        for _ in range(n_inputs):
+            (name_len,) = struct.unpack_from("<H", payload, off)
+            off += 2
+            name = bytes(payload[off : off + name_len]).decode()
+            off += name_len
+            dtype, ndims = struct.unpack_from("<BB", payload, off)
+            off += 2
+            dims = struct.unpack_from(f"<{ndims}q", payload, off)
+            off += 8 * ndims
+            (nbytes,) = struct.unpack_from("<Q", payload, off)
+            off += 8
+            data = payload[off : off + nbytes]
+            off += nbytes
+            count = int(np.prod(dims)) if dims else 1
+            if dtype == TYPE_BYTES:
+                inputs[name] = _bytes_tensor(data, count).reshape(dims)
+            elif dtype in DTYPES:
+                inputs[name] = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(dims)
+            else:  # BF16 and anything newer: no numpy type; the parser rejects what it cannot use
+                inputs[name] = np.frombuffer(data, dtype=np.uint16).reshape(dims)
+        requests.append((slot, rid, inputs))
+    return requests
+
+
+def encode_requests(requests: list[tuple[int, str, dict[str, np.ndarray]]]) -> bytes:
+    """The inverse of `decode_requests` (what the backend sends; used by tests and tools)."""
+    numpy_to_type = {np.dtype(v): k for k, v in DTYPES.items()}
+    out = bytearray(struct.pack("<I", len(requests)))
+    for slot, rid, inputs in requests:
+        b = rid.encode()
+        out += _REQUEST_HEAD.pack(slot, len(b)) + b + struct.pack("<I", len(inputs))
+        for name, a in inputs.items():
+            a = np.asarray(a)
+            if a.dtype == object:
+                data = b"".join(struct.pack("<I", len(x)) + x for x in (bytes(v) for v in a.reshape(-1)))
+                dtype = TYPE_BYTES
+            else:
+                data, dtype = np.ascontiguousarray(a).tobytes(), numpy_to_type[a.dtype]
+            nb = name.encode()
+            out += struct.pack("<H", len(nb)) + nb + struct.pack("<BB", dtype, a.ndim)
+            out += struct.pack(f"<{a.ndim}q", *a.shape) + struct.pack("<Q", len(data)) + data
+    return bytes(out)
+
+
+def encode_record(
+    out: bytearray,
+    slot: int,
+    batch_index: int,
+    flags: int,
+    beams: list[list[int]] = (),
+    seq_lens: list[int] = (),
+    cum_log_probs: list[float] | None = None,
+    log_probs: list[list[float]] | None = None,
+    error: tuple[int, str] | None = None,
+) -> None:
+    """Appends one response record to `out`. `beams` are equally long (the caller pads)."""
+    width = len(beams[0]) if beams else 0
+    out += _RECORD.pack(slot, batch_index, flags, len(beams), width)
+    if len(beams) == 1:
+        out += array("i", beams[0]).tobytes()
+    else:
+        for b in beams:
+            out += array("i", b).tobytes()
+    out += array("i", seq_lens).tobytes()
+    if flags & LOGPROBS:
+        n = len(log_probs[0]) if log_probs else 0
+        out += struct.pack("<I", n) + array("f", cum_log_probs).tobytes()
+        for lp in log_probs:
+            out += array("f", lp).tobytes()
+    if flags & ERROR:
+        code, message = error
+        b = message.encode()
+        out += struct.pack("<II", code, len(b)) + b
+
+
+def decode_records(payload: memoryview | bytes) -> list[dict]:
+    """A RESPONSES frame -> records as dicts (what the backend reads; used by tests)."""
+    (n,) = struct.unpack_from("<I", payload, 0)
+    off = 4
+    records = []
+    for _ in range(n):
+        slot, batch_index, flags, beams, width = _RECORD.unpack_from(payload, off)
+        off += _RECORD.size
+        toks = np.frombuffer(payload, np.int32, beams * width, off).reshape(beams, width).tolist()
+        off += 4 * beams * width
+        lens = np.frombuffer(payload, np.int32, beams, off).tolist()
+        off += 4 * beams
+        rec = dict(slot=slot, batch_index=batch_index, flags=flags, tokens=toks, seq_lens=lens)
+        if flags & LOGPROBS:
+            (k,) = struct.unpack_from("<I", payload, off)
+            off += 4
+            rec["cum_log_probs"] = np.frombuffer(payload, np.float32, beams, off).tolist()
+            off += 4 * beams
+            rec["log_probs"] = np.frombuffer(payload, np.float32, beams * k, off).reshape(beams, k).tolist()
+            off += 4 * beams * k
+        if flags & ERROR:
+            code, length = struct.unpack_from("<II", payload, off)
+            off += 8
+            rec["error"] = (code, bytes(payload[off : off + length]).decode())
+            off += length
+        records.append(rec)
+    return records
