@@ -14,6 +14,7 @@ closes the socket (tritonserver exited or was killed): nothing outlives the serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -291,10 +292,8 @@ class EngineCore:
                 n += self._encode(buf, s, row, out, final)
         if n:
             struct.pack_into("<I", buf, 0, n)
-            try:
+            with contextlib.suppress(OSError):  # the backend is gone; the main loop ends the process
                 self.conn.send(wire.RESPONSES, buf)
-            except OSError:  # the backend is gone; the main loop ends the process
-                pass
 
     def _encode(self, buf: bytearray, s: _Slot, row: _Row, out, final: bool) -> int:
         flags = wire.FINAL if final else 0
@@ -313,7 +312,8 @@ class EngineCore:
                 k = len(new)
                 flags |= wire.LOGPROBS
                 lp = [list(x[-k:]) if k else [] for x in lp]
-            wire.encode_record(buf, s.slot, row.batch_index, flags | wire.STREAM, [new], [len(new)], out.cum_log_probs, lp)
+            flags |= wire.STREAM
+            wire.encode_record(buf, s.slot, row.batch_index, flags, [new], [len(new)], out.cum_log_probs, lp)
             return 1
         if not out.finished:
             return 0  # non-streaming requests answer once, at the end

@@ -73,9 +73,7 @@ class EngineMetrics:
 
     def observe_request(self, input_tokens: int, output_tokens: int) -> None:
         self._observed.append(f"h\tnv_llm_input_token_len\tresponse_metric_type\ttotal_input_tokens\t{input_tokens}")
-        self._observed.append(
-            f"h\tnv_llm_output_token_len\tresponse_metric_type\ttotal_output_tokens\t{output_tokens}"
-        )
+        self._observed.append(f"h\tnv_llm_output_token_len\tresponse_metric_type\ttotal_output_tokens\t{output_tokens}")
 
     def lines(self, s) -> str:
         """`s`: an `inflight_batcher.IterationStats`."""
