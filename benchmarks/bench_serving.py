@@ -2,7 +2,8 @@
 
 The same prompts (client/benchmark_serving.py's generator), the same output lengths, the same
 concurrency: first through the in-process executor (streaming callbacks), then through the real
-`tritonserver` (HTTP generate_stream on the ensemble, tokenizer and detokenizer included). Prints TTFT,
+`tritonserver`: HTTP generate_stream on the engine model (`--target core`, token ids) or on the ensemble
+(`--target ensemble`, tokenizer and detokenizer included), from several client processes. Prints TTFT,
 inter-token latency, output tokens/s and the ratio server ÷ engine.
 
     python benchmarks/bench_serving.py [--model llama3.2-1b] [--concurrency 1,16,64] [--out DIR]
@@ -106,15 +107,17 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
     return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
 
 
-async def _core_one(session, url: str, ids: list[int], n: int) -> tuple[float, list[float], int]:
-    """One streamed request to the `tensorrt_llm` model itself (token ids in and out, no tokenizer)."""
-    body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": n, "min_length": n,
-            "streaming": True, "exclude_input_in_output": True}  # fmt: skip
+async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, list[float], int]:
+    """One streamed request; `n` tokens are asked for (min_length = max tokens). A core-model event counts
+    its `output_ids`; an ensemble event (text) counts as one token, which it is (no merging on this path:
+    the native backend sends one response per step), and the request as its `n` tokens."""
     t0, last, ttft, itl, count = time.perf_counter(), None, 0.0, [], 0
     async for event in sse_events(session, url, body):
         now = time.perf_counter()
-        ids_out = event.get("output_ids")  # the generate endpoint gives one token as a bare number
-        new = len(torch.tensor(ids_out).flatten()) if ids_out is not None else 0
+        if "output_ids" in event:
+            new = len(torch.tensor(event["output_ids"]).flatten())  # one token comes as a bare number
+        else:
+            new = 1 if event.get("text_output") else 0
         if new == 0:
             continue
         if last is None:
@@ -122,35 +125,63 @@ async def _core_one(session, url: str, ids: list[int], n: int) -> tuple[float, l
         else:
             itl.extend(per_token_gaps(now - last, new))
         last, count = now, count + new
-    return ttft, itl, count
+    return ttft, itl, count if "input_ids" in body else n
 
 
-def run_core(url: str, ids: list[list[int]], out_lens: list[int], concurrency: int) -> dict:
-    """The same load as `run_direct`, through tritonserver's generate_stream on the engine model."""
+def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
+    """One load-generating process: its share of the requests, at most `concurrency` of them in flight."""
     import asyncio
 
     import aiohttp
 
-    async def go() -> dict:
+    async def go():
         sem = asyncio.Semaphore(concurrency)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=conn) as session:
 
-            async def task(i: int):
+            async def task(body, n):
                 async with sem:
-                    return await _core_one(session, url, ids[i], out_lens[i])
+                    return await _stream_one(session, url, body, n)
 
-            t0 = time.perf_counter()
-            res = await asyncio.gather(*(task(i) for i in range(len(ids))))
-            dur = time.perf_counter() - t0
-        return summarize([r[0] for r in res], [x for r in res for x in r[1]], sum(r[2] for r in res), dur)
+            return await asyncio.gather(*(task(b, n) for b, n in jobs))
 
     return asyncio.run(go())
+
+
+def run_server(url: str, bodies: list[dict], out_lens: list[int], concurrency: int) -> dict:
+    """The same load as `run_direct`, through tritonserver, from several client processes: one Python
+    process parsing every SSE event would cap what it measures (16 streams per process at most)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    procs = max(1, min(8, concurrency // 16))
+    shares = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
+    jobs = [[(bodies[i], out_lens[i]) for i in range(k, len(bodies), procs)] for k in range(procs)]
+    with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
+        list(pool.map(abs, range(procs)))  # processes started before the clock
+        t0 = time.perf_counter()
+        results = [r for part in pool.map(_client_process, [url] * procs, jobs, shares) for r in part]
+        dur = time.perf_counter() - t0
+    return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
+
+
+def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
+    if target == "core":  # token ids to the engine model itself, no tokenizer
+        return [
+            {"input_ids": x, "input_lengths": len(x), "request_output_len": n, "min_length": n, "streaming": True,
+             "exclude_input_in_output": True}
+            for x, n in zip(ids, out_lens, strict=True)
+        ]  # fmt: skip
+    return [
+        {"text_input": t, "max_tokens": n, "min_length": n, "stream": True, "exclude_input_in_output": True}
+        for t, n in zip(prompts, out_lens, strict=True)
+    ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="llama3.2-1b", choices=SHAPES)
-    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--input-len", type=int, default=128, help="prompt words")
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--work", default="/tmp/bench_serving")
@@ -169,7 +200,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(work / "tokenizer")
-    build = BuildConfig(max_batch_size=64, max_input_len=1024, max_seq_len=2048, max_num_tokens=8192)
+    build = BuildConfig(max_batch_size=256, max_input_len=1024, max_seq_len=2048, max_num_tokens=8192)
     t0 = time.perf_counter()
     build_engine(work / "engine", hf_config=SHAPES[args.model], dtype="float16", build=build, device="cuda")
     build_s = time.perf_counter() - t0
@@ -188,7 +219,15 @@ def main() -> None:
     del executor, engine
     torch.cuda.empty_cache()
 
-    repo = make_model_repo(work / "repo", work / "engine", work / "tokenizer", device="cuda", triton_max_batch_size=64)
+    # The executor's configuration on both sides: the same KV cache.
+    repo = make_model_repo(
+        work / "repo",
+        work / "engine",
+        work / "tokenizer",
+        device="cuda",
+        triton_max_batch_size=64,
+        extra={"max_tokens_in_paged_kv_cache": "262144"},
+    )
     log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     env = dict(os.environ)
     if args.target == "core":  # the engine model alone: no tokenizer models to load
@@ -210,25 +249,14 @@ def main() -> None:
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
                 time.sleep(1)
+        model = "tensorrt_llm" if args.target == "core" else "ensemble"
+        url = f"http://localhost:18000/v2/models/{model}/generate_stream"
         for c in levels:
-            if args.target == "core":
-                prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
-                ids = [tok.encode(t) for t in prompts]
-                url = "http://localhost:18000/v2/models/tensorrt_llm/generate_stream"
-                run_core(url, ids, [16] * len(ids), c)  # warm-up, as for the engine
-                rows[c]["server"] = run_core(url, ids, out_lens, c)
-                print(c, "server", json.dumps(rows[c]["server"]), flush=True)
-                continue
-            n = max(16, 4 * c)
-            cmd = [sys.executable, str(ROOT / "client" / "benchmark_serving.py"), "-u", "http://localhost:18000",
-                   "--num-requests", str(n), "-c", str(c), "--input-len", str(args.input_len),
-                   "--output-len", str(args.output_len), "--json", str(work / f"server_{c}.json")]  # fmt: skip
-            for run in (cmd[:-2] + ["--num-requests", str(c), "--output-len", "8"], cmd):  # warm-up, then measure
-                r = subprocess.run(run, capture_output=True, text=True)
-                if r.returncode:
-                    raise RuntimeError(f"load generator failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
-            rows[c]["server"] = json.loads((work / f"server_{c}.json").read_text())
-            print(c, "server", json.dumps(rows[c]["server"]["output_token_throughput"]), flush=True)
+            prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
+            ids = [tok.encode(t) for t in prompts]
+            run_server(url, request_bodies(args.target, prompts, ids, [16] * len(ids)), [16] * len(ids), c)  # warm-up
+            rows[c]["server"] = run_server(url, request_bodies(args.target, prompts, ids, out_lens), out_lens, c)
+            print(c, "server", json.dumps(rows[c]["server"]), flush=True)
     finally:
         server.terminate()
         server.wait(60)
@@ -252,7 +280,7 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    Path(args.out, f"bench_serving_{args.model}.txt").write_text(text + "\n")
+    Path(args.out, f"bench_serving_{args.model}_{args.target}.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# On the H100 machine: a Python environment for tritonserver's Python backend, made from the wheels in
+# On the GPU machine: a Python environment for tritonserver's Python backend, made from the wheels in
 # .whl/ (../shared/tools/stage_wheels.sh, plus a numpy 1.26 wheel for that Python).
-#   bash benchmarks/serving_env.sh [/tmp/venv]      then: --server-python /tmp/venv/bin/python
+#   bash benchmarks/serving_env.sh [/tmp/venv] [WHEEL_DIR]   then: --server-python /tmp/venv/bin/python
+# WHEEL_DIR (default .whl) holds the nvidia-pytriton wheel and a numpy 1.26 cp312 wheel; the device tool
+# carries at most 64 MiB a call, so they may come in two calls and be gathered in /tmp first.
 # Why: the nvidia-pytriton stub (Triton 2.51) was built for numpy 1 and garbles tensors under numpy 2,
 # which that machine's Python has. The venv holds numpy 1, pytriton and tritonclient, and sees the base
 # environment's packages (torch) after its own through a .pth file.
 set -euo pipefail
 V=${1:-/tmp/venv}
+W=${2:-.whl}
 if [ ! -x "$V/bin/python" ]; then
   python3 -m venv --without-pip "$V"  # no pip needed (nor ensurepip, which some Pythons lack)
   base=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   site=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  for w in .whl/*.whl; do "$V/bin/python" -m zipfile -e "$w" "$site"; done  # run bits: the launcher sets them
+  for w in "$W"/*.whl; do "$V/bin/python" -m zipfile -e "$w" "$site"; done  # run bits: the launcher sets them
   echo "$base" >"$site/zz_base_env.pth"
 fi
 "$V/bin/python" -c 'import importlib.util, numpy, torch; assert importlib.util.find_spec("pytriton"); print("serving env:", numpy.__version__, torch.__version__)'

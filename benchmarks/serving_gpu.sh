@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the project root: build the native backend, make the serving environment from
+# the wheels gathered in /tmp/whl (nvidia-pytriton + numpy 1.26 cp312), run bench_serving.py.
+#   bash benchmarks/serving_gpu.sh MODEL TARGET CONCURRENCY     e.g. llama3.2-1b core 1,16,64,256
+set -euo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/cmake.log" && cmake --build build >> "$OUT/cmake.log"
+bash benchmarks/serving_env.sh /tmp/venv /tmp/whl
+python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python /tmp/venv/bin/python \
+  --work "/tmp/bench_serving_$1" --out "$OUT" 2>&1 | tee "$OUT/bench_serving_$1_$2.log" | tail -12
+cp "/tmp/bench_serving_$1/server.log" "$OUT/server_$1_$2.log" 2>/dev/null || true
