@@ -9,7 +9,9 @@ Flags follow the TensorRT-LLM backend's launcher (spec/triton_interface.md secti
 - by default it stays in the foreground: waits until `/v2/health/ready`, prints where the server listens, and
   stops the server cleanly on Ctrl-C / SIGTERM. `--detach` returns once ready and leaves the server running
   (the original script's behaviour, minus the readiness wait).
-- world_size 1 without `mpirun` on PATH runs a plain server (as `--no-mpi`).
+- world_size 1 without `mpirun` on PATH runs a plain server (as `--no-mpi`); a larger world_size without
+  `mpirun` starts one tritonserver per rank itself (this machine only), each told its rank by `RANK` and
+  `WORLD_SIZE`, as mpirun's variables would.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -199,9 +202,28 @@ def build_command(args: argparse.Namespace, tritonserver: Path, extra: list[str]
     cmd = ["mpirun", "--allow-run-as-root"]
     if args.oversubscribe:
         cmd.append("--oversubscribe")
+    cmd += ["-x", "MASTER_ADDR", "-x", "MASTER_PORT"]  # where the ranks' engine processes meet
     for rank in range(args.world_size):
         cmd += ["-n", "1", *rank_command(args, tritonserver, rank, extra), ":"]
     return cmd
+
+
+def rank_processes(args: argparse.Namespace, tritonserver: Path, extra: list[str]) -> list[tuple[list[str], dict]]:
+    """The processes to start, each with its own environment additions: one (mpirun, or a plain server),
+    or, without mpirun, one tritonserver per rank (rank 0 first)."""
+    if not args.spawn_ranks:
+        return [(build_command(args, tritonserver, extra), {})]
+    extra = extra + os.environ.get("TRTLLM_TRITONSERVER_ARGS", "").split()
+    return [
+        (rank_command(args, tritonserver, r, extra), {"RANK": str(r), "WORLD_SIZE": str(args.world_size)})
+        for r in range(args.world_size)
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def server_running() -> bool:
@@ -220,12 +242,13 @@ def is_ready(http_port: int, host: str = "localhost") -> bool:
         return False
 
 
-def wait_ready(proc: subprocess.Popen, http_port: int, timeout: float) -> None:
-    """Poll readiness; fail as soon as the server process dies (a model failing to load ends it)."""
+def wait_ready(procs: list[subprocess.Popen], http_port: int, timeout: float) -> None:
+    """Poll readiness; fail as soon as a server process dies (a model failing to load ends it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tritonserver exited with code {proc.returncode} before becoming ready")
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {proc.returncode} before becoming ready")
         if is_ready(http_port):
             return
         time.sleep(0.25)
@@ -304,8 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.no_mpi = True  # nothing to coordinate: run the plain server rather than fail for lack of MPI
     if args.no_mpi and args.world_size != 1:
         p.error("--no-mpi needs --world_size 1")
-    if not args.no_mpi and shutil.which("mpirun") is None:
-        p.error(f"--world_size {args.world_size} needs mpirun on PATH (Open MPI)")
+    # Without mpirun, the ranks are started here, on this machine (the same commands, RANK in their env).
+    args.spawn_ranks = not args.no_mpi and shutil.which("mpirun") is None
     if args.multi_model and args.world_size != 1 and not args.disable_spawn_processes:
         p.error("--multi-model needs --world_size 1 unless --disable-spawn-processes")
     return args
@@ -326,24 +349,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.multi_model:
         env["TRTLLM_ORCHESTRATOR"] = "1"
         env["TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES"] = "0" if args.disable_spawn_processes else "1"
-    cmd = build_command(args, tritonserver, extra)
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(_free_port()))
+    processes = rank_processes(args, tritonserver, extra)
     if args.print_command:
-        print(" ".join(cmd))
+        for cmd, add in processes:
+            print(" ".join([*(f"{k}={v}" for k, v in add.items()), *cmd]))
         for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
             print(f"{k}={env.get(k, '')}")
         return 0
+    if args.spawn_ranks:
+        print(f"mpirun not found: starting the {args.world_size} ranks here, one tritonserver each", flush=True)
 
     # Own process group: signals reach mpirun / tritonserver and their stubs together.
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    stopping = {"sig": None}
+    procs = [subprocess.Popen(cmd, env={**env, **add}, start_new_session=True) for cmd, add in processes]
+    proc = procs[0]  # mpirun, or rank 0's server: the one that serves
 
     def on_signal(signum, _frame):
-        stopping["sig"] = signum
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        wait_ready(proc, args.http_port, args.ready_timeout)
+        wait_ready(procs, args.http_port, args.ready_timeout)
         print(
             f"tritonserver ready (pid {proc.pid}): HTTP localhost:{args.http_port}, "
             f"gRPC localhost:{args.grpc_port}, metrics localhost:{args.metrics_port}/metrics, "
@@ -352,15 +379,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.detach:
             return 0
-        return proc.wait()
+        code = proc.wait()
+        stop_all(procs)
+        return code
     except KeyboardInterrupt:
         print("stopping tritonserver ...", flush=True)
-        stop(proc)
+        stop_all(procs)
         return 0
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
-        stop(proc)
+        stop_all(procs)
         return 1
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Rank 0 first: its engine's shutdown releases the followers, whose servers then end by themselves."""
+    stop(procs[0])
+    for p in procs[1:]:
+        stop(p, timeout=15.0)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def server(tiny_model, tmp_path_factory):
     yield from start_server(tiny_model, tmp_path_factory.mktemp("server"), decoupled=True)
 
 
-def start_server(tiny_model, work: Path, decoupled: bool, extra: dict | None = None):
+def start_server(tiny_model, work: Path, decoupled: bool, extra: dict | None = None, world_size: int = 1):
     """Fill the templates, start the launcher, yield a `Server` once ready, stop it with SIGTERM."""
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (tritonserver): pip install -e '.[serve]'")
     pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[all]")
@@ -95,6 +95,8 @@ def start_server(tiny_model, work: Path, decoupled: bool, extra: dict | None = N
         "300",
         "--backend-directory",
         str(work / "backends"),
+        "--world_size",
+        str(world_size),
     ]
     env = {**os.environ, "TRTLLM_DEVICE": "cpu"}
     with open(log, "w") as f:

@@ -63,3 +63,65 @@ def test_full_queue_refuses_at_once(plain_server):
     assert all("queue is full" in out.get("error", "") for out in refused), refused
     status, out = post(url, body)
     assert status == 200 and out["text_output"]
+
+
+def _core_body(ids: list[int], n: int, request_id: str | None = None, **extra) -> dict:
+    inputs = [
+        {"name": "input_ids", "datatype": "INT32", "shape": [1, len(ids)], "data": ids},
+        {"name": "input_lengths", "datatype": "INT32", "shape": [1, 1], "data": [len(ids)]},
+        {"name": "request_output_len", "datatype": "INT32", "shape": [1, 1], "data": [n]},
+        {"name": "min_length", "datatype": "INT32", "shape": [1, 1], "data": [n]},
+    ]
+    for name, (dtype, value) in extra.items():
+        inputs.append({"name": name, "datatype": dtype, "shape": [1, 1], "data": [value]})
+    body = {"inputs": inputs}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def test_short_request_overtakes_a_running_long_one(plain_server, reference):
+    """Non-decoupled requests are batched in flight: a 1-token request sent while a 120-token one runs
+    joins the running batch and is answered first (execute returns at once; responses go through the
+    requests' response factories)."""
+    import threading
+    import time
+
+    url = f"{plain_server.http_url}/v2/models/tensorrt_llm/infer"
+    ids = reference.tokenizer.encode("hello")
+    done: dict[str, float] = {}
+
+    def run(name: str, n: int) -> None:
+        status, out = post(url, _core_body(ids, n))
+        assert status == 200, out
+        done[name] = time.monotonic()
+
+    long = threading.Thread(target=run, args=("long", 120))
+    long.start()
+    time.sleep(0.3)
+    run("short", 1)
+    long.join(120)
+    assert done["short"] < done["long"], done
+
+
+def test_stop_request_ends_a_running_non_decoupled_request(plain_server, reference):
+    import threading
+    import time
+
+    url = f"{plain_server.http_url}/v2/models/tensorrt_llm/infer"
+    ids = reference.tokenizer.encode("hello")
+    result: dict = {}
+
+    def run() -> None:
+        result["long"] = post(url, _core_body(ids, 200, request_id="long-1"))
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    status, out = post(url, _core_body([1], 1, request_id="long-1", stop=("BOOL", True)))
+    assert status == 200, out
+    t.join(60)
+    status, out = result["long"]
+    assert status == 200, out
+    got = {o["name"]: o for o in out["outputs"]}
+    assert len(ids) < got["sequence_length"]["data"][0] < len(ids) + 200  # ended early, prompt included
