@@ -25,14 +25,13 @@ import threading
 from dataclasses import dataclass, field
 
 from backend import wire
+from backend.interface import GPT_MODEL_TYPES, unsupported_parameter_warnings
 from backend.metrics import EngineMetrics, family_lines
 from backend.params import Params
 from backend.request_parsing import EngineLimits, ParsedRow, parse_request
 from backend.triton_utils import InputError
 
 log = logging.getLogger("trtllm.engine")
-
-GPT_MODEL_TYPES = {"v1", "inflight_batching", "inflight_fused_batching"}
 
 
 @dataclass(eq=False)
@@ -87,6 +86,7 @@ def executor_config_kwargs(params: Params) -> dict:
         max_tokens_in_paged_kv_cache=params.int("max_tokens_in_paged_kv_cache", None),
         max_beam_width=params.int("max_beam_width", 1),
         enable_chunked_context=params.bool("enable_chunked_context", False),
+        cuda_graphs=params.bool("cuda_graph_mode", True),
     )
     # Not in the TensorRT-LLM key set but useful on CPU: cap the batch below the engine's build value.
     for key in ("max_batch_size", "max_num_tokens", "max_queue_size"):
@@ -114,6 +114,10 @@ class EngineCore:
         model_type = (params.str("gpt_model_type", "inflight_fused_batching") or "").lower()
         if model_type not in GPT_MODEL_TYPES:
             raise ValueError(f"gpt_model_type {model_type!r}: must be one of {sorted(GPT_MODEL_TYPES)}")
+        if model_type == "v1":
+            log.warning("gpt_model_type=v1: requests are batched in flight anyway (there is no V1 batching here)")
+        for message in unsupported_parameter_warnings(params.raw):
+            log.warning(message)
         engine_dir = params.str("gpt_model_path", required=True)
         engine_cfg = load_engine_config(engine_dir)
         self.limits = engine_limits(engine_cfg)
@@ -319,16 +323,20 @@ class EngineCore:
             return 0  # non-streaming requests answer once, at the end
         p = row.parsed
         prompt = [] if p.exclude_input_in_output else p.input_ids
-        beams = out.tokens or [[]]
+        beams = (out.tokens or [[]])[: p.num_return_sequences]  # best first
+        if lp is not None:
+            lp = lp[: len(beams)]
+        cum = out.cum_log_probs[: len(beams)] if out.cum_log_probs is not None else None
         lengths = [len(prompt) + len(b) for b in beams]
         width = max(lengths)
-        pad = max(p.pad_id if p.pad_id is not None else (p.end_id or 0), 0)
+        pad = next((x for x in (p.pad_id, p.end_id, self.limits.eos_token_id) if x is not None), 0)
+        pad = max(pad, 0)
         ids = [prompt + b + [pad] * (width - n) for b, n in zip(beams, lengths, strict=True)]
         if lp is not None:
             flags |= wire.LOGPROBS
             w = max(len(x) for x in lp)
             lp = [list(x) + [0.0] * (w - len(x)) for x in lp]
-        wire.encode_record(buf, s.slot, row.batch_index, flags, ids, lengths, out.cum_log_probs, lp)
+        wire.encode_record(buf, s.slot, row.batch_index, flags, ids, lengths, cum, lp)
         return 1
 
     def _forget(self, s: _Slot) -> None:

@@ -13,55 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.interface import rejected_inputs
 from backend.triton_utils import InputError
 from inflight_batcher.request import checked_float, checked_int, parse_word_list
-
-# Inputs the engine cannot serve yet: present and non-empty -> a clear error (never silently ignored).
-UNSUPPORTED_INPUTS: dict[str, str] = {
-    "draft_input_ids": "speculative decoding (draft tokens)",
-    "draft_logits": "speculative decoding (draft logits)",
-    "draft_acceptance_threshold": "speculative decoding",
-    "decoder_input_ids": "encoder-decoder models",
-    "encoder_input_features": "encoder-decoder models",
-    "encoder_output_lengths": "encoder-decoder models",
-    "cross_attention_mask": "encoder-decoder models",
-    "skip_cross_attn_blocks": "encoder-decoder models",
-    "prompt_embedding_table": "prompt tuning (prompt tables)",
-    "prompt_table_extra_ids": "prompt tuning (prompt tables)",
-    "lora_task_id": "LoRA",
-    "lora_weights": "LoRA",
-    "lora_config": "LoRA",
-    "guided_decoding_guide_type": "guided decoding",
-    "guided_decoding_guide": "guided decoding",
-    "mrope_rotary_cos_sin": "multimodal rotary embedding",
-    "mrope_position_deltas": "multimodal rotary embedding",
-    "context_phase_params": "disaggregated serving",
-    "lookahead_window_size": "lookahead decoding",
-    "lookahead_ngram_size": "lookahead decoding",
-    "lookahead_verification_set_size": "lookahead decoding",
-    "runtime_top_p_min": "top-p decay",
-    "runtime_top_p_decay": "top-p decay",
-    "runtime_top_p_reset_ids": "top-p decay",
-    "beam_search_diversity_rate": "beam search diversity",
-    "embedding_bias": "embedding bias",
-}
-# Boolean inputs asking for outputs this engine does not produce.
-UNSUPPORTED_FLAGS: dict[str, str] = {
-    "return_context_logits": "context logits",
-    "return_generation_logits": "generation logits",
-    "return_perf_metrics": "per-request perf metrics",
-}
-# Inputs whose zero value means "not used", e.g. preprocessing always sends `decoder_input_lengths` 0.
-IGNORED_WHEN_ZERO = {
-    "decoder_input_lengths",
-    "prompt_vocab_size",
-    "retention_token_range_starts",
-    "retention_token_range_ends",
-    "retention_token_range_priorities",
-    "retention_token_range_durations_ms",
-    "retention_decode_priority",
-    "retention_decode_duration_ms",
-}
 
 
 @dataclass
@@ -89,6 +43,7 @@ class ParsedRow:
     return_log_probs: bool = False
     exclude_input_in_output: bool = False
     clipped_from: int | None = None  # max_new_tokens asked for, when clipped to the sequence limit
+    num_return_sequences: int = 1  # beams returned (the best first), at most beam_width
 
 
 @dataclass
@@ -135,19 +90,20 @@ def _bool(inputs: dict, name: str, b: int, default: bool = False) -> bool:
 
 
 def check_unsupported(inputs: dict) -> None:
-    for name, feature in UNSUPPORTED_INPUTS.items():
+    """Refuses every input the engine cannot serve (backend/interface.py), unless empty or all neutral."""
+    for name, e in rejected_inputs().items():
         a = inputs.get(name)
         if a is None:
             continue
         a = np.asarray(a)
-        # The ensemble always wires some of these (e.g. an empty embedding bias): empty or all-zero is absent.
-        if a.size == 0 or (a.dtype != object and not np.any(a)):
+        if a.size == 0:
             continue
-        raise InputError(f"input {name} is not supported: this engine has no {feature}")
-    for name, feature in UNSUPPORTED_FLAGS.items():
-        a = inputs.get(name)
-        if a is not None and np.asarray(a).size and bool(np.asarray(a).reshape(-1)[0]):
-            raise InputError(f"{name}=true is not supported: this engine does not return {feature}")
+        if a.dtype != object and e.neutral:
+            values = a.reshape(-1, 1).astype(np.float64)
+            if np.isclose(values, np.asarray(e.neutral, dtype=np.float64)[None], rtol=1e-5, atol=1e-12).any(1).all():
+                continue
+        shown = a.reshape(-1)[0] if a.size == 1 else f"{a.dtype} {list(a.shape)}"
+        raise InputError(f"input {name} ({shown}) is not supported: this engine has no {e.note}")
 
 
 def _words(inputs: dict, name: str, b: int) -> list[list[int]]:
@@ -217,7 +173,8 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
             clipped_from, max_new = max_new, room
 
         end_id = _scalar(inputs, "end_id", b, None)
-        end_id = limits.eos_token_id if end_id is None else _int("end_id", end_id, lo=-1)
+        # Unset: the executor's default, which is every eos id of the engine, not only the first.
+        end_id = None if end_id is None else _int("end_id", end_id, lo=-1)
         pad_id = _scalar(inputs, "pad_id", b, None)
         pad_id = None if pad_id is None else _int("pad_id", pad_id, lo=-1)
 
@@ -225,8 +182,13 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
         if beam > limits.max_beam_width:
             raise InputError(f"beam_width={beam} is above the engine's max_beam_width {limits.max_beam_width}")
         nrs = _scalar(inputs, "num_return_sequences", b, None)
-        if nrs is not None and _int("num_return_sequences", nrs, lo=1) > max(1, beam):
-            raise InputError("num_return_sequences > beam_width is not supported (no parallel sampling)")
+        nrs = beam if nrs is None else _int("num_return_sequences", nrs, lo=1)
+        if nrs > beam:
+            raise InputError(f"num_return_sequences={nrs} > beam_width={beam} is not supported (no parallel sampling)")
+        early = _scalar(inputs, "early_stopping", b, None)
+        early = None if early is None else _int("early_stopping", early, lo=0)
+        if early is not None and early > 1 and beam > 1:
+            raise InputError(f"early_stopping={early} is not supported: 0 (heuristic) or 1 (at beam_width finished)")
         seed = _scalar(inputs, "random_seed", b, None)
         temperature = _scalar(inputs, "temperature", b, None)
         sampling = dict(
@@ -240,6 +202,7 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
             frequency_penalty=_float("frequency_penalty", _scalar(inputs, "frequency_penalty", b, 0.0)),
             length_penalty=_float("len_penalty", _scalar(inputs, "len_penalty", b, 1.0)),
             beam_width=beam,
+            early_stopping=bool(early) if early is not None and beam > 1 else None,
             random_seed=None if seed is None else _int("random_seed", seed, lo=0),
         )
         if sampling["repetition_penalty"] <= 0:
@@ -258,6 +221,7 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
                 return_log_probs=_bool(inputs, "return_log_probs", b),
                 exclude_input_in_output=_bool(inputs, "exclude_input_in_output", b, default_exclude_input),
                 clipped_from=clipped_from,
+                num_return_sequences=nrs,
             )
         )
     return ParsedRequest(rows=rows, streaming=streaming, stop=False)

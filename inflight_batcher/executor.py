@@ -103,8 +103,10 @@ class Executor:
         ]:
             if asked is not None and asked > built:
                 log.warning("%s=%d is above the engine's build value %d: using %d", name, asked, built, built)
-        eos = m.eos_token_id[0] if isinstance(m.eos_token_id, list) else m.eos_token_id
-        self.default_end_id = eos if eos is not None else -1
+        eos = m.eos_token_id if isinstance(m.eos_token_id, list) else [m.eos_token_id]
+        eos = [e for e in eos if e is not None]
+        self.default_end_id = eos[0] if eos else -1
+        self.default_end_ids = eos[1:]  # a checkpoint's further eos ids end a request too
         self.vocab_size = m.vocab_size
         self.limits = Limits(
             vocab_size=m.vocab_size,
@@ -196,6 +198,8 @@ class Executor:
         self.scheduler.check_fits(request)  # reads only the cache size: safe off the loop thread
         if request.end_id is None:
             request.end_id = self.default_end_id
+            request.end_ids = [*(request.end_ids or []), *self.default_end_ids]
+        request.end_set = frozenset(t for t in [request.end_id, *(request.end_ids or [])] if t >= 0)
         if request.pad_id is None:
             request.pad_id = request.end_id
         sp = request.sampling

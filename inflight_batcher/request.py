@@ -103,6 +103,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     length_penalty: float = 1.0
     beam_width: int = 1
+    early_stopping: bool | None = None
+    """Beam search: True ends when beam_width hypotheses have finished (TensorRT-LLM's early_stopping=1);
+    None or False ends when no live beam can beat the worst finished one (Hugging Face's heuristic)."""
     random_seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -185,16 +188,19 @@ class Sequence:
 class Request:
     """One generation request. Fields above the marker are the caller's; the executor owns the rest.
 
-    `end_id=None` takes the engine's eos id; `end_id=-1` never stops on a token. `pad_id=None` is
-    `end_id`. The output never contains the end id token (TensorRT-LLM's convention); it does contain
-    the stop word that ended it. `exclude_input_in_output` is carried for the backend: `Output.tokens`
-    never hold the prompt. `callback(Output)` is called on the executor thread and must not block.
+    `end_id=None` takes the engine's eos ids (all of them: a checkpoint may list several, as Llama-3
+    instruct's `<|end_of_text|>` and `<|eot_id|>`); `end_id=-1` never stops on a token. `end_ids` adds more
+    ids that end the request as `end_id` does. `pad_id=None` is `end_id`. The output never contains an end
+    id token (TensorRT-LLM's convention); it does contain the stop word that ended it.
+    `exclude_input_in_output` is carried for the backend: `Output.tokens` never hold the prompt.
+    `callback(Output)` is called on the executor thread and must not block.
     """
 
     input_ids: list[int]
     max_new_tokens: int = 16
     end_id: int | None = None
     pad_id: int | None = None
+    end_ids: list[int] | None = None
     streaming: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_words: list[list[int]] | None = None
@@ -226,6 +232,8 @@ class Request:
     arrival_time: float = field(default=0.0, init=False)
     first_token_time: float | None = field(default=None, init=False)
     seed: int = field(default=0, init=False, repr=False)  # sampling noise seed: random_seed, or drawn at enqueue
+    # Every token id that ends this request (end_id and end_ids, -1 left out); set at enqueue.
+    end_set: frozenset = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.input_ids = _as_list(self.input_ids)
@@ -239,6 +247,8 @@ class Request:
             self.end_id = checked_int("end_id", self.end_id, lo=-1)
         if self.pad_id is not None:
             self.pad_id = checked_int("pad_id", self.pad_id, lo=-1)
+        if self.end_ids is not None:
+            self.end_ids = [checked_int(f"end_ids[{i}]", t, lo=0) for i, t in enumerate(_as_list(self.end_ids))]
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be SamplingParams, got {type(self.sampling).__name__}")
         self.stop_words = _word_list("stop_words", self.stop_words)

@@ -30,9 +30,8 @@ def banned_tokens(req: Request, seq: Sequence) -> list[int]:
     for w in req.bad_words:
         if len(w) == 1 or (len(toks) >= len(w) - 1 and toks[len(toks) - len(w) + 1 :] == w[:-1]):
             out.append(w[-1])
-    end_id = req.end_id
-    if end_id is not None and end_id >= 0 and len(toks) - req.prompt_len < req.sampling.min_length:
-        out.append(end_id)
+    if req.end_set and len(toks) - req.prompt_len < req.sampling.min_length:
+        out.extend(req.end_set)
     return out
 
 
@@ -147,12 +146,12 @@ def append_token(req: Request, token: int, log_prob: float) -> None:
     """Add a sampled token to a non-beam request (in place of its oldest placeholder, if any) and set
     its status when it ends; an ended request drops its later placeholders.
 
-    The end id token is not kept (TensorRT-LLM's outputs never hold it); a stop word is."""
+    An end id token is not kept (TensorRT-LLM's outputs never hold it); a stop word is."""
     seq = req.seqs[0]
     at = len(seq.tokens) - req.num_pending  # where this token goes
     if req.num_pending:
         req.num_pending -= 1
-    if req.end_id is not None and token == req.end_id:
+    if token in req.end_set:
         req.status = RequestStatus.FINISHED_END_ID
     else:
         if at < len(seq.tokens):
@@ -208,7 +207,7 @@ def beam_step(req: Request, log_probs: torch.Tensor, bm: BlockManager, copies: l
     for k, (score, p, t) in enumerate(zip(scores, parents, tokens, strict=True)):
         parent = req.seqs[p]
         step_lp = score - parent.cum_log_prob
-        is_end = req.end_id is not None and t == req.end_id
+        is_end = t in req.end_set
         toks = parent.tokens if is_end else parent.tokens + [t]
         hit = is_end or gen >= req.max_new_tokens or hits_stop_word(req, toks)
         if hit:
@@ -232,7 +231,8 @@ def beam_step(req: Request, log_probs: torch.Tensor, bm: BlockManager, copies: l
 
     if live and len(req.finished_beams) >= W:
         best = live[0].cum_log_prob / gen**lp_pen
-        req.beam_improvable = req.beam_improvable and best > req.finished_beams[-1][0]
+        done = req.sampling.early_stopping or best <= req.finished_beams[-1][0]
+        req.beam_improvable = req.beam_improvable and not done
     if not live or not req.beam_improvable:
         # One reason for the request: "length" when the beams ran to max_new_tokens, else "end_id".
         length = gen >= req.max_new_tokens

@@ -354,3 +354,27 @@ def test_outputs_do_not_depend_on_limits(make_executor, solo, cfg):
     alone = [solo(clone(r)) for r in reqs]
     ex = make_executor(max_beam_width=2, **cfg)
     assert [o.tokens for o in ex.generate(reqs, timeout=120)] == [a.tokens for a in alone]
+
+
+def test_every_eos_id_of_the_engine_ends_a_request(engine_dir, solo):
+    """A checkpoint with several eos ids (Llama-3 instruct: <|end_of_text|>, <|eot_id|>): a request with no
+    end_id stops at any of them; an explicit end_id replaces them all."""
+    from dataclasses import replace
+
+    from inflight_batcher import Executor, ExecutorConfig
+    from tensorrt_llm.runtime import Engine
+
+    prompt = prompts(1, seed=3)[0]
+    ref = solo(Request(prompt, max_new_tokens=10, end_id=-1)).tokens[0]
+    k = next(i for i in range(1, len(ref)) if ref[i] not in ref[:i])  # the first new token after the first
+    unused = next(t for t in range(1000) if t not in ref)
+    engine = Engine.from_dir(engine_dir, device=DEVICE)
+    engine.config = replace(engine.config, model=replace(engine.config.model, eos_token_id=[unused, ref[k]]))
+    ex = Executor(engine, ExecutorConfig(**TEST_CONFIG))
+    try:
+        out = ex.generate([Request(prompt, max_new_tokens=10)])[0]
+        assert out.tokens[0] == ref[:k] and out.finish_reason == "end_id"
+        out = ex.generate([Request(prompt, max_new_tokens=10, end_id=unused)])[0]
+        assert out.tokens[0] == ref and out.finish_reason == "length"
+    finally:
+        ex.shutdown()

@@ -131,7 +131,7 @@ def test_parse_request_basic_and_word_lists():
     words = to_word_list_format([([5, 6, 7], [2, 3])])
     p = parse_request(_req(stop_words_list=words, streaming=np.array([True])), LIMITS)
     row = p.rows[0]
-    assert p.streaming and row.input_ids == [5, 6, 7] and row.max_new_tokens == 4 and row.end_id == 2
+    assert p.streaming and row.input_ids == [5, 6, 7] and row.max_new_tokens == 4 and row.end_id is None
     assert row.stop_words == [[5, 6], [7]] and row.sampling["temperature"] is None
 
 
