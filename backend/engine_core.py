@@ -157,7 +157,9 @@ class EngineCore:
         self._slots: dict[int, _Slot] = {}
         self._rows: dict[int, tuple[_Slot, _Row]] = {}  # executor request id -> its slot and row
         self._by_id: dict[str, list[_Slot]] = {}  # Triton request id -> slots (for stop requests)
-        self.metrics = EngineMetrics()
+        on_gpu = str(engine.device).startswith("cuda")
+        # Memory the engine holds on its GPU (weights, KV cache, graphs), as PyTorch's allocator reserved it.
+        self.metrics = EngineMetrics((lambda: float(torch.cuda.memory_reserved(engine.device))) if on_gpu else None)
         self._stopping = threading.Event()
 
     # -- main loop -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ turns a stats snapshot into METRICS lines (backend/wire.py) every `stats_check_p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 TOKEN_LEN_BUCKETS = [10.0, 50.0, 100.0, 500.0, 1000.0]
 
@@ -20,7 +21,7 @@ FAMILIES = [
         "request_type",
         ["active", "max", "scheduled", "context", "waiting"],
     ),
-    ("nv_trt_llm_runtime_memory_metrics", "g", "TRT LLM runtime memory metrics", "memory_type", ["cpu"]),
+    ("nv_trt_llm_runtime_memory_metrics", "g", "TRT LLM runtime memory metrics", "memory_type", ["cpu", "gpu"]),
     (
         "nv_trt_llm_kv_cache_block_metrics",
         "g",
@@ -66,10 +67,13 @@ def family_lines() -> str:
 
 
 class EngineMetrics:
-    """Collects histogram observations between updates; `lines(stats)` renders one METRICS payload."""
+    """Collects histogram observations between updates; `lines(stats)` renders one METRICS payload.
+    A value of None leaves its series out (e.g. GPU memory on a CPU engine): no constant 0 posing as a
+    measurement."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpu_memory: Callable[[], float] | None = None) -> None:
         self._observed: list[str] = []
+        self._gpu_memory = gpu_memory
 
     def observe_request(self, input_tokens: int, output_tokens: int) -> None:
         self._observed.append(f"h\tnv_llm_input_token_len\tresponse_metric_type\ttotal_input_tokens\t{input_tokens}")
@@ -80,7 +84,10 @@ class EngineMetrics:
         waiting = max(0, s.active - s.scheduled) + s.queued
         values = {
             "nv_trt_llm_request_metrics": [s.active, s.max_batch_size, s.scheduled, s.context_requests, waiting],
-            "nv_trt_llm_runtime_memory_metrics": [_rss_bytes()],
+            "nv_trt_llm_runtime_memory_metrics": [
+                _rss_bytes(),
+                self._gpu_memory() if self._gpu_memory is not None else None,
+            ],
             "nv_trt_llm_kv_cache_block_metrics": [
                 s.max_blocks,
                 s.free_blocks,
@@ -95,6 +102,8 @@ class EngineMetrics:
         out = []
         for name, kind, _, key, labels in FAMILIES:
             for label, v in zip(labels, values.get(name, ()), strict=True):
+                if v is None:
+                    continue
                 out.append(f"{kind}\t{name}\t{key}\t{label}\t{float(v)!r}")
         out += self._observed
         self._observed = []

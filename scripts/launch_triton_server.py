@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -150,7 +151,31 @@ def prepare_environment(tritonserver: Path, backend_dir: Path | None = None) -> 
     caches = wheel / "caches"
     if caches.is_dir():
         extra.append(f"--cache-directory={caches}")
+    if not gpu_present():
+        # Nothing here needs CUDA: no pinned pool, no GPU metrics (DCGM / NVML), so no errors about them.
+        extra += ["--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"]
     return env, extra
+
+
+def gpu_present() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
+# What tritonserver 2.51 still says on a machine without a GPU whatever its flags (it tries CUDA once at
+# start and once per ensemble): harmless there, and hidden there so that a clean start shows no error.
+NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "unable to create stream for ensemble: CUDA driver")
+
+
+def _forward_output(src, dst) -> None:
+    hidden = 0
+    for line in iter(src.readline, b""):
+        if any(n.encode() in line for n in NO_GPU_NOISE):
+            hidden += 1
+            if hidden == 1:
+                dst.write(b"(no GPU here: tritonserver's CUDA start-up messages are hidden)\n")
+            continue
+        dst.write(line)
+        dst.flush()
 
 
 NATIVE_BACKEND = ROOT / "build" / "libtriton_tensorrtllm.so"
@@ -362,8 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mpirun not found: starting the {args.world_size} ranks here, one tritonserver each", flush=True)
 
     # Own process group: signals reach mpirun / tritonserver and their stubs together.
-    procs = [subprocess.Popen(cmd, env={**env, **add}, start_new_session=True) for cmd, add in processes]
+    quiet = not gpu_present() and not args.detach  # a detached server outlives the reader of its pipe
+    out = subprocess.PIPE if quiet else None
+    procs = [
+        subprocess.Popen(cmd, env={**env, **add}, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        for cmd, add in processes
+    ]
     proc = procs[0]  # mpirun, or rank 0's server: the one that serves
+    if quiet:
+        for p in procs:
+            threading.Thread(target=_forward_output, args=(p.stdout, sys.stdout.buffer), daemon=True).start()
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt

@@ -13,6 +13,9 @@ WORK=${WORK:-work_dirs/quickstart}
 trtllm-run --engine_dir "$WORK/engine" --tokenizer_dir "$WORK/hf_model" \
   --input_text "How do I count to nine in French?" --max_output_len 24
 cat <<'MSG'
+(The text above is random: this tiny model has random weights, made here so that nothing is downloaded.
+ The pipeline is the real one. To serve a real checkpoint directory (weights + tokenizer files):
+   python scripts/quickstart_server.py --model_dir /models/Llama-3.1-8B-Instruct --dtype float16 --device cuda)
 
 Starting tritonserver. Once it prints "ready", from another shell:
   curl -X POST localhost:8000/v2/models/ensemble/generate \

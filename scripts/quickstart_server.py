@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir is None and not (model_dir / "config.json").exists():
         from tensorrt_llm.tools.tiny_model import make_tiny_llama
 
-        print(f"making a tiny Llama with a trained tokenizer in {model_dir}", flush=True)
+        print(
+            f"making a tiny Llama with a trained tokenizer in {model_dir}: random weights, so its answers are "
+            "random text (--model_dir serves a real checkpoint)",
+            flush=True,
+        )
         make_tiny_llama(model_dir)
     engine_dir = work / "engine"
     if not (engine_dir / "config.json").exists():
