@@ -1,8 +1,11 @@
 """The `tensorrt_llm_bls` model: the ensemble's text API in Python (Business Logic Scripting).
 
-It tokenizes in-process (the preprocessing logic), calls the `tensorrt_llm` model with a BLS request
-(decoupled: one response per streamed chunk), and detokenizes with an `IncrementalDetokenizer` per request,
-so streamed text is exact. Each request runs on a worker thread: one BLS instance serves many concurrent
+It tokenizes, calls the `tensorrt_llm` model with a BLS request (decoupled: one response per streamed chunk),
+and detokenizes incrementally, so streamed text is exact. With `tokenizer_dir` set it tokenizes in-process
+(the preprocessing logic) and keeps an `IncrementalDetokenizer` per request; without it (the TensorRT-LLM
+backend's README fills no `tokenizer_dir` here) it calls the `preprocessing` and `postprocessing` models by
+BLS, as the TensorRT-LLM BLS does, giving postprocessing each chunk's prefix (`STREAM_PREFIX_IDS`) so that
+the stream stays exact. Each request runs on a worker thread: one BLS instance serves many concurrent
 streams (the TensorRT-LLM BLS blocks an instance per request).
 
 Differences from the TensorRT-LLM BLS: stop words are matched on token ids by the engine (not again on the
@@ -21,7 +24,21 @@ import numpy as np
 from backend.detokenizer import IncrementalDetokenizer, decode
 from backend.params import Params
 from backend.preprocessing_model import PreprocessingModel
-from backend.triton_utils import InputError, error_response, get_logger, input_array, log_warn, pb_utils
+from backend.triton_utils import InputError, error_response, get_logger, input_array, log_info, log_warn, pb_utils
+
+# The TensorRT-LLM BLS calls these by these names (lib/triton_decoder.py defaults; no config parameter).
+PREPROCESSING_MODEL = "preprocessing"
+POSTPROCESSING_MODEL = "postprocessing"
+PREPROCESSING_OUTPUTS = [
+    "INPUT_ID",
+    "REQUEST_INPUT_LEN",
+    "REQUEST_OUTPUT_LEN",
+    "OUT_END_ID",
+    "OUT_PAD_ID",
+    "STOP_WORDS_IDS",
+    "BAD_WORDS_IDS",
+    "EMBEDDING_BIAS",
+]
 
 # BLS input -> tensorrt_llm input, for the inputs passed on as they are (with renames).
 PASS_THROUGH = {
@@ -76,6 +93,60 @@ def _flag(arr) -> bool:
     return arr is not None and np.asarray(arr).size > 0 and bool(np.asarray(arr).reshape(-1)[0])
 
 
+def _call(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """One non-decoupled BLS request; its error (an invalid input, mostly) goes back to the client."""
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        inputs=[pb_utils.Tensor(k, np.asarray(v)) for k, v in inputs.items() if v is not None],
+        requested_output_names=outputs,
+    )
+    response = request.exec()
+    if response.has_error():
+        raise InputError(response.error().message())
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+
+class PostprocessingDetokenizer:
+    """`IncrementalDetokenizer`'s interface over the `postprocessing` model: each chunk is decoded there,
+    statelessly, with the tokens streamed before it (`STREAM_PREFIX_IDS`), so the chunks concatenate to
+    exactly the whole text."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.done = False
+
+    def add(self, new_ids: list[int], final: bool = False) -> str:
+        out = _call(
+            POSTPROCESSING_MODEL,
+            {
+                "TOKENS_BATCH": np.array([[new_ids]], dtype=np.int32).reshape(1, 1, len(new_ids)),
+                "SEQUENCE_LENGTH": np.array([[len(new_ids)]], dtype=np.int32),
+                "STREAM_PREFIX_IDS": np.array(self.ids, dtype=np.int32).reshape(1, -1),
+                "STREAM_FINAL": np.array([[final]], dtype=bool),
+            },
+            ["OUTPUT"],
+        )
+        delta = bytes(out["OUTPUT"].reshape(-1)[0]).decode("utf-8")
+        self.ids.extend(int(i) for i in new_ids)
+        self.emitted += delta
+        self.done = final
+        return delta
+
+    def finish(self) -> str:
+        """Flush what was held back, unless the last chunk was already decoded as final."""
+        return "" if self.done else self.add([], final=True)
+
+    @property
+    def text(self) -> str:
+        return self.emitted
+
+
+def _text_output(texts: list[str]):
+    """`text_output`, 1-D (one element per beam) like the TensorRT-LLM BLS's (postprocessing's OUTPUT)."""
+    return pb_utils.Tensor("text_output", np.array([s.encode("utf-8") for s in texts], dtype=object))
+
+
 class BlsModel:
     def initialize(self, args: dict) -> None:
         self.logger = get_logger(__name__)
@@ -86,10 +157,20 @@ class BlsModel:
         self.engine_model = params.str("tensorrt_llm_model_name", "tensorrt_llm") or "tensorrt_llm"
         if params.is_set("tensorrt_llm_draft_model_name"):
             log_warn(self.logger, "tensorrt_llm_draft_model_name is set, but speculative decoding is not supported")
-        self.pre = PreprocessingModel()
-        self.pre.initialize(args)  # same tokenizer_dir / add_special_tokens parameters
-        self.tokenizer = self.pre.tokenizer
-        self.skip_special_tokens = params.bool("skip_special_tokens", True)
+        self.pre: PreprocessingModel | None = None
+        self.tokenizer = None
+        self.skip_special_tokens = True
+        if params.is_set("tokenizer_dir"):
+            self.pre = PreprocessingModel()
+            self.pre.initialize(args)  # same tokenizer_dir / add_special_tokens parameters
+            self.tokenizer = self.pre.tokenizer
+            self.skip_special_tokens = params.bool("skip_special_tokens", True)
+        else:  # add_special_tokens / skip_special_tokens are then those of the two models
+            log_info(
+                self.logger,
+                f"tensorrt_llm_bls: no tokenizer_dir, so tokenizing with the {PREPROCESSING_MODEL!r} model and "
+                f"detokenizing with the {POSTPROCESSING_MODEL!r} model (BLS calls), as the TensorRT-LLM BLS does",
+            )
         self.pool = ThreadPoolExecutor(max_workers=params.int("max_concurrent_requests", 256), thread_name_prefix="bls")
         self._closing = threading.Event()
 
@@ -144,7 +225,7 @@ class BlsModel:
             raise InputError("input max_tokens is required")
         if int(np.asarray(raw["REQUEST_OUTPUT_LEN"]).reshape(-1)[0]) <= 0:
             raise InputError(f"max_tokens={int(np.asarray(raw['REQUEST_OUTPUT_LEN']).reshape(-1)[0])} must be > 0")
-        pre = self.pre.process(raw)
+        pre = self.pre.process(raw) if self.pre is not None else _call(PREPROCESSING_MODEL, raw, PREPROCESSING_OUTPUTS)
         t = pb_utils.Tensor
         tensors = [
             t("input_ids", pre["INPUT_ID"]),
@@ -173,11 +254,15 @@ class BlsModel:
         engine_req = pb_utils.InferenceRequest(
             model_name=self.engine_model,
             inputs=tensors,
-            requested_output_names=["output_ids", "sequence_length", *FORWARDED_OUTPUTS],
+            requested_output_names=["output_ids", "sequence_length", "stream_final", *FORWARDED_OUTPUTS],
             # Our own unique id, so that a cancelled client's engine request can be stopped by id.
             request_id=engine_id,
         )
-        detok = IncrementalDetokenizer(self.tokenizer, self.skip_special_tokens)
+        detok = (
+            IncrementalDetokenizer(self.tokenizer, self.skip_special_tokens)
+            if self.tokenizer is not None
+            else PostprocessingDetokenizer()
+        )
         t = pb_utils.Tensor
         last = None
         stopped = False
@@ -193,45 +278,40 @@ class BlsModel:
                 continue  # the empty final response
             ids, lens = outs["output_ids"], outs["sequence_length"]
             if streaming:
-                delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist())
+                final = _flag(outs.get("stream_final"))
+                delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist(), final=final)
                 piece = detok.text if self.accumulate else delta
                 extras = [t(n, outs[n]) for n in FORWARDED_OUTPUTS if n in outs]
                 if delta or self.accumulate:
-                    sender.send(
-                        pb_utils.InferenceResponse(
-                            output_tensors=[
-                                t("text_output", np.array([[piece.encode("utf-8")]], dtype=object)),
-                                *extras,
-                            ]
-                        )
-                    )
-                last = outs
-            else:
-                last = outs
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[_text_output([piece]), *extras]))
+            last = outs
         if streaming:
+            # Like the TensorRT-LLM BLS, the stream ends with the final flag alone: an empty response would
+            # reach clients as an event without text_output.
             tail = detok.finish()
             if tail:
+                piece = detok.text if self.accumulate else tail
                 sender.send(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[t("text_output", np.array([[tail.encode("utf-8")]], dtype=object))]
-                    )
+                    pb_utils.InferenceResponse(output_tensors=[_text_output([piece])]),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
-            sender.send(
-                pb_utils.InferenceResponse(output_tensors=[]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-            )
+            else:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return None
         if last is None:
             return self._fail(sender, "the engine returned no output")
         ids, lens = last["output_ids"], last["sequence_length"]
-        texts = [
-            decode(self.tokenizer, ids[0, k, : int(lens[0, k])].tolist(), self.skip_special_tokens)
-            for k in range(ids.shape[1])
-        ]
-        response = pb_utils.InferenceResponse(
-            output_tensors=[
-                t("text_output", np.array([[s.encode("utf-8") for s in texts]], dtype=object)),
-                *[t(n, last[n]) for n in FORWARDED_OUTPUTS if n in last],
+        if self.tokenizer is not None:
+            texts = [
+                decode(self.tokenizer, ids[0, k, : int(lens[0, k])].tolist(), self.skip_special_tokens)
+                for k in range(ids.shape[1])
             ]
+            text_output = _text_output(texts)
+        else:
+            out = _call(POSTPROCESSING_MODEL, {"TOKENS_BATCH": ids, "SEQUENCE_LENGTH": lens}, ["OUTPUT"])
+            text_output = t("text_output", out["OUTPUT"].reshape(-1))
+        response = pb_utils.InferenceResponse(
+            output_tensors=[text_output, *[t(n, last[n]) for n in FORWARDED_OUTPUTS if n in last]]
         )
         if sender is None:
             return response

@@ -27,7 +27,11 @@ class PostprocessingModel:
         self.skip_special_tokens = params.bool("skip_special_tokens", True)
 
     def process(self, tokens, lengths, prefix=None, final=None) -> np.ndarray:
-        """tokens [B, beams, L], lengths [B, beams] -> text [B, beams] (object array of bytes)."""
+        """tokens [B, beams, L], lengths [B, beams] -> text [B * beams] (object array of bytes).
+
+        1-D like the TensorRT-LLM postprocessing's OUTPUT (one element per beam, batch rows one after the
+        other): its clients read `as_numpy("text_output")[0].decode()`, which a [B, beams] array breaks.
+        """
         tokens = np.asarray(tokens)
         if tokens.ndim == 2:
             tokens = tokens[:, None, :]
@@ -45,7 +49,7 @@ class PostprocessingModel:
                 else:
                     text = decode(self.tokenizer, ids, self.skip_special_tokens)
                 out[b, k] = text.encode("utf-8")
-        return out
+        return out.reshape(-1)
 
     def execute(self, requests: list) -> list:
         responses = []

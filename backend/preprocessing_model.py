@@ -55,7 +55,7 @@ class PreprocessingModel:
         out_len = inputs.get("REQUEST_OUTPUT_LEN")
         if out_len is None:
             raise InputError("input max_tokens (REQUEST_OUTPUT_LEN) is required")
-        prompts, bad, stop, biases, out_lens, ends, pads = [], [], [], [], [], [], []
+        prompts, bad, stop, biases, out_lens, ends, pads, extra_ids = [], [], [], [], [], [], [], []
         for b in range(batch):
             texts = [to_text(t, "text_input") for t in np.asarray(_rows(query, b), dtype=object).reshape(-1)]
             if len(texts) != 1:
@@ -76,12 +76,20 @@ class PreprocessingModel:
                 biases.append(None)
             ends.append(_first(inputs.get("END_ID"), b, self.end_id))
             pads.append(_first(inputs.get("PAD_ID"), b, self.pad_id))
+            extra_ids.append(_first(inputs.get("PROMPT_TABLE_EXTRA_ID"), b))
 
         width = max(len(p) for p in prompts)
         ids = np.zeros((batch, width), dtype=np.int32)
         for b, p in enumerate(prompts):
             ids[b, :] = pads[b] if pads[b] >= 0 else 0  # right padding with the pad id
             ids[b, : len(p)] = p
+        # One prompt-table extra id per input token (UINT64), 0 on padding. The TensorRT-LLM preprocessing sets it
+        # only on prompt-table (>= vocab size) tokens; this engine has no prompt tables, so it goes on every token
+        # and the engine refuses a request that asks for one instead of ignoring it. Not sent: [B, 0], no ids.
+        extra = np.zeros((batch, width if any(x is not None for x in extra_ids) else 0), dtype=np.uint64)
+        for b, x in enumerate(extra_ids):
+            if x is not None:
+                extra[b, : len(prompts[b])] = x
         bias_w = self.vocab_size if any(x is not None for x in biases) else 0
         bias = np.zeros((batch, bias_w), dtype=np.float32)
         for b, x in enumerate(biases):
@@ -98,7 +106,7 @@ class PreprocessingModel:
             "EMBEDDING_BIAS": bias,
             "OUT_END_ID": np.array([[e] for e in ends], dtype=np.int32),
             "OUT_PAD_ID": np.array([[p] for p in pads], dtype=np.int32),
-            "OUT_PROMPT_TABLE_EXTRA_IDS": np.zeros((batch, 0), dtype=np.uint64),
+            "OUT_PROMPT_TABLE_EXTRA_IDS": extra,
         }
 
     INPUTS = [

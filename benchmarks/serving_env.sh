@@ -5,8 +5,8 @@
 # WHEEL_DIR (default .whl) holds the nvidia-pytriton wheel and a numpy 1.26 cp312 wheel; the device tool
 # carries at most 64 MiB a call, so they may come in two calls and be gathered in /tmp first.
 # Why: the nvidia-pytriton stub (Triton 2.51) was built for numpy 1 and garbles tensors under numpy 2,
-# which that machine's Python has. The venv holds numpy 1, pytriton and tritonclient, and sees the base
-# environment's packages (torch) after its own through a .pth file.
+# which that machine's Python has. The venv holds numpy 1 and pytriton, and links the base environment's
+# packages (torch, transformers) but those that need numpy 2.
 set -euo pipefail
 V=${1:-/tmp/venv}
 W=${2:-.whl}
@@ -15,6 +15,12 @@ if [ ! -x "$V/bin/python" ]; then
   base=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   site=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   for w in "$W"/*.whl; do "$V/bin/python" -m zipfile -e "$w" "$site"; done  # run bits: the launcher sets them
-  echo "$base" >"$site/zz_base_env.pth"
+  # The base environment's packages, less those built for its numpy 2: transformers imports scipy and
+  # scikit-learn when they are there, and they fail under numpy 1 (seen: "Could not import module
+  # 'AutoTokenizer'" in the tokenizer models).
+  for p in "$base"/*; do
+    case $(basename "$p") in numpy*|scipy*|sklearn*|scikit_learn*) continue ;; esac
+    [ -e "$site/$(basename "$p")" ] || ln -s "$p" "$site/"
+  done
 fi
-"$V/bin/python" -c 'import importlib.util, numpy, torch; assert importlib.util.find_spec("pytriton"); print("serving env:", numpy.__version__, torch.__version__)'
+"$V/bin/python" -c 'import importlib.util, numpy, torch; from transformers import AutoTokenizer; assert importlib.util.find_spec("pytriton"); print("serving env:", numpy.__version__, torch.__version__)'

@@ -7,7 +7,8 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/cmake.log" && cmake --build build >> "$OUT/cmake.log"
-bash benchmarks/serving_env.sh /tmp/venv /tmp/whl
-python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python /tmp/venv/bin/python \
-  --work "/tmp/bench_serving_$1" --out "$OUT" 2>&1 | tee "$OUT/bench_serving_$1_$2.log" | tail -12
+V=${SERVING_VENV:-/tmp/venv}
+bash benchmarks/serving_env.sh "$V" /tmp/whl
+python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python "$V/bin/python" ${EXTRA_ARGS:-} \
+  --work "/tmp/bench_serving_$1" --out "$OUT" 2>&1 | tee "$OUT/bench_serving_$1_$2.log" | tail -12 || true
 cp "/tmp/bench_serving_$1/server.log" "$OUT/server_$1_$2.log" 2>/dev/null || true

@@ -45,6 +45,7 @@ def make_model_repo(
         "max_queue_delay_microseconds": str(max_queue_delay_microseconds),
         "max_queue_size": "0",
         "logits_datatype": "TYPE_FP32",
+        "prompt_embedding_table_data_type": "TYPE_FP16",
     }
     values = {
         "preprocessing": {
@@ -82,7 +83,6 @@ def make_model_repo(
             "accumulate_tokens": str(accumulate_tokens).lower(),
             "tensorrt_llm_model_name": "tensorrt_llm",
             "tokenizer_dir": str(tokenizer_dir),
-            "prompt_embedding_table_data_type": "TYPE_FP16",
         },
         "ensemble": {"triton_max_batch_size": str(triton_max_batch_size), "logits_datatype": "TYPE_FP32"},
     }

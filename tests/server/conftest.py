@@ -77,6 +77,15 @@ def start_server(tiny_model, work: Path, decoupled: bool, extra: dict | None = N
     repo = make_model_repo(
         work / "repo", engine_dir, model_dir, decoupled=decoupled, triton_max_batch_size=64, extra=extra
     )
+    yield from serve_repo(repo, tiny_model, work, world_size=world_size)
+
+
+def serve_repo(repo: Path, tiny_model, work: Path, world_size: int = 1):
+    """Start the launcher on a model repository filled by the caller, yield a `Server` once ready, stop it
+    with SIGTERM."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (tritonserver): pip install -e '.[serve]'")
+    pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[all]")
+    model_dir, engine_dir = tiny_model
     http, grpc, metrics = _free_ports(3)
     log = work / "server.log"
     cmd = [

@@ -80,6 +80,17 @@ def _core_body(ids: list[int], n: int, request_id: str | None = None, **extra) -
     return body
 
 
+def _wait_scheduled(server, running: bool) -> None:
+    """Until the engine reports a request scheduled (`running`) or none: the metric is refreshed every
+    stats_check_period_ms, so first wait for idle (no stale value of an earlier test), then for the start."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while (server.metric("nv_trt_llm_request_metrics", "scheduled") > 0) != running:
+        assert time.monotonic() < deadline, f"the engine never became {'busy' if running else 'idle'}"
+        time.sleep(0.02)
+
+
 def test_short_request_overtakes_a_running_long_one(plain_server, reference):
     """Non-decoupled requests are batched in flight: a 1-token request sent while a 120-token one runs
     joins the running batch and is answered first (execute returns at once; responses go through the
@@ -96,9 +107,10 @@ def test_short_request_overtakes_a_running_long_one(plain_server, reference):
         assert status == 200, out
         done[name] = time.monotonic()
 
-    long = threading.Thread(target=run, args=("long", 120))
+    _wait_scheduled(plain_server, running=False)
+    long = threading.Thread(target=run, args=("long", 240))
     long.start()
-    time.sleep(0.3)
+    _wait_scheduled(plain_server, running=True)
     run("short", 1)
     long.join(120)
     assert done["short"] < done["long"], done
@@ -106,22 +118,22 @@ def test_short_request_overtakes_a_running_long_one(plain_server, reference):
 
 def test_stop_request_ends_a_running_non_decoupled_request(plain_server, reference):
     import threading
-    import time
 
     url = f"{plain_server.http_url}/v2/models/tensorrt_llm/infer"
     ids = reference.tokenizer.encode("hello")
     result: dict = {}
 
     def run() -> None:
-        result["long"] = post(url, _core_body(ids, 200, request_id="long-1"))
+        result["long"] = post(url, _core_body(ids, 240, request_id="long-1"))
 
+    _wait_scheduled(plain_server, running=False)
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(0.3)
+    _wait_scheduled(plain_server, running=True)
     status, out = post(url, _core_body([1], 1, request_id="long-1", stop=("BOOL", True)))
     assert status == 200, out
     t.join(60)
     status, out = result["long"]
     assert status == 200, out
     got = {o["name"]: o for o in out["outputs"]}
-    assert len(ids) < got["sequence_length"]["data"][0] < len(ids) + 200  # ended early, prompt included
+    assert len(ids) < got["sequence_length"]["data"][0] < len(ids) + 240  # ended early, prompt included
