@@ -190,8 +190,8 @@ class BlsModel:
         except Exception as e:  # never leave a decoupled request without its final response
             return self._fail(sender, f"tensorrt_llm_bls: {e}")
 
-    def _fail(self, sender, message: str):
-        response = error_response(message)
+    def _fail(self, sender, message: str, code_name: str = "INVALID_ARG"):
+        response = error_response(message, code_name)
         if sender is None:
             return response
         sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -285,6 +285,12 @@ class BlsModel:
                 if delta or self.accumulate:
                     sender.send(pb_utils.InferenceResponse(output_tensors=[_text_output([piece]), *extras]))
             last = outs
+        if streaming and not stopped and not (last is not None and _flag(last.get("stream_final"))):
+            # The engine's stream ended without its last chunk: its error did not come through the BLS
+            # stream (Triton 2.51's Python backend drops it), so the client must not get a clean end.
+            return self._fail(
+                sender, "tensorrt_llm_bls: the engine request ended without its final output", "UNAVAILABLE"
+            )
         if streaming:
             # Like the TensorRT-LLM BLS, the stream ends with the final flag alone: an empty response would
             # reach clients as an event without text_output.

@@ -131,7 +131,7 @@ class EngineCore:
                 f"engine {engine_dir!r} has world_size {world}: serve it with one server per rank "
                 f"(scripts/launch_triton_server.py --world_size {world})"
             )
-        self.rank = rank
+        self.rank, self.world = rank, world
         ids = [s for s in (params.str("gpu_device_ids", "") or "").split(",") if s.strip()]
         if ids:  # before torch initializes CUDA: this rank sees only its GPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ids[rank % len(ids)].strip()
@@ -166,7 +166,7 @@ class EngineCore:
     def ready_text(self) -> str:
         role = "leader" if self.executor is not None else "follower"
         return (
-            f"role={role}\nrank={self.rank}\ndecoupled={int(self.decoupled)}\nlogits_dtype={self.logits_dtype}\n"
+            f"role={role}\nrank={self.rank}\nworld={self.world}\ndecoupled={int(self.decoupled)}\nlogits_dtype={self.logits_dtype}\n"
             f"cancel_ms={self.cancel_ms}\n{family_lines()}\n"
         )
 

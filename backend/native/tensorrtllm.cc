@@ -242,35 +242,11 @@ class Instance {
 
   // Starts the engine process and waits until it is ready (or has failed to start).
   TRITONSERVER_Error* Start(const std::string& model_config_json) {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, "socketpair failed");
-    const char* python = std::getenv("TRTLLM_PYTHON");
-    std::string exe = python != nullptr && *python ? python : "python3";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, sv[1], 3);  // dup2 clears close-on-exec on fd 3
-    char* argv[] = {const_cast<char*>(exe.c_str()), const_cast<char*>("-m"),
-                    const_cast<char*>("backend.engine_core"), const_cast<char*>("--fd"), const_cast<char*>("3"),
-                    nullptr};
-    int rc = posix_spawnp(&pid_, exe.c_str(), &actions, nullptr, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(sv[1]);
-    if (rc != 0) {
-      close(sv[0]);
-      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL,
-                                   ("cannot start the engine process " + exe + ": " + std::strerror(rc)).c_str());
-    }
-    channel_ = std::make_unique<Channel>(sv[0]);
-    std::string config = "{\"model_name\": \"" + model_ + "\", \"model_version\": \"" + version_ +
-                         "\", \"model_config\": " + model_config_json + "}";
-    uint8_t type = 0;
+    config_ = "{\"model_name\": \"" + model_ + "\", \"model_version\": \"" + version_ +
+              "\", \"model_config\": " + model_config_json + "}";
     std::string payload;
-    if (!channel_->Send(kConfig, config) || !channel_->Recv(&type, &payload) || type != kReady) {
-      std::string why = type == kFatal ? payload : "the engine process exited during start (see its log above)";
-      Reap(10);
-      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, ("engine start failed: " + why).c_str());
-    }
+    TRITONSERVER_Error* err = Spawn(&payload);
+    if (err != nullptr) return err;
     for (const auto& line : Split(payload, '\n')) {
       const size_t eq = line.find('=');
       if (eq == std::string::npos) continue;
@@ -300,14 +276,15 @@ class Instance {
       std::lock_guard<std::mutex> lock(mu_);
       wake_.notify_all();
     }
-    if (channel_) {
+    if (auto ch = channel()) {
       std::string p;
       Writer(&p).Put<double>(0.0);
-      channel_->Send(kShutdown, p);
+      ch->Send(kShutdown, p);
     }
     Reap(30);
     if (reader_.joinable()) reader_.join();  // ends at the engine process's end of the socket
     if (watcher_.joinable()) watcher_.join();
+    Reap(5);  // one started by a restart racing this unload
     FailAll(TRITONSERVER_ERROR_UNAVAILABLE, "the model is being unloaded");
   }
 
@@ -323,7 +300,7 @@ class Instance {
       auto slot = std::make_unique<Slot>();
       bool ok = Ok(TRITONBACKEND_ResponseFactoryNew(&slot->factory, request), "creating a response factory");
       std::string error;
-      if (ok && !alive_) error = "the engine process is not running";
+      if (ok && !alive_) error = "the engine process is not running (restarting): retry shortly";
       if (ok && error.empty()) error = Serialize(request, next_slot_, slot.get(), &w);
       const uint64_t now = NowNs();
       Ok(TRITONBACKEND_ModelInstanceReportStatistics(instance_, request, ok && error.empty(), start_ns, start_ns,
@@ -348,7 +325,7 @@ class Instance {
       Ok(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL), "releasing a request");
     }
     std::memcpy(&frame[0], &sent, sizeof(sent));
-    if (sent > 0 && !channel_->Send(kRequests, frame)) {
+    if (sent > 0 && !channel()->Send(kRequests, frame)) {
       for (uint64_t s : slots) Finish(s, TRITONSERVER_ERROR_UNAVAILABLE, "the engine process is not running");
     }
     const uint64_t end_ns = NowNs();
@@ -408,28 +385,100 @@ class Instance {
     return {};
   }
 
+  // Starts an engine process, sends it the config and waits for READY (its payload) or its failure.
+  TRITONSERVER_Error* Spawn(std::string* ready) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, "socketpair failed");
+    const char* python = std::getenv("TRTLLM_PYTHON");
+    std::string exe = python != nullptr && *python ? python : "python3";
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, sv[1], 3);  // dup2 clears close-on-exec on fd 3
+    char* argv[] = {const_cast<char*>(exe.c_str()), const_cast<char*>("-m"),
+                    const_cast<char*>("backend.engine_core"), const_cast<char*>("--fd"), const_cast<char*>("3"),
+                    nullptr};
+    pid_t pid = 0;
+    int rc = posix_spawnp(&pid, exe.c_str(), &actions, nullptr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(sv[1]);
+    if (rc != 0) {
+      close(sv[0]);
+      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL,
+                                   ("cannot start the engine process " + exe + ": " + std::strerror(rc)).c_str());
+    }
+    {
+      std::lock_guard<std::mutex> lock(reap_mu_);
+      pid_ = pid;
+    }
+    auto channel = std::make_shared<Channel>(sv[0]);
+    {
+      std::lock_guard<std::mutex> lock(channel_mu_);
+      channel_ = channel;
+    }
+    uint8_t type = 0;
+    if (!channel->Send(kConfig, config_) || !channel->Recv(&type, ready) || type != kReady) {
+      std::string why = type == kFatal ? *ready : "the engine process exited during start (see its log above)";
+      Reap(10);
+      return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, ("engine start failed: " + why).c_str());
+    }
+    return nullptr;
+  }
+
+  std::shared_ptr<Channel> channel() {
+    std::lock_guard<std::mutex> lock(channel_mu_);
+    return channel_;
+  }
+
+  // Responses until the engine process ends. An engine process that dies unexpectedly (killed, crashed)
+  // fails its requests at once and is started again (world size 1: a rank cannot rejoin its peers), with
+  // requests refused as UNAVAILABLE meanwhile, so that service resumes without anyone acting.
   void ReadLoop() {
     uint8_t type;
     std::string payload;
     std::vector<Record> records;
-    while (channel_->Recv(&type, &payload)) {
-      if (type == kResponses) {
-        std::string error;
-        if (!ParseRecords(payload, &records, &error)) {
-          LOG_ERROR("tensorrtllm: bad frame from the engine process: " + error);
-          channel_->Shutdown();  // the engine process sees the end of its socket and exits
-          break;
+    for (int restarts = 0;;) {
+      std::shared_ptr<Channel> ch = channel();
+      while (ch->Recv(&type, &payload)) {
+        if (type == kResponses) {
+          std::string error;
+          if (!ParseRecords(payload, &records, &error)) {
+            LOG_ERROR("tensorrtllm: bad frame from the engine process: " + error);
+            ch->Shutdown();  // the engine process sees the end of its socket and exits
+            break;
+          }
+          for (const Record& r : records) Respond(r);
+        } else if (type == kMetrics) {
+          metrics_.Update(payload);
         }
-        for (const Record& r : records) Respond(r);
-      } else if (type == kMetrics) {
-        metrics_.Update(payload);
       }
-    }
-    alive_ = false;
-    if (!stopping_) {
-      int status = Reap(5);
+      alive_ = false;
+      if (stopping_) break;
+      const int status = Reap(5);
+      const bool restartable = ready_["world"] == "1";
       LOG_ERROR("tensorrtllm: the engine process of model " + model_ + " exited unexpectedly (" +
-                DescribeStatus(status) + "); its requests fail, later ones are refused");
+                DescribeStatus(status) + "); its requests fail" +
+                (restartable ? "; starting a new one" : "; a rank cannot be replaced alone: later requests fail"));
+      FailAll(TRITONSERVER_ERROR_UNAVAILABLE, "the engine process exited; retry shortly");
+      if (!restartable) break;
+      while (!stopping_) {
+        // Back off when it keeps failing (a broken GPU, a bad engine): 0, 1, 2, ... 10 s between tries.
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait_for(lock, std::chrono::seconds(std::min(restarts++, 10)), [this] { return stopping_.load(); });
+        lock.unlock();
+        if (stopping_) break;
+        std::string ready;
+        TRITONSERVER_Error* err = Spawn(&ready);
+        if (err == nullptr) break;
+        LOG_ERROR(std::string("tensorrtllm: restarting the engine process failed: ") + TRITONSERVER_ErrorMessage(err));
+        TRITONSERVER_ErrorDelete(err);
+      }
+      if (stopping_) {
+        channel()->Shutdown();  // a process started while unloading ends with its socket
+        break;
+      }
+      alive_ = true;
+      LOG_INFO("tensorrtllm: engine process " + std::to_string(pid_) + " restarted for model " + model_);
     }
     FailAll(TRITONSERVER_ERROR_UNAVAILABLE, "the engine process exited");
   }
@@ -453,7 +502,7 @@ class Instance {
       for (uint64_t id : cancelled) {
         std::string p;
         Writer(&p).Put<uint64_t>(id);
-        channel_->Send(kCancel, p);
+        channel()->Send(kCancel, p);
       }
       lock.lock();
     }
@@ -549,9 +598,13 @@ class Instance {
     TRITONBACKEND_Response* response = nullptr;
     if (!Ok(TRITONBACKEND_ResponseNewFromFactory(&response, factory), "creating an error response")) return;
     TRITONSERVER_Error* err = TRITONSERVER_ErrorNew(code, msg.c_str());
-    Ok(TRITONBACKEND_ResponseSend(response, final ? TRITONSERVER_RESPONSE_COMPLETE_FINAL : 0, err),
+    // Decoupled: the error, then the final flag alone. A BLS caller (the Python backend's decoupled
+    // `exec`) never sees an error response that carries the final flag itself: its stream hangs (seen).
+    const bool split = final && decoupled_;
+    Ok(TRITONBACKEND_ResponseSend(response, final && !split ? TRITONSERVER_RESPONSE_COMPLETE_FINAL : 0, err),
        "sending an error response");
     TRITONSERVER_ErrorDelete(err);
+    if (split) Ok(TRITONBACKEND_ResponseFactorySendFlags(factory, TRITONSERVER_RESPONSE_COMPLETE_FINAL), "final flag");
   }
 
   // Ends one request with an error, if it is still in flight.
@@ -623,7 +676,9 @@ class Instance {
   int cancel_ms_ = 100;
   pid_t pid_ = 0;
   int reaped_status_ = 0;
-  std::unique_ptr<Channel> channel_;
+  std::string config_;  // the CONFIG frame, kept to start the engine process again
+  std::mutex channel_mu_;
+  std::shared_ptr<Channel> channel_;  // replaced when the engine process is restarted
   std::atomic<bool> alive_{true};
   std::atomic<bool> stopping_{false};
   std::mutex reap_mu_;

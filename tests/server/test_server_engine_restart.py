@@ -1,0 +1,80 @@
+"""A killed engine process: its requests in flight get a final error at once (no client waits for ever), the
+backend starts a new one and says so in the log, and requests succeed again without anyone acting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.server.conftest import start_server
+from tests.server.http_utils import post
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def restart_server(tiny_model, tmp_path_factory):
+    yield from start_server(tiny_model, tmp_path_factory.mktemp("restart"), decoupled=True)
+
+
+def _engine_pid(server) -> int:
+    """The engine process whose parent is this test's tritonserver (other servers may be running)."""
+    rows = [line.split(None, 2) for line in subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+    ).stdout.splitlines()]  # fmt: skip
+    servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={server.http_port}" in args}
+    (pid,) = [int(p) for p, pp, args in rows if int(pp) in servers and "backend.engine_core" in args]
+    return pid
+
+
+STREAMS = {
+    "tensorrt_llm": {"input_ids": [1, 5, 6], "input_lengths": 3, "request_output_len": 240, "min_length": 240,
+                     "streaming": True},
+    "tensorrt_llm_bls": {"text_input": "hello", "max_tokens": 240, "min_length": 240, "stream": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", list(STREAMS))
+def test_killed_engine_process_fails_its_requests_and_is_replaced(restart_server, model):
+    url = f"{restart_server.http_url}/v2/models/ensemble/generate"
+    body = {"text_input": "hello", "max_tokens": 8, "exclude_input_in_output": True}
+    status, before = post(url, body)
+    assert status == 200, before
+    old = _engine_pid(restart_server)
+
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{restart_server.http_url}/v2/models/{model}/generate_stream",
+        data=json.dumps(STREAMS[model]).encode(),
+        method="POST",
+    )  # fmt: skip
+    events = []
+    t0 = time.monotonic()
+    with urllib.request.urlopen(req, timeout=30) as r:  # a hang fails here, with a timeout
+        for line in r:
+            if not line.startswith(b"data:"):
+                continue
+            events.append(json.loads(line[5:]))
+            if len(events) == 1:
+                os.kill(old, signal.SIGKILL)  # mid-stream
+    assert "error" in events[-1], events[-1]
+    assert time.monotonic() - t0 < 20
+    assert len(events) < 240
+
+    deadline = time.monotonic() + 120
+    while True:
+        status, out = post(url, body)
+        if status == 200:
+            break
+        assert status == 503 or "restart" in out.get("error", "") or "exited" in out.get("error", ""), out
+        assert time.monotonic() < deadline, "no new engine process within 120 s"
+        time.sleep(0.5)
+    assert out["text_output"] == before["text_output"]  # the same greedy answer from the new process
+    assert _engine_pid(restart_server) != old
+    assert restart_server.log.read_text().count("restarted for model tensorrt_llm") >= 1
