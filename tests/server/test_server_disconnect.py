@@ -62,7 +62,9 @@ IDS = {"input_ids": [1, 5, 6, 7], "input_lengths": 4, "request_output_len": LONG
     [
         ("tensorrt_llm", IDS),
         ("tensorrt_llm_bls", TEXT),
-        pytest.param("ensemble", TEXT, marks=pytest.mark.xfail(strict=True, reason="Triton 2.51 ensembles")),
+        # Not strict: since the native backend, an abandoned ensemble stream sometimes does end early (seen 2
+        # of ~5 runs), not understood yet; issue #16 (item 3) is to make it always end.
+        pytest.param("ensemble", TEXT, marks=pytest.mark.xfail(strict=False, reason="Triton 2.51 ensembles")),
     ],
 )
 def test_closing_the_stream_aborts_the_request(long_server, model, body):
