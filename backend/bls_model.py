@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from backend.detokenizer import IncrementalDetokenizer, decode
+from backend.interface import check_rejected, rejected_inputs, unsupported_parameter_warnings
 from backend.params import Params
 from backend.preprocessing_model import PreprocessingModel
 from backend.triton_utils import InputError, error_response, get_logger, input_array, log_info, log_warn, pb_utils
@@ -67,15 +68,6 @@ PASS_THROUGH = {
     "guided_decoding_guide_type": "guided_decoding_guide_type",
     "guided_decoding_guide": "guided_decoding_guide",
 }
-UNSUPPORTED = {
-    "image_input": "multimodal input",
-    "image_bytes_input": "multimodal input",
-    "image_url_input": "multimodal input",
-    "video_bytes_input": "multimodal input",
-    "num_draft_tokens": "draft-model speculative decoding",
-    "decoder_text_input": "encoder-decoder models",
-    "prompt_table_extra_id": "prompt tuning (prompt tables)",
-}
 TEXT_INPUTS = [
     "text_input",
     "max_tokens",
@@ -86,6 +78,7 @@ TEXT_INPUTS = [
     "end_id",
     "pad_id",
 ]
+BLS_ONLY = set(rejected_inputs("tensorrt_llm_bls")) - set(PASS_THROUGH) - set(TEXT_INPUTS)
 FORWARDED_OUTPUTS = ["cum_log_probs", "output_log_probs", "batch_index", "sequence_index"]
 
 
@@ -155,8 +148,8 @@ class BlsModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.model_config)
         self.accumulate = params.bool("accumulate_tokens", False)
         self.engine_model = params.str("tensorrt_llm_model_name", "tensorrt_llm") or "tensorrt_llm"
-        if params.is_set("tensorrt_llm_draft_model_name"):
-            log_warn(self.logger, "tensorrt_llm_draft_model_name is set, but speculative decoding is not supported")
+        for message in unsupported_parameter_warnings(params.raw, "tensorrt_llm_bls"):
+            log_warn(self.logger, message)
         self.pre: PreprocessingModel | None = None
         self.tokenizer = None
         self.skip_special_tokens = True
@@ -198,14 +191,8 @@ class BlsModel:
         return None
 
     def _engine_request(self, request) -> tuple:
-        for name, feature in UNSUPPORTED.items():
-            a = input_array(request, name)
-            if a is not None and np.asarray(a).size and (a.dtype == object or np.any(a)):
-                if name == "decoder_text_input" and not any(np.asarray(a, dtype=object).reshape(-1)):
-                    continue
-                raise InputError(f"input {name} is not supported: this engine has no {feature}")
-        if _flag(input_array(request, "use_draft_logits")):
-            raise InputError("use_draft_logits is not supported: no draft-model speculative decoding")
+        # What the BLS does not pass on to the engine it refuses itself (the engine refuses the rest).
+        check_rejected(lambda n: input_array(request, n), "tensorrt_llm_bls", only=BLS_ONLY)
         text = input_array(request, "text_input")
         if text is None:
             raise InputError("input text_input is required")

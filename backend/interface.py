@@ -1,4 +1,4 @@
-"""Every input and parameter of the `tensorrt_llm` model, each marked handled, rejected or not supported.
+"""Every input and parameter of the five models, each marked handled, rejected or not supported.
 
 The one table that the request parser (`request_parsing`: which inputs are refused, naming the feature), the
 engine process's load (`engine_core`: parameters set to something this engine does not do are logged once,
@@ -17,7 +17,10 @@ Statuses:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -192,16 +195,145 @@ PARAMETERS: dict[str, Entry] = {
 GPT_MODEL_TYPES = {"inflight_fused_batching", "inflight_batching", "v1"}
 
 
-def rejected_inputs() -> dict[str, Entry]:
-    return {k: e for k, e in INPUTS.items() if e.status == "rejected"}
+# The text models. Their sampling inputs go to `tensorrt_llm` under the same or renamed names: what the
+# engine refuses, they refuse (through it); what only they see is marked here.
+_TEXT_INPUTS: dict[str, Entry] = {
+    **dict.fromkeys(
+        [
+            "text_input",
+            "max_tokens",
+            "num_return_sequences",
+            "bad_words",
+            "stop_words",
+            "end_id",
+            "pad_id",
+            "top_k",
+            "top_p",
+            "temperature",
+            "length_penalty",
+            "repetition_penalty",
+            "min_length",
+            "presence_penalty",
+            "frequency_penalty",
+            "random_seed",
+            "return_log_probs",
+            "exclude_input_in_output",
+            "beam_width",
+            "stream",
+        ],
+        H,
+    ),  # fmt: skip
+    "decoder_text_input": _rejected("encoder-decoder models", ""),
+    "embedding_bias_words": _rejected("embedding bias", ""),
+    "embedding_bias_weights": _rejected("embedding bias", 0.0),
+    "return_context_logits": INPUTS["return_context_logits"],
+    "return_generation_logits": INPUTS["return_generation_logits"],
+    "return_perf_metrics": INPUTS["return_perf_metrics"],
+    "prompt_embedding_table": INPUTS["prompt_embedding_table"],
+    "prompt_table_extra_id": _rejected("prompt tuning (prompt tables)", 0),
+    "prompt_vocab_size": INPUTS["prompt_vocab_size"],
+    "lora_task_id": INPUTS["lora_task_id"],
+    "lora_weights": INPUTS["lora_weights"],
+    "lora_config": INPUTS["lora_config"],
+    "guided_decoding_guide_type": INPUTS["guided_decoding_guide_type"],
+    "guided_decoding_guide": INPUTS["guided_decoding_guide"],
+}
+
+MODELS: dict[str, tuple[dict[str, Entry], dict[str, Entry]]] = {
+    "tensorrt_llm": (INPUTS, PARAMETERS),
+    "preprocessing": (
+        {
+            **dict.fromkeys(
+                ["QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID"], H
+            ),
+            "DECODER_QUERY": _TEXT_INPUTS["decoder_text_input"],
+            "EMBEDDING_BIAS_WORDS": _TEXT_INPUTS["embedding_bias_words"],
+            "EMBEDDING_BIAS_WEIGHTS": _TEXT_INPUTS["embedding_bias_weights"],
+            "PROMPT_TABLE_EXTRA_ID": _TEXT_INPUTS["prompt_table_extra_id"],
+        },
+        {
+            "tokenizer_dir": H,
+            "add_special_tokens": H,
+            # Upstream reads the engine only for multimodal vocabularies; nothing to honour without them.
+            "gpt_model_path": H,
+            "multimodal_model_path": _unsupported("multimodal models are not supported"),
+            "max_num_images": _unsupported("multimodal models are not supported"),
+        },
+    ),
+    "postprocessing": (
+        dict.fromkeys(["TOKENS_BATCH", "SEQUENCE_LENGTH", "STREAM_PREFIX_IDS", "STREAM_FINAL"], H),
+        {"tokenizer_dir": H, "skip_special_tokens": H},
+    ),
+    "ensemble": (_TEXT_INPUTS, {}),
+    "tensorrt_llm_bls": (
+        {
+            **_TEXT_INPUTS,
+            "num_draft_tokens": _rejected("draft-model speculative decoding", 0),
+            "use_draft_logits": _rejected("draft-model speculative decoding", 0),
+            **dict.fromkeys(
+                ["image_input", "image_bytes_input", "image_url_input", "video_bytes_input"],
+                _rejected("multimodal input"),
+            ),
+        },
+        {
+            **dict.fromkeys(
+                [
+                    "accumulate_tokens",
+                    "tensorrt_llm_model_name",
+                    "tokenizer_dir",
+                    "add_special_tokens",
+                    "skip_special_tokens",
+                ],
+                H,
+            ),  # fmt: skip
+            "tensorrt_llm_draft_model_name": _unsupported("draft-model speculative decoding is not supported"),
+            "multimodal_encoders_name": _unsupported("multimodal models are not supported"),
+        },
+    ),
+}
 
 
-def unsupported_parameter_warnings(raw: dict[str, str]) -> list[str]:
+def rejected_inputs(model: str = "tensorrt_llm") -> dict[str, Entry]:
+    return {k: e for k, e in MODELS[model][0].items() if e.status == "rejected"}
+
+
+def is_neutral(a: np.ndarray, entry: Entry) -> bool:
+    """Whether input value `a` means "not used": empty, all empty strings, or all neutral numbers."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return True
+    if a.dtype == object or a.dtype.kind in "SU":
+        return all(len(x) == 0 for x in a.reshape(-1)) and "" in entry.neutral
+    if not entry.neutral or any(isinstance(n, str) for n in entry.neutral):
+        return False
+    values = a.reshape(-1, 1).astype(np.float64)
+    return bool(
+        np.isclose(values, np.asarray(entry.neutral, dtype=np.float64)[None], rtol=1e-5, atol=1e-12).any(1).all()
+    )
+
+
+def check_rejected(get: Callable[[str], np.ndarray | None], model: str, only: set[str] | None = None) -> None:
+    """Raises InputError for the first rejected input of `model` that a request uses (`get(name)` gives its
+    value or None); `only` limits the check to some names (those the model itself must refuse)."""
+    from backend.triton_utils import InputError
+
+    for name, e in rejected_inputs(model).items():
+        if only is not None and name not in only:
+            continue
+        a = get(name)
+        if a is None or is_neutral(a, e):
+            continue
+        a = np.asarray(a)
+        shown = a.reshape(-1)[0] if a.size == 1 else f"{a.dtype} {list(a.shape)}"
+        raise InputError(f"input {name} ({shown!r}) is not supported: this engine has no {e.note}")
+
+
+def unsupported_parameter_warnings(raw: dict[str, str], model: str = "tensorrt_llm") -> list[str]:
     """One message per parameter set (not empty, not a `${placeholder}`) to a value this engine cannot honour."""
     out = []
     for key, value in raw.items():
         v = (value or "").strip()
-        e = PARAMETERS.get(key)
+        e = MODELS[model][1].get(key)
         if e is None or e.status != "unsupported" or not v or v.startswith("${") or v.lower() in e.neutral:
             continue
         out.append(f"parameter {key}={v!r} is not supported: {e.note}" + (f" (see issue {e.issue})" if e.issue else ""))
@@ -209,15 +341,16 @@ def unsupported_parameter_warnings(raw: dict[str, str]) -> list[str]:
 
 
 def differences_markdown() -> str:
-    """The README's table of what the engine model refuses or does not honour."""
-    rows = ["| name | kind | what happens |", "| --- | --- | --- |"]
-    for kind, table in (("input", INPUTS), ("parameter", PARAMETERS)):
-        for name, e in sorted(table.items()):
-            if e.status == "handled":
-                continue
-            neutral = f" (accepted when {', '.join(repr(x) for x in e.neutral)})" if e.neutral else ""
-            what = f"rejected: {e.note}{neutral}" if e.status == "rejected" else f"logged at load if set: {e.note}"
-            rows.append(f"| `{name}` | {kind} | {what} |")
+    """The README's table of what the models refuse or do not honour."""
+    rows = ["| model | name | kind | what happens |", "| --- | --- | --- | --- |"]
+    for model, (inputs, params) in MODELS.items():
+        for kind, table in (("input", inputs), ("parameter", params)):
+            for name, e in sorted(table.items()):
+                if e.status == "handled":
+                    continue
+                neutral = f" (accepted when {', '.join(repr(x) for x in e.neutral)})" if e.neutral else ""
+                what = f"rejected: {e.note}{neutral}" if e.status == "rejected" else f"logged at load if set: {e.note}"
+                rows.append(f"| {model} | `{name}` | {kind} | {what} |")
     return "\n".join(rows)
 
 

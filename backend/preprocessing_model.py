@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from backend.interface import unsupported_parameter_warnings
 from backend.params import Params
 from backend.tokenization import (
     default_end_pad_ids,
@@ -40,6 +41,8 @@ class PreprocessingModel:
         self.logger = get_logger(__name__)
         cfg = json.loads(args["model_config"])
         params = Params(cfg, warn=lambda m: log_warn(self.logger, m))
+        for message in unsupported_parameter_warnings(params.raw, "preprocessing"):
+            log_warn(self.logger, message)
         self.tokenizer = load_tokenizer(params.str("tokenizer_dir", required=True))
         self.add_special_tokens = params.bool("add_special_tokens", True)
         self.end_id, self.pad_id = default_end_pad_ids(self.tokenizer)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.interface import rejected_inputs
+from backend.interface import check_rejected
 from backend.triton_utils import InputError
 from inflight_batcher.request import checked_float, checked_int, parse_word_list
 
@@ -91,19 +91,7 @@ def _bool(inputs: dict, name: str, b: int, default: bool = False) -> bool:
 
 def check_unsupported(inputs: dict) -> None:
     """Refuses every input the engine cannot serve (backend/interface.py), unless empty or all neutral."""
-    for name, e in rejected_inputs().items():
-        a = inputs.get(name)
-        if a is None:
-            continue
-        a = np.asarray(a)
-        if a.size == 0:
-            continue
-        if a.dtype != object and e.neutral:
-            values = a.reshape(-1, 1).astype(np.float64)
-            if np.isclose(values, np.asarray(e.neutral, dtype=np.float64)[None], rtol=1e-5, atol=1e-12).any(1).all():
-                continue
-        shown = a.reshape(-1)[0] if a.size == 1 else f"{a.dtype} {list(a.shape)}"
-        raise InputError(f"input {name} ({shown}) is not supported: this engine has no {e.note}")
+    check_rejected(inputs.get, "tensorrt_llm")
 
 
 def _words(inputs: dict, name: str, b: int) -> list[list[int]]:
