@@ -203,7 +203,9 @@ class Executor:
         if request.pad_id is None:
             request.pad_id = request.end_id
         sp = request.sampling
-        request.seed = sp.random_seed if sp.random_seed is not None else random.getrandbits(62)
+        # Seeds are UINT64 (TensorRT-LLM's type); the noise hash works on 62 bits in int64 tensors, where a
+        # seed >= 2**63 once overflowed the whole step. Folded here, so no value can reach the step.
+        request.seed = sp.random_seed % 2**62 if sp.random_seed is not None else random.getrandbits(62)
 
     def cancel(self, request_id: int) -> bool:
         """Ask to end a request; it gets a final callback with finish_reason "cancelled". False when

@@ -378,3 +378,17 @@ def test_every_eos_id_of_the_engine_ends_a_request(engine_dir, solo):
         assert out.tokens[0] == ref and out.finish_reason == "length"
     finally:
         ex.shutdown()
+
+
+def test_a_huge_seed_is_its_own_business(make_executor):
+    """random_seed is UINT64: 2**64 - 1 samples reproducibly and never fails the other requests of its step
+    (it used to overflow the step's int64 tensors: every request in the step failed)."""
+    ex = make_executor()
+    huge = SamplingParams(temperature=1.0, random_seed=2**64 - 1)
+    reqs = [Request([5, 6, 7], max_new_tokens=6, end_id=-1, sampling=huge)] + [
+        Request(p, max_new_tokens=6, end_id=-1) for p in prompts(3, seed=5)
+    ]
+    outs = ex.generate(reqs)
+    assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
+    again = ex.generate([Request([5, 6, 7], max_new_tokens=6, end_id=-1, sampling=huge)])[0]
+    assert again.tokens == outs[0].tokens

@@ -327,3 +327,17 @@ def test_clean_start_prints_no_error(server):
     assert errors == []
     for noise in ("NVML", "DCGM", "pinned memory"):
         assert noise not in log, noise
+
+
+def test_huge_random_seed_hurts_no_other_request(server, reference):
+    """A UINT64 seed >= 2**63 (valid for the interface) among normal requests: all of them succeed (it used
+    to fail every request of its step)."""
+    url = f"{server.http_url}/v2/models/ensemble/generate"
+    normal = {"text_input": PROMPTS[0], "max_tokens": 8, "exclude_input_in_output": True}
+    seeded = {**normal, "random_seed": 2**64 - 1, "temperature": 1.0}
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: post(url, b), [seeded] + [normal] * 7))
+    assert all(status == 200 for status, _ in results), results
+    expected = completion_text(reference, PROMPTS[0], 8)
+    assert all(out["text_output"] == expected for _, out in results[1:])
+    assert post(url, seeded)[1]["text_output"] == results[0][1]["text_output"]  # the seed is reproducible
