@@ -161,6 +161,7 @@ class EngineCore:
         # Memory the engine holds on its GPU (weights, KV cache, graphs), as PyTorch's allocator reserved it.
         self.metrics = EngineMetrics((lambda: float(torch.cuda.memory_reserved(engine.device))) if on_gpu else None)
         self._stopping = threading.Event()
+        self._rejected = 0  # requests refused before reaching the executor (bad input, full queue)
 
     # -- main loop -----------------------------------------------------------------------------------
     def ready_text(self) -> str:
@@ -272,6 +273,7 @@ class EngineCore:
                 self.executor.cancel(row.exec_id)
 
     def _reply_error(self, slot: int, code: int, message: str) -> None:
+        self._rejected += 1  # main thread only
         buf = bytearray(struct.pack("<I", 1))
         wire.encode_record(buf, slot, 0, wire.FINAL | wire.ERROR | wire.ROW_END, error=(code, message))
         self.conn.send(wire.RESPONSES, buf)
@@ -353,7 +355,7 @@ class EngineCore:
     def _stats_loop(self) -> None:
         while not self._stopping.wait(self.stats_period):
             try:
-                text = self.metrics.lines(self.executor.stats())
+                text = self.metrics.lines(self.executor.stats(), self._rejected)
                 self.conn.send(wire.METRICS, text.encode())
             except OSError:
                 return

@@ -40,9 +40,9 @@ FAMILIES = [
     (
         "nv_trt_llm_request_outcome_metrics",
         "c",
-        "Requests ended, by outcome (completed, cancelled, failed) and preemptions",
+        "Requests ended, by outcome (completed, cancelled, failed, rejected at arrival) and preemptions",
         "outcome",
-        ["completed", "cancelled", "failed", "preemptions"],
+        ["completed", "cancelled", "failed", "rejected", "preemptions"],
     ),
     ("nv_llm_input_token_len", "h", "TRT LLM response input token length", "response_metric_type", []),
     ("nv_llm_output_token_len", "h", "TRT LLM response output token length", "response_metric_type", []),
@@ -79,8 +79,8 @@ class EngineMetrics:
         self._observed.append(f"h\tnv_llm_input_token_len\tresponse_metric_type\ttotal_input_tokens\t{input_tokens}")
         self._observed.append(f"h\tnv_llm_output_token_len\tresponse_metric_type\ttotal_output_tokens\t{output_tokens}")
 
-    def lines(self, s) -> str:
-        """`s`: an `inflight_batcher.IterationStats`."""
+    def lines(self, s, rejected: int = 0) -> str:
+        """`s`: an `inflight_batcher.IterationStats`; `rejected`: requests refused before the executor."""
         waiting = max(0, s.active - s.scheduled) + s.queued
         values = {
             "nv_trt_llm_request_metrics": [s.active, s.max_batch_size, s.scheduled, s.context_requests, waiting],
@@ -97,7 +97,7 @@ class EngineMetrics:
             ],
             "nv_trt_llm_inflight_batcher_metrics": [s.context_tokens, s.generation_requests, s.paused],
             "nv_trt_llm_general_metrics": [s.timestamp, s.iteration],
-            "nv_trt_llm_request_outcome_metrics": [s.completed, s.cancelled, s.failed, s.preemptions],
+            "nv_trt_llm_request_outcome_metrics": [s.completed, s.cancelled, s.failed, rejected, s.preemptions],
         }
         out = []
         for name, kind, _, key, labels in FAMILIES:

@@ -235,6 +235,14 @@ def test_stop_request_ends_stream_and_frees_kv_blocks(server, reference):
 
 
 def test_metrics_families_present(server):
+    # The token-length histograms have series once a request has finished.
+    status, _ = post(f"{server.http_url}/v2/models/ensemble/generate", {"text_input": "hello", "max_tokens": 2})
+    assert status == 200
+    import time
+
+    deadline = time.monotonic() + 10
+    while "# TYPE nv_llm_input_token_len" not in server.metrics() and time.monotonic() < deadline:
+        time.sleep(0.05)
     text = server.metrics()
     for family in [
         "nv_trt_llm_request_metrics",
@@ -341,3 +349,19 @@ def test_huge_random_seed_hurts_no_other_request(server, reference):
     expected = completion_text(reference, PROMPTS[0], 8)
     assert all(out["text_output"] == expected for _, out in results[1:])
     assert post(url, seeded)[1]["text_output"] == results[0][1]["text_output"]  # the seed is reproducible
+
+
+def test_rejected_requests_are_counted(server):
+    """A request refused at arrival (bad input) counts in the outcome metric family, as failed and cancelled
+    requests do (Triton's own nv_inference_request_failure cannot see it: the request was already accepted)."""
+    import time
+
+    before = server.metric("nv_trt_llm_request_outcome_metrics", "rejected")
+    status, _ = post(
+        f"{server.http_url}/v2/models/ensemble/generate", {"text_input": "hello", "max_tokens": 4, "top_p": 2.0}
+    )
+    assert status == 400
+    deadline = time.monotonic() + 10
+    while server.metric("nv_trt_llm_request_outcome_metrics", "rejected") < before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
