@@ -136,6 +136,12 @@ class EngineCore:
         if ids:  # before torch initializes CUDA: this rank sees only its GPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ids[rank % len(ids)].strip()
 
+        # Before the executor exists: its thread calls _on_outputs, which reads them.
+        self._lock = threading.Lock()
+        self._slots: dict[int, _Slot] = {}
+        self._rows: dict[int, tuple[_Slot, _Row]] = {}  # executor request id -> its slot and row
+        self._by_id: dict[str, list[_Slot]] = {}  # Triton request id -> slots (for stop requests)
+
         import torch
 
         from inflight_batcher import Executor, ExecutorConfig, run_follower
@@ -150,16 +156,12 @@ class EngineCore:
             init_distributed(world, rank)
         log.info("rank %d/%d: loading engine %s on %s (%s)", rank, world, engine_dir, device, self.exec_config)
         engine = Engine.from_dir(engine_dir, device=device, rank=rank)
-        self._run_follower = (lambda: run_follower(engine, self.exec_config)) if rank > 0 else None
-        self.executor = None if rank > 0 else Executor(engine, self.exec_config, on_outputs=self._on_outputs)
-
-        self._lock = threading.Lock()
-        self._slots: dict[int, _Slot] = {}
-        self._rows: dict[int, tuple[_Slot, _Row]] = {}  # executor request id -> its slot and row
-        self._by_id: dict[str, list[_Slot]] = {}  # Triton request id -> slots (for stop requests)
         on_gpu = str(engine.device).startswith("cuda")
         # Memory the engine holds on its GPU (weights, KV cache, graphs), as PyTorch's allocator reserved it.
         self.metrics = EngineMetrics((lambda: float(torch.cuda.memory_reserved(engine.device))) if on_gpu else None)
+        self._run_follower = (lambda: run_follower(engine, self.exec_config)) if rank > 0 else None
+        self.executor = None if rank > 0 else Executor(engine, self.exec_config, on_outputs=self._on_outputs)
+
         self._stopping = threading.Event()
         self._rejected = 0  # requests refused before reaching the executor (bad input, full queue)
 
@@ -167,8 +169,8 @@ class EngineCore:
     def ready_text(self) -> str:
         role = "leader" if self.executor is not None else "follower"
         return (
-            f"role={role}\nrank={self.rank}\nworld={self.world}\ndecoupled={int(self.decoupled)}\nlogits_dtype={self.logits_dtype}\n"
-            f"cancel_ms={self.cancel_ms}\n{family_lines()}\n"
+            f"role={role}\nrank={self.rank}\nworld={self.world}\ndecoupled={int(self.decoupled)}\n"
+            f"logits_dtype={self.logits_dtype}\ncancel_ms={self.cancel_ms}\n{family_lines()}\n"
         )
 
     def run(self) -> None:
