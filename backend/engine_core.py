@@ -96,13 +96,6 @@ def executor_config_kwargs(params: Params) -> dict:
     return kw
 
 
-def mpi_rank() -> int | None:
-    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return None
-
-
 class EngineCore:
     def __init__(self, conn: wire.Connection, config: dict):
         self.conn = conn
@@ -125,7 +118,10 @@ class EngineCore:
         self.cancel_ms = params.int("cancellation_check_period_ms", 100)
         self.stats_period = params.int("stats_check_period_ms", 100) / 1000.0
         world = (engine_cfg.get("mapping") or {}).get("world_size", 1)
-        rank = mpi_rank() if world > 1 else 0
+        # tensorrt_llm.runtime imports torch but does not start CUDA: CUDA_VISIBLE_DEVICES below still applies.
+        from tensorrt_llm.runtime import env_rank
+
+        rank = env_rank() if world > 1 else 0
         if rank is None:
             raise ValueError(
                 f"engine {engine_dir!r} has world_size {world}: serve it with one server per rank "

@@ -89,11 +89,6 @@ def _bool(inputs: dict, name: str, b: int, default: bool = False) -> bool:
     return default if v is None else bool(v)
 
 
-def check_unsupported(inputs: dict) -> None:
-    """Refuses every input the engine cannot serve (backend/interface.py), unless empty or all neutral."""
-    check_rejected(inputs.get, "tensorrt_llm")
-
-
 def _words(inputs: dict, name: str, b: int) -> list[list[int]]:
     a = inputs.get(name)
     if a is None:
@@ -122,7 +117,7 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
     if stop:
         return ParsedRequest(rows=[], streaming=streaming, stop=True)
 
-    check_unsupported(inputs)
+    check_rejected(inputs.get, "tensorrt_llm")  # backend/interface.py: refused unless empty or neutral
     if inputs.get("input_ids") is None:
         raise InputError("input input_ids is required (encoder inputs are not supported)")
     ids = np.asarray(inputs["input_ids"])

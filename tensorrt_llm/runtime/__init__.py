@@ -10,17 +10,22 @@ from tensorrt_llm.runtime.model_runner import ModelRunner
 from tensorrt_llm.runtime.step import StepInput, build_step_input
 
 
+def env_rank() -> int | None:
+    """This process's rank as its launcher set it: torchrun's RANK or MPI's (Open MPI, MPICH, PMIx)."""
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return None
+
+
 def init_distributed(world_size: int, rank: int | None = None) -> int:
     """Joins the process group of a multi-rank engine: NCCL on GPUs, gloo on CPU. Rank and address come
     from MPI (OMPI_COMM_WORLD_RANK / PMI_RANK) or from torchrun's variables. Returns this rank."""
     if world_size == 1:
         return 0
     if rank is None:
-        for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
-            if var in os.environ:
-                rank = int(os.environ[var])
-                break
-        else:
+        rank = env_rank()
+        if rank is None:
             raise RuntimeError("cannot tell this process's rank: start it with mpirun or torchrun")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")
@@ -37,6 +42,7 @@ __all__ = [
     "ModelRunner",
     "StepInput",
     "build_step_input",
+    "env_rank",
     "init_distributed",
     "read_engine_config",
 ]

@@ -254,6 +254,8 @@ def test_engine_core_non_decoupled(engine_dir):
 
 
 def test_engine_core_streams_stops_and_cancels(engine_dir):
+    import struct
+
     from backend import wire
 
     b = _Backend(engine_dir, decoupled=True)
@@ -270,7 +272,7 @@ def test_engine_core_streams_stops_and_cancels(engine_dir):
         assert sum(c["seq_lens"][0] for c in b.until_final(2)) < 200
         # A cancel (client gone) ends one too.
         b.send(4, long)
-        b.conn.send(wire.CANCEL, __import__("struct").pack("<Q", 4))
+        b.conn.send(wire.CANCEL, struct.pack("<Q", 4))
         assert sum(c["seq_lens"][0] for c in b.until_final(4)) < 200
         b.metrics.clear()
         while not b.metrics:  # the next METRICS frame counts both cancellations
