@@ -312,6 +312,9 @@ class EngineCore:
         lp = out.log_probs
         if s.streaming:
             new = out.new_tokens[0] if out.new_tokens else []
+            if len(new) == 1 and lp is None:
+                wire.encode_token_record(buf, s.slot, row.batch_index, flags | wire.STREAM, new[0])
+                return 1
             if not new and not out.finished:
                 return 0
             if lp is not None:

@@ -64,6 +64,7 @@ DTYPES = {
 TYPE_BYTES, TYPE_BF16 = 13, 14
 
 _FRAME = struct.Struct("<IB")
+_TOKEN = struct.Struct("<ii")  # one token, its sequence length (1)
 _RECORD = struct.Struct("<QiIII")
 _REQUEST_HEAD = struct.Struct("<QI")
 
@@ -188,6 +189,12 @@ def encode_record(
         code, message = error
         b = message.encode()
         out += struct.pack("<II", code, len(b)) + b
+
+
+def encode_token_record(out: bytearray, slot: int, batch_index: int, flags: int, token: int) -> None:
+    """`encode_record` of one beam holding one token, in one pack: the streaming case, once per request
+    per step."""
+    out += _RECORD.pack(slot, batch_index, flags, 1, 1) + _TOKEN.pack(token, 1)
 
 
 def decode_records(payload: memoryview | bytes) -> list[dict]:

@@ -1,10 +1,11 @@
 """Serving through tritonserver against the engine driven directly, under the same load.
 
 The same prompts (client/benchmark_serving.py's generator), the same output lengths, the same
-concurrency: first through the in-process executor (streaming callbacks), then through the real
-`tritonserver`: HTTP generate_stream on the engine model (`--target core`, token ids) or on the ensemble
-(`--target ensemble`, tokenizer and detokenizer included), from several client processes. Prints TTFT,
-inter-token latency, output tokens/s and the ratio server ÷ engine.
+concurrency, both loaded at once and run alternately (`--repeats` each, median kept): the in-process
+executor (streaming callbacks), and the real `tritonserver`: HTTP generate_stream on the engine model
+(`--target core`, token ids) or on the ensemble (`--target ensemble`, tokenizer and detokenizer included),
+from several client processes. Prints TTFT, inter-token latency, output tokens/s and the ratio
+server ÷ engine.
 
     python benchmarks/bench_serving.py [--model llama3.2-1b] [--concurrency 1,16,64] [--out DIR]
 
@@ -52,6 +53,9 @@ def workload(n: int, in_len: int, out_len: int, seed: int = 0) -> tuple[list[str
     in_lens = make_lengths(n, in_len, 0.0, rng)
     out_lens = make_lengths(n, out_len, 0.0, rng)
     return [" ".join(rng.choice(WORDS) for _ in range(k)) for k in in_lens], out_lens
+
+
+CLIENT_PROCS = 8
 
 
 def per_token_gaps(gap: float, n: int) -> list[float]:
@@ -131,7 +135,9 @@ async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, lis
 
 
 def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
-    """One load-generating process: its share of the requests, at most `concurrency` of them in flight."""
+    """One load-generating process: its share of the requests, at most `concurrency` of them in flight.
+    Returns its results and when its load started and ended (perf_counter is CLOCK_MONOTONIC: one clock
+    for every process), so process start-up and result passing stay out of the measured time."""
     import asyncio
 
     import aiohttp
@@ -145,26 +151,60 @@ def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
                 async with sem:
                     return await _stream_one(session, url, body, n)
 
-            return await asyncio.gather(*(task(b, n) for b, n in jobs))
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(task(b, n) for b, n in jobs))
+            return results, t0, time.perf_counter()
 
     return asyncio.run(go())
 
 
-def run_server(url: str, bodies: list[dict], out_lens: list[int], concurrency: int) -> dict:
-    """The same load as `run_direct`, through tritonserver, from several client processes: one Python
-    process parsing every SSE event would cap what it measures (16 streams per process at most)."""
+def _import_client(_: int) -> None:
+    import aiohttp  # noqa: F401  (imported once per worker, before any clock runs)
+
+    time.sleep(0.5)  # long enough that every worker takes one
+
+
+def client_pool():
+    """The load generators, started and warm (aiohttp imported): one Python process parsing every SSE
+    event would cap what it measures (16 streams per process at most)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    procs = max(1, min(8, concurrency // 16))
+    pool = ProcessPoolExecutor(CLIENT_PROCS, mp_context=get_context("spawn"))
+    list(pool.map(_import_client, range(CLIENT_PROCS)))
+    return pool
+
+
+def run_server(pool, url: str, bodies: list[dict], out_lens: list[int], concurrency: int) -> dict:
+    """The same load as `run_direct`, through tritonserver, from the client processes of `pool`; timed
+    from the first process's start to the last one's end."""
+    procs = max(1, min(CLIENT_PROCS, concurrency // 16))
     shares = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
     jobs = [[(bodies[i], out_lens[i]) for i in range(k, len(bodies), procs)] for k in range(procs)]
-    with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
-        list(pool.map(abs, range(procs)))  # processes started before the clock
-        t0 = time.perf_counter()
-        results = [r for part in pool.map(_client_process, [url] * procs, jobs, shares) for r in part]
-        dur = time.perf_counter() - t0
+    parts = list(pool.map(_client_process, [url] * procs, jobs, shares))
+    results = [r for part, _, _ in parts for r in part]
+    dur = max(p[2] for p in parts) - min(p[1] for p in parts)
     return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median throughput (its latencies with it), and every run's throughput beside it."""
+    ordered = sorted(runs, key=lambda r: r["output_token_throughput"])
+    return dict(ordered[len(ordered) // 2], runs=[round(r["output_token_throughput"]) for r in runs])
+
+
+def wait_ready(server: subprocess.Popen, work: Path, timeout: float = 300) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen("http://localhost:18000/v2/health/ready", timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
+            time.sleep(1)
 
 
 def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
@@ -192,6 +232,8 @@ def main() -> None:
     p.add_argument("--server-python", default=sys.executable,
                    help="the Python that runs the launcher (and so the backend stubs): one with numpy < 2")  # fmt: skip
     p.add_argument("--instances", type=int, default=1, help="preprocessing and postprocessing instance count")
+    p.add_argument("--requests", type=int, default=8, help="requests per run: this many per concurrency slot")
+    p.add_argument("--repeats", type=int, default=3, help="alternated runs per side and concurrency (median kept)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     from quickstart_server import make_model_repo
@@ -210,18 +252,11 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = {}
 
+    # Both sides loaded at once, runs alternated (engine, server, engine, ...) and the median kept: on this
+    # machine two runs of the same side differ by up to 15 % (GPU clocks, host noise), more than the gap
+    # being measured when the two sides ran minutes apart.
     engine = Engine.from_dir(work / "engine", device="cuda")
     executor = Executor(engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144))
-    for c in levels:
-        prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
-        ids = [tok.encode(t) for t in prompts]
-        run_direct(executor, ids, [16] * len(ids), c)  # warm-up: the same prompts and batch shapes
-        rows[c] = {"engine": run_direct(executor, ids, out_lens, c)}
-        print(c, "engine", json.dumps(rows[c]["engine"]), flush=True)
-    executor.shutdown()
-    del executor, engine
-    torch.cuda.empty_cache()
-
     # The executor's configuration on both sides: the same KV cache.
     repo = make_model_repo(
         work / "repo",
@@ -244,34 +279,36 @@ def main() -> None:
          "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
+    pool = client_pool()
     try:
-        deadline = time.time() + 300
-        import urllib.request
-
-        while True:
-            try:
-                urllib.request.urlopen("http://localhost:18000/v2/health/ready", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
-                time.sleep(1)
+        wait_ready(server, work)
         model = "tensorrt_llm" if args.target == "core" else "ensemble"
         url = f"http://localhost:18000/v2/models/{model}/generate_stream"
         for c in levels:
-            prompts, out_lens = workload(max(16, 4 * c), args.input_len, args.output_len)
+            # Each run long enough (seconds) that its ramp-up and ramp-down stay small next to it.
+            prompts, out_lens = workload(max(32, args.requests * c), args.input_len, args.output_len)
             ids = [tok.encode(t) for t in prompts]
-            run_server(url, request_bodies(args.target, prompts, ids, [16] * len(ids)), [16] * len(ids), c)  # warm-up
-            rows[c]["server"] = run_server(url, request_bodies(args.target, prompts, ids, out_lens), out_lens, c)
-            print(c, "server", json.dumps(rows[c]["server"]), flush=True)
+            short = [16] * len(ids)
+            run_direct(executor, ids, short, c)  # warm-up: the same prompts and batch shapes
+            run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
+            runs = {"engine": [], "server": []}
+            for _ in range(args.repeats):
+                runs["engine"].append(run_direct(executor, ids, out_lens, c))
+                bodies = request_bodies(args.target, prompts, ids, out_lens)
+                runs["server"].append(run_server(pool, url, bodies, out_lens, c))
+            rows[c] = {side: median_run(r) for side, r in runs.items()}
+            print(c, json.dumps(rows[c]), flush=True)
     finally:
+        pool.shutdown()
+        executor.shutdown()
         server.terminate()
         server.wait(60)
 
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16, random weights; prompts of "
         f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
-        f"server target: {args.target}; pre/postprocessing instances: {args.instances}",
+        f"server target: {args.target}; pre/postprocessing instances: {args.instances}; runs alternated, "
+        f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line)",
         f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
         f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
     ]
@@ -283,7 +320,7 @@ def main() -> None:
         lines.append(
             f"{c:>4} {e['output_token_throughput']:>12.0f} {s['output_token_throughput']:>12.0f} "
             f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
-            f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}"
+            f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}   engine {e['runs']} server {s['runs']}"
         )
     text = "\n".join(lines)
     print(text)

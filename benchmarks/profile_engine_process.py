@@ -11,8 +11,10 @@ backend starts it (RESPONSES frames read here). (b) slower than (a) means the en
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -30,6 +32,23 @@ sys.path.insert(0, str(ROOT))
 from backend import wire  # noqa: E402
 from benchmarks.bench_serving import SHAPES, workload  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
+
+
+@contextlib.contextmanager
+def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
+    """py-spy samples every thread of `pid` while the block runs (collapsed stacks, one file per run), so the
+    executor thread's time can be split the same way on both sides."""
+    if not py_spy:
+        yield
+        return
+    cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", "200", "-f", "raw"]
+    spy = subprocess.Popen([*cmd, "-o", str(out / f"{name}.txt")], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the measured run
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(60)
 
 
 def run_inprocess(executor, ids, n, c) -> dict:
@@ -57,7 +76,7 @@ def run_inprocess(executor, ids, n, c) -> dict:
     return {"tok/s": produced[0] / dt, "steps/s": (executor.stats().iteration - it0) / dt}
 
 
-def run_process(python: str, engine_dir: Path, ids, n, c) -> dict:
+def run_process(python: str, engine_dir: Path, ids, n, c, spy=None) -> dict:
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
         [python, "-m", "backend.engine_core", "--fd", str(theirs.fileno())],
@@ -89,31 +108,36 @@ def run_process(python: str, engine_dir: Path, ids, n, c) -> dict:
 
     results = {}
     for label, k in (("warm-up", 16), ("run", n)):
-        next_i, live, produced, iters, frames = 0, 0, 0, [], 0
-        t0 = time.perf_counter()
-        while next_i < len(ids) or live:
-            while live < c and next_i < len(ids):
-                b = body(ids[next_i])
-                b["request_output_len"][:] = k
-                b["min_length"][:] = k
-                conn.send(wire.REQUESTS, wire.encode_requests([(next_i + 1, "", b)]))
-                next_i, live = next_i + 1, live + 1
-            kind, payload = conn.recv()
-            if kind == wire.RESPONSES:
-                frames += 1
-                for r in wire.decode_records(payload):
-                    produced += r["seq_lens"][0] if r["seq_lens"] else 0
-                    live -= bool(r["flags"] & wire.FINAL)
-            elif kind == wire.METRICS:
-                for line in bytes(payload).decode().splitlines():
-                    if "\titeration_counter\t" in line:
-                        iters.append((time.perf_counter(), float(line.split("\t")[-1])))
-        dt = time.perf_counter() - t0
-        steps = (iters[-1][1] - iters[0][1]) / (iters[-1][0] - iters[0][0]) if len(iters) > 1 else float("nan")
-        results[label] = {"tok/s": produced / dt, "steps/s": steps, "frames/s": frames / dt}
+        with spy(proc.pid) if spy and label == "run" else contextlib.nullcontext():
+            results[label] = _drive(conn, ids, body, k, c)
     conn.send(wire.SHUTDOWN, struct.pack("<d", 0.0))
     proc.wait(60)
     return results["run"]
+
+
+def _drive(conn, ids, body, k, c) -> dict:
+    next_i, live, produced, iters, frames = 0, 0, 0, [], 0
+    t0 = time.perf_counter()
+    while next_i < len(ids) or live:
+        while live < c and next_i < len(ids):
+            b = body(ids[next_i])
+            b["request_output_len"][:] = k
+            b["min_length"][:] = k
+            conn.send(wire.REQUESTS, wire.encode_requests([(next_i + 1, "", b)]))
+            next_i, live = next_i + 1, live + 1
+        kind, payload = conn.recv()
+        if kind == wire.RESPONSES:
+            frames += 1
+            for r in wire.decode_records(payload):
+                produced += r["seq_lens"][0] if r["seq_lens"] else 0
+                live -= bool(r["flags"] & wire.FINAL)
+        elif kind == wire.METRICS:
+            for line in bytes(payload).decode().splitlines():
+                if "\titeration_counter\t" in line:
+                    iters.append((time.perf_counter(), float(line.split("\t")[-1])))
+    dt = time.perf_counter() - t0
+    steps = (iters[-1][1] - iters[0][1]) / (iters[-1][0] - iters[0][0]) if len(iters) > 1 else float("nan")
+    return {"tok/s": produced / dt, "steps/s": steps, "frames/s": frames / dt}
 
 
 def main() -> None:
@@ -123,6 +147,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--work", default="/tmp/profile_engine_process")
+    p.add_argument("--py-spy", help="py-spy binary: sample both sides at the last concurrency")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = p.parse_args()
     from tensorrt_llm.builder import BuildConfig, build_engine
     from tensorrt_llm.runtime import Engine
@@ -142,14 +168,18 @@ def main() -> None:
         prompts, _ = workload(max(16, 4 * c), 128, args.output_len)
         ids = [tok.encode(t) for t in prompts]
         run_inprocess(executor, ids, 16, c)
-        rows[c] = {"in-process": run_inprocess(executor, ids, args.output_len, c)}
+        with sampled(args.py_spy if c == levels[-1] else None, os.getpid(), args.out, f"pyspy_inprocess_c{c}"):
+            rows[c] = {"in-process": run_inprocess(executor, ids, args.output_len, c)}
     executor.shutdown()
     del executor
     torch.cuda.empty_cache()
     for c in levels:
         prompts, _ = workload(max(16, 4 * c), 128, args.output_len)
         ids = [tok.encode(t) for t in prompts]
-        rows[c]["engine process"] = run_process(args.python, work / "engine", ids, args.output_len, c)
+        spy = None
+        if args.py_spy and c == levels[-1]:
+            spy = lambda pid, c=c: sampled(args.py_spy, pid, args.out, f"pyspy_engine_process_c{c}")  # noqa: E731
+        rows[c]["engine process"] = run_process(args.python, work / "engine", ids, args.output_len, c, spy)
     print(f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16; engine process python {args.python}")
     for c, r in rows.items():
         for k, v in r.items():

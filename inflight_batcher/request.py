@@ -69,6 +69,18 @@ def checked_int(name: str, value: object, lo: int | None = None, hi: int | None 
     return v
 
 
+def checked_ids(name: str, values: SeqABC) -> list[int]:
+    """Token ids as a list of Python ints >= 0, or ValueError naming the first bad one. Lists of plain
+    ints (what the parsers make) are checked in one pass: per-element `checked_int` cost ~1 µs a token,
+    200 µs of GIL for a 170-token prompt, taken from the executor thread at every arrival."""
+    if all(type(t) is int for t in values):
+        if not values or min(values) >= 0:
+            return list(values)  # a copy: the caller keeps its list
+        i = next(i for i, t in enumerate(values) if t < 0)
+        raise ValueError(f"{name}[{i}]={values[i]} is out of range: must be >= 0")
+    return [checked_int(f"{name}[{i}]", t, lo=0) for i, t in enumerate(values)]
+
+
 def checked_float(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
     """`value` as a finite Python float, or ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -241,7 +253,7 @@ class Request:
             raise ValueError(f"input_ids must be a list of token ids, got {type(self.input_ids).__name__}")
         if len(self.input_ids) == 0:
             raise ValueError("input_ids is empty: a prompt needs at least one token")
-        self.input_ids = [checked_int(f"input_ids[{i}]", t, lo=0) for i, t in enumerate(self.input_ids)]
+        self.input_ids = checked_ids("input_ids", self.input_ids)
         self.max_new_tokens = checked_int("max_new_tokens", self.max_new_tokens, lo=1)
         if self.end_id is not None:
             self.end_id = checked_int("end_id", self.end_id, lo=-1)
@@ -329,9 +341,9 @@ class Limits:
 def validate_request(req: Request, limits: Limits) -> None:
     """Raise ValueError if `req` cannot run on this engine. Never mutates `req`."""
     v = limits.vocab_size
-    for i, t in enumerate(req.input_ids):
-        if t >= v:
-            raise ValueError(f"input_ids[{i}]={t} is out of range: token ids must be < vocab_size={v}")
+    if req.input_ids and max(req.input_ids) >= v:
+        i, t = next((i, t) for i, t in enumerate(req.input_ids) if t >= v)
+        raise ValueError(f"input_ids[{i}]={t} is out of range: token ids must be < vocab_size={v}")
     n = req.prompt_len
     if n > limits.max_input_len:
         raise ValueError(f"prompt has {n} tokens, more than max_input_len={limits.max_input_len}")

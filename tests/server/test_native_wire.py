@@ -49,3 +49,10 @@ def test_cpp_requests_decode_in_python(tmp_path):
     # And Python's own encoder (tests' stand-in for the backend) round-trips.
     again = wire.decode_requests(memoryview(wire.encode_requests([(slot, rid, inputs)])))
     np.testing.assert_array_equal(again[0][2]["input_ids"], inputs["input_ids"])
+
+
+def test_token_record_is_the_general_record_of_one_token():
+    fast, general = bytearray(), bytearray()
+    wire.encode_token_record(fast, 7, 2, wire.STREAM | wire.FINAL, 12345)
+    wire.encode_record(general, 7, 2, wire.STREAM | wire.FINAL, [[12345]], [1])
+    assert fast == general
