@@ -86,6 +86,7 @@ def executor_config_kwargs(params: Params) -> dict:
         max_tokens_in_paged_kv_cache=params.int("max_tokens_in_paged_kv_cache", None),
         max_beam_width=params.int("max_beam_width", 1),
         enable_chunked_context=params.bool("enable_chunked_context", False),
+        enable_kv_cache_reuse=params.bool("enable_kv_cache_reuse", False),
         cuda_graphs=params.bool("cuda_graph_mode", True),
     )
     # Not in the TensorRT-LLM key set but useful on CPU: cap the batch below the engine's build value.

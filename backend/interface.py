@@ -129,6 +129,7 @@ PARAMETERS: dict[str, Entry] = {
             "cancellation_check_period_ms",
             "stats_check_period_ms",
             "enable_chunked_context",
+            "enable_kv_cache_reuse",
             "gpu_device_ids",
             "cuda_graph_mode",
             "max_batch_size",
@@ -152,7 +153,6 @@ PARAMETERS: dict[str, Entry] = {
         "beam_search",
         "",
     ),  # fmt: skip
-    "enable_kv_cache_reuse": _unsupported("no KV cache reuse yet: every prompt is computed", "false", issue="#14"),
     "kv_cache_host_memory_bytes": _unsupported("no KV cache host offload yet", "0", issue="#14"),
     "kv_cache_onboard_blocks": _unsupported("no KV cache host offload yet", "true", issue="#14"),
     "max_attention_window_size": _unsupported("attention always covers the whole sequence", issue="#14"),

@@ -27,7 +27,7 @@ FAMILIES = [
         "g",
         "TRT LLM KV cache block metrics",
         "kv_cache_block_type",
-        ["max", "free", "used", "tokens_per", "fraction"],
+        ["max", "free", "used", "tokens_per", "reused", "fraction"],
     ),
     (
         "nv_trt_llm_inflight_batcher_metrics",
@@ -93,6 +93,7 @@ class EngineMetrics:
                 s.free_blocks,
                 s.used_blocks,
                 s.tokens_per_block,
+                s.reused_blocks,  # since start (TensorRT-LLM's reusedBlocks); prefix reuse
                 s.used_blocks / s.max_blocks if s.max_blocks else 0.0,
             ],
             "nv_trt_llm_inflight_batcher_metrics": [s.context_tokens, s.generation_requests, s.paused],

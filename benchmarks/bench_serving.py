@@ -232,6 +232,8 @@ def main() -> None:
     p.add_argument("--server-python", default=sys.executable,
                    help="the Python that runs the launcher (and so the backend stubs): one with numpy < 2")  # fmt: skip
     p.add_argument("--instances", type=int, default=1, help="preprocessing and postprocessing instance count")
+    p.add_argument("--prefix-words", type=int, default=0, help="a shared system prompt of this many words")
+    p.add_argument("--kv-cache-reuse", action="store_true", help="enable_kv_cache_reuse on both sides")
     p.add_argument("--requests", type=int, default=8, help="requests per run: this many per concurrency slot")
     p.add_argument("--repeats", type=int, default=3, help="alternated runs per side and concurrency (median kept)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -250,13 +252,19 @@ def main() -> None:
     build_engine(work / "engine", hf_config=SHAPES[args.model], dtype="float16", build=build, device="cuda")
     build_s = time.perf_counter() - t0
     levels = [int(c) for c in args.concurrency.split(",")]
+    # Chat-like traffic: one system prompt of `--prefix-words` words before every prompt.
+    prefix = (
+        " ".join(random.Random(1).choice(WORDS) for _ in range(args.prefix_words)) + " " if args.prefix_words else ""
+    )
     rows = {}
 
     # Both sides loaded at once, runs alternated (engine, server, engine, ...) and the median kept: on this
     # machine two runs of the same side differ by up to 15 % (GPU clocks, host noise), more than the gap
     # being measured when the two sides ran minutes apart.
     engine = Engine.from_dir(work / "engine", device="cuda")
-    executor = Executor(engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144))
+    executor = Executor(
+        engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144, enable_kv_cache_reuse=args.kv_cache_reuse)
+    )
     # The executor's configuration on both sides: the same KV cache.
     repo = make_model_repo(
         work / "repo",
@@ -266,6 +274,7 @@ def main() -> None:
         triton_max_batch_size=64,
         extra={
             "max_tokens_in_paged_kv_cache": "262144",
+            "enable_kv_cache_reuse": str(args.kv_cache_reuse).lower(),
             "preprocessing_instance_count": str(args.instances),
             "postprocessing_instance_count": str(args.instances),
         },
@@ -287,6 +296,7 @@ def main() -> None:
         for c in levels:
             # Each run long enough (seconds) that its ramp-up and ramp-down stay small next to it.
             prompts, out_lens = workload(max(32, args.requests * c), args.input_len, args.output_len)
+            prompts = [prefix + p for p in prompts]
             ids = [tok.encode(t) for t in prompts]
             short = [16] * len(ids)
             run_direct(executor, ids, short, c)  # warm-up: the same prompts and batch shapes
@@ -307,7 +317,8 @@ def main() -> None:
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16, random weights; prompts of "
         f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
-        f"server target: {args.target}; pre/postprocessing instances: {args.instances}; runs alternated, "
+        f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
+        f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; runs alternated, "
         f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line)",
         f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
         f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
@@ -324,7 +335,12 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    Path(args.out, f"bench_serving_{args.model}_{args.target}.txt").write_text(text + "\n")
+    tag = (
+        f"_prefix{args.prefix_words}_reuse{int(args.kv_cache_reuse)}"
+        if args.prefix_words or args.kv_cache_reuse
+        else ""
+    )
+    Path(args.out, f"bench_serving_{args.model}_{args.target}{tag}.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

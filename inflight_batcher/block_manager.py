@@ -8,14 +8,21 @@ token at position p lives in block `table[p // tokens_per_block]`, row `p % toke
     table      [   17  ,    3    ,   42   ]     -> len(table) == ceil(num_tokens / tokens_per_block)
 
 Blocks are reference counted so that beams can share the blocks of their common prefix (`fork`).
-Invariant (checked by `check`): a block is in the free queue exactly when its ref count is 0, and
-free + used == num_blocks.
+
+Prefix reuse (`enable_reuse`): a full block whose KV is computed gets a key, the hash of its tokens and of
+the key of the block before it (a chain: equal keys mean equal tokens from position 0 on, so equal KV).
+When its last holder frees it, a keyed block is not wiped but kept *cached*: still findable by its key,
+and taken back (evicted, least recently freed first) only when no blank block is left. A new request
+takes the longest chain of its prompt's keys found (`match`) and computes only the rest.
+
+Invariant (checked by `check`): a block is free (blank or cached) exactly when its ref count is 0, and
+blank + cached + used == num_blocks.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Sequence
 
 
 class NoFreeBlocksError(RuntimeError):
@@ -30,24 +37,39 @@ def blocks_for(num_tokens: int, tokens_per_block: int) -> int:
 class BlockManager:
     """Free queue + reference counts over `num_blocks` fixed-size blocks."""
 
-    def __init__(self, num_blocks: int, tokens_per_block: int) -> None:
+    def __init__(self, num_blocks: int, tokens_per_block: int, enable_reuse: bool = False) -> None:
         if num_blocks < 1 or tokens_per_block < 1:
             raise ValueError(f"num_blocks={num_blocks} and tokens_per_block={tokens_per_block} must be >= 1")
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
+        self.enable_reuse = enable_reuse
         self.ref_counts = [0] * num_blocks
         # FIFO: freed blocks go to the back, so a just-freed block is reused last (helps debugging:
         # stale reads of a freed block show old data rather than a neighbour's new data).
-        self.free_queue: deque[int] = deque(range(num_blocks))
+        self.free_queue: deque[int] = deque(range(num_blocks))  # blank free blocks
+        self.cached: OrderedDict[int, None] = OrderedDict()  # free keyed blocks, least recently freed first
+        self.key_of: list[int | None] = [None] * num_blocks
+        self.block_of: dict[int, int] = {}  # key -> the block holding it
+        # What a key was made of (the previous key, the block's tokens): `lookup` compares it, so a hash
+        # collision can never hand a request another prompt's KV.
+        self.made_of: dict[int, tuple[int | None, tuple[int, ...]]] = {}
+        self.reused_blocks = 0  # blocks found by `match` and taken, since start
+        self.reused_tokens = 0
+        self.matched_requests = 0
 
     # -- queries --
     @property
     def num_free(self) -> int:
-        return len(self.free_queue)
+        """Blocks an allocation may take: blank ones, then cached ones (evicted)."""
+        return len(self.free_queue) + len(self.cached)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.cached)
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - len(self.free_queue)
+        return self.num_blocks - self.num_free
 
     def blocks_for(self, num_tokens: int) -> int:
         return blocks_for(num_tokens, self.tokens_per_block)
@@ -58,11 +80,18 @@ class BlockManager:
 
     # -- changes --
     def allocate(self, n: int) -> list[int]:
-        if n > len(self.free_queue):
-            raise NoFreeBlocksError(f"asked for {n} blocks, {len(self.free_queue)} free")
-        out = [self.free_queue.popleft() for _ in range(n)]
-        for b in out:
+        if n > self.num_free:
+            raise NoFreeBlocksError(f"asked for {n} blocks, {self.num_free} free")
+        out = []
+        for _ in range(n):
+            if self.free_queue:
+                b = self.free_queue.popleft()
+            else:  # evict the least recently freed cached block: its key no longer finds it
+                b, _ = self.cached.popitem(last=False)
+                del self.block_of[self.key_of[b]], self.made_of[self.key_of[b]]
+                self.key_of[b] = None
             self.ref_counts[b] = 1
+            out.append(b)
         return out
 
     def extend(self, table: list[int], num_tokens: int) -> list[int]:
@@ -79,22 +108,81 @@ class BlockManager:
         return list(table)
 
     def free(self, table: list[int]) -> None:
-        """Drop one reference to each block of `table` and empty it; blocks at 0 return to the queue."""
-        for b in table:
+        """Drop one reference to each block of `table` and empty it; blocks at 0 become free (cached when
+        keyed, the table's last blocks first in eviction order: a prefix outlives its continuations)."""
+        for b in reversed(table):
             assert self.ref_counts[b] > 0, f"double free of block {b}"
             self.ref_counts[b] -= 1
             if self.ref_counts[b] == 0:
-                self.free_queue.append(b)
+                if self.key_of[b] is not None:
+                    self.cached[b] = None
+                else:
+                    self.free_queue.append(b)
         table.clear()
+
+    # -- prefix reuse --
+    def keys(self, tokens: Sequence[int], start: int = 0, prev: int | None = None) -> list[int]:
+        """Chain keys of the full blocks of `tokens` from block `start` on (`prev`: the key of block
+        `start - 1`). The chain starts from the token ids alone: anything else that changes the KV (LoRA,
+        prompt tables) must enter `prev` when it exists."""
+        tpb, out = self.tokens_per_block, []
+        for i in range(start, len(tokens) // tpb):
+            prev = hash((prev, tuple(tokens[i * tpb : (i + 1) * tpb])))
+            out.append(prev)
+        return out
+
+    def lookup(self, tokens: Sequence[int], keys: list[int]) -> list[int]:
+        """The blocks holding the longest found prefix of `keys`, the chain keys of `tokens`' full blocks
+        (nothing is taken)."""
+        tpb, out, prev = self.tokens_per_block, [], None
+        for i, k in enumerate(keys):
+            b = self.block_of.get(k)
+            if b is None or self.made_of[k] != (prev, tuple(tokens[i * tpb : (i + 1) * tpb])):
+                break
+            out.append(b)
+            prev = k
+        return out
+
+    def take(self, blocks: list[int], tokens: int) -> list[int]:
+        """Hold `blocks` (found by `lookup`) for a new table; cached ones stop being evictable."""
+        for b in blocks:
+            if self.ref_counts[b] == 0:
+                del self.cached[b]
+            self.ref_counts[b] += 1
+        if blocks:
+            self.reused_blocks += len(blocks)
+            self.reused_tokens += tokens
+            self.matched_requests += 1
+        return list(blocks)
+
+    def publish(self, table: list[int], tokens: Sequence[int], keys: list[int], start: int, prev: int | None) -> None:
+        """Blocks `table[start:start + len(keys)]` hold the computed KV of `tokens`' blocks `start..`, whose
+        chain keys are `keys` (`prev`: the key of block `start - 1`): make them findable. A key already
+        held by another block stays with that one."""
+        tpb = self.tokens_per_block
+        for i, k in enumerate(keys, start):
+            b = table[i]
+            if self.key_of[b] is None and k not in self.block_of:
+                self.key_of[b] = k
+                self.block_of[k] = b
+                self.made_of[k] = (prev, tuple(tokens[i * tpb : (i + 1) * tpb]))
+            prev = k
 
     # -- integrity --
     def check(self, tables: Iterable[list[int]] | None = None) -> None:
         """Assert the invariants; with `tables` (every live table), also that ref counts match them."""
-        free = set(self.free_queue)
-        assert len(free) == len(self.free_queue), "a block is twice in the free queue"
+        blank = set(self.free_queue)
+        assert len(blank) == len(self.free_queue), "a block is twice in the free queue"
+        assert not blank & self.cached.keys(), "a block is both blank and cached"
+        free = blank | self.cached.keys()
         for b, rc in enumerate(self.ref_counts):
             assert rc >= 0, f"block {b} has ref count {rc}"
-            assert (rc == 0) == (b in free), f"block {b}: ref count {rc}, in free queue: {b in free}"
+            assert (rc == 0) == (b in free), f"block {b}: ref count {rc}, free: {b in free}"
+            k = self.key_of[b]
+            assert k is None or self.block_of.get(k) == b, f"block {b}: key not indexed"
+            assert b not in self.cached or k is not None, f"cached block {b} has no key"
+        assert len(self.block_of) == sum(k is not None for k in self.key_of), "key index out of step"
+        assert self.made_of.keys() == self.block_of.keys(), "key contents out of step"
         if tables is not None:
             seen = Counter(b for t in tables for b in t)
             for b, rc in enumerate(self.ref_counts):

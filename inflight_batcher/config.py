@@ -26,6 +26,9 @@ class ExecutorConfig:
     """Largest beam width accepted (also capped by the engine's build value)."""
     enable_chunked_context: bool = False
     """Split prompts longer than the step's token budget over several steps."""
+    enable_kv_cache_reuse: bool = False
+    """Prefix reuse: full KV blocks stay cached after their requests end, and a request whose tokens start
+    with a cached chain of blocks takes them instead of computing them again."""
     max_queue_size: int | None = None
     """Most requests waiting for admission; more are refused at once (QueueFullError)."""
     cuda_graphs: bool = True

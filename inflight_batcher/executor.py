@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,7 +70,10 @@ class IterationStats:
     max_num_tokens: int = 0
     max_blocks: int = 0
     used_blocks: int = 0
-    free_blocks: int = 0
+    free_blocks: int = 0  # blocks an allocation may take: blank ones and cached ones (prefix reuse)
+    cached_blocks: int = 0  # of the free ones: blocks keeping a finished request's KV for reuse
+    reused_blocks: int = 0  # blocks taken from the cache instead of computed, since start
+    reused_tokens: int = 0  # prompt tokens not computed thanks to them, since start
     tokens_per_block: int = 0
     completed: int = 0  # finished requests by outcome, since start
     cancelled: int = 0
@@ -125,7 +128,7 @@ class Executor:
         if config.cuda_graphs:
             engine.capture_cuda_graphs(self.kv, self.max_batch_size)
         self._pending_copies: list[tuple[int, int]] = []  # KV block copies the followers have not seen
-        self.block_manager = BlockManager(num_blocks, b.tokens_per_block)
+        self.block_manager = BlockManager(num_blocks, b.tokens_per_block, config.enable_kv_cache_reuse)
         self.scheduler = Scheduler(
             self.block_manager,
             config.batch_scheduler_policy,
@@ -368,6 +371,8 @@ class Executor:
             r.num_computed_tokens += n
         rows = [i for i, s in enumerate(seqs) if s.sample]
         if not rows:
+            # Nothing to read back: its KV is published now (later steps run after it on the stream).
+            self._publish(seqs, ())
             return _InFlight([], None, {}, deferred=False)
         sampled = [seqs[i] for i in rows]
         if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
@@ -379,7 +384,7 @@ class Executor:
             for j, s in enumerate(sampled):
                 if add_placeholder(s.request):
                     placeholders[id(s.request)] = j
-        return _InFlight(sampled, pending, placeholders, deferred)
+        return _InFlight(sampled, pending, placeholders, deferred, seqs)
 
     def _feed_placeholders(self, plan: SchedulerOutput, prev: _InFlight, step: StepInput) -> None:
         """Generation rows whose input token is a placeholder of `prev` take it from `prev`'s sampled
@@ -403,6 +408,8 @@ class Executor:
             return []
         result = inflight.pending.result()
         sampled = inflight.sampled
+        # Before any request below ends (and frees its table): the step's full blocks become findable.
+        self._publish(inflight.seqs, [s.request for row, s in zip(result.rows, sampled, strict=True) if row.bad_logits])
         outputs, copies, now = [], [], time.time()
         beam_done: set[int] = set()
         for row, s in zip(result.rows, sampled, strict=True):
@@ -430,6 +437,15 @@ class Executor:
             if self.world_size > 1:
                 self._pending_copies += copies
         return outputs
+
+    def _publish(self, seqs: list[ScheduledSeq], failed) -> None:
+        """Prefix reuse: the blocks these sequences filled hold computed KV (not of a request whose logits
+        were NaN or inf: its KV may be too)."""
+        if not self.block_manager.enable_reuse:
+            return
+        for s in seqs:
+            if s.request not in failed and not s.request.status.finished:
+                self.scheduler.publish(s)
 
     def _step_input(self, plan: SchedulerOutput, device: torch.device | str) -> StepInput:
         """The plan as a `StepInput` on `device` (the host when it must be broadcast to followers)."""
@@ -523,6 +539,9 @@ class Executor:
                 generation_requests=len(plan.requests) - n_context,  # a request is in one phase per step
                 used_blocks=bm.num_used,
                 free_blocks=bm.num_free,
+                cached_blocks=bm.num_cached,
+                reused_blocks=bm.reused_blocks,
+                reused_tokens=bm.reused_tokens,
                 **self._counts,
             )
 
@@ -537,6 +556,7 @@ class _InFlight:
     pending: PendingSample | None
     placeholder_rows: dict[int, int]
     deferred: bool
+    seqs: list[ScheduledSeq] = field(default_factory=list)  # every sequence of the step (prefix reuse)
 
 
 def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:

@@ -194,6 +194,8 @@ class Sequence:
     cum_log_prob: float = 0.0
     log_probs: list[float] = field(default_factory=list)  # one per generated token
     parent: int = -1  # beam search: index of the beam this one continued, in the previous step
+    # Prefix reuse: chain keys of the leading blocks of `block_table` that are published (findable).
+    block_keys: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)

@@ -12,6 +12,11 @@ Each step:
 2. `_admit_waiting`: then, if nothing was paused, queued requests are admitted in arrival order while
    batch slots, the token budget and blocks allow (first come, first served: the head blocks the rest).
 
+Prefix reuse (when the block manager has it on): a request admitted with nothing computed first takes the
+longest chain of cached blocks matching its tokens (`BlockManager.lookup`), never its last token (the
+step must produce logits), and starts computing after them; `publish` makes the full blocks a finished
+step computed findable by later requests.
+
 KV reservations: under `guaranteed_no_evict` every request, and under `max_utilization` every beam
 search request, reserves at admission the blocks of its whole possible length (`reserve_blocks`).
 Blocks are still allocated lazily; `_outstanding()` is what reserved requests may still take, and
@@ -195,24 +200,44 @@ class Scheduler:
             budget.tokens -= n * beams
             i += 1
 
+    def _reusable(self, req: Request) -> tuple[list[int], list[int]]:
+        """(blocks, keys) of the longest cached prefix of `req`'s tokens, nothing taken yet."""
+        if not self.bm.enable_reuse or req.num_computed_tokens or len(req.seqs) > 1:
+            return [], []
+        tokens = req.seqs[0].tokens if req.seqs else req.input_ids
+        usable = (req.num_tokens - 1) // self.bm.tokens_per_block  # the last token is always computed
+        keys = self.bm.keys(tokens[: usable * self.bm.tokens_per_block])
+        return self.bm.lookup(tokens, keys), keys
+
     def _admit_waiting(self, out: SchedulerOutput, budget: _Budget) -> None:
         while self.waiting and budget.tokens > 0:
             req = self.waiting[0]
             if req.beam_width > budget.seats:
                 break
-            remaining = req.num_tokens - req.num_computed_tokens
+            found, keys = self._reusable(req)
+            # Found blocks held by live requests cost no free block; cached ones leave the free pool as
+            # an allocation would (and are counted in the reservation as held).
+            shared = sum(1 for b in found if self.bm.ref_counts[b] > 0)
+            matched = len(found) * self.bm.tokens_per_block
+            remaining = req.num_tokens - req.num_computed_tokens - matched
             # A paused request is always resumed in chunks: its prompt + generated tokens may exceed
             # one step's budget even when the prompt alone did not.
             chunked = self.enable_chunked_context or req.status == RequestStatus.PAUSED
             n = min(remaining, budget.tokens) if chunked else remaining
             if n > budget.tokens:
                 break
-            need = self.reserve_blocks(req) if self.reserves(req) else self.bm.blocks_for(req.num_computed_tokens + n)
+            need = self.reserve_blocks(req) if self.reserves(req) else self.bm.blocks_for(matched + n)
+            need -= shared
             if need > budget.blocks:
                 break
             self.waiting.popleft()
             if not req.seqs:
                 req.seqs = [Sequence(tokens=list(req.input_ids))]
+            if found:
+                seq = req.seqs[0]
+                seq.block_table = self.bm.take(found, matched)
+                seq.block_keys = keys[: len(found)]
+                req.num_computed_tokens = matched
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             self._place(req, n, out)
@@ -230,6 +255,19 @@ class Scheduler:
             sched = ScheduledSeq(req, s, start, n, list(s.block_table), sample)
             (out.context if is_context else out.generation).append(sched)
 
+    def publish(self, s: ScheduledSeq) -> None:
+        """`s`'s step has run: its full blocks hold computed KV and become findable (prefix reuse)."""
+        tpb = self.bm.tokens_per_block
+        full = (s.start + s.num_new) // tpb
+        seq = s.seq
+        have = len(seq.block_keys)
+        if full <= have or len(seq.block_table) < full:
+            return  # nothing new, or a beam whose table was replaced since (its blocks are published by it)
+        prev = seq.block_keys[-1] if have else None
+        keys = self.bm.keys(seq.tokens[: full * tpb], have, prev)
+        self.bm.publish(seq.block_table, seq.tokens, keys, have, prev)
+        seq.block_keys += keys
+
     def _pick_victim(self) -> Request | None:
         for r in reversed(self.running):
             if not self.reserves(r):
@@ -242,6 +280,7 @@ class Scheduler:
         free_before = self.bm.num_free
         for s in req.seqs:
             self.bm.free(s.block_table)
+            s.block_keys = []
         budget.blocks += self.bm.num_free - free_before
         budget.seats += req.beam_width
         req.num_computed_tokens = 0

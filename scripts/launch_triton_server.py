@@ -12,6 +12,8 @@ Flags follow the TensorRT-LLM backend's launcher (spec/triton_interface.md secti
 - world_size 1 without `mpirun` on PATH runs a plain server (as `--no-mpi`); a larger world_size without
   `mpirun` starts one tritonserver per rank itself (this machine only), each told its rank by `RANK` and
   `WORLD_SIZE`, as mpirun's variables would.
+- `--openai_port PORT` also starts the OpenAI-compatible API (`openai_frontend`) once the server is ready,
+  talking to it over gRPC, and stops it with the server.
 """
 
 from __future__ import annotations
@@ -296,6 +298,41 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+def openai_command(args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "openai_frontend",
+        "--triton_grpc_url",
+        f"localhost:{args.grpc_port}",
+        "--triton_metrics_url",
+        f"http://localhost:{args.metrics_port}/metrics",
+        "--host",
+        args.openai_host,
+        "--port",
+        str(args.openai_port),
+    ]
+
+
+def start_openai(args: argparse.Namespace, env: dict) -> subprocess.Popen:
+    """The OpenAI front end, once tritonserver is ready; returns when it answers /health."""
+    # Its own session, as the servers': Ctrl-C reaches the launcher, which stops everything in order.
+    frontend = subprocess.Popen(openai_command(args), env=env, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + args.ready_timeout
+    while time.monotonic() < deadline:
+        if frontend.poll() is not None:
+            raise RuntimeError(f"the OpenAI front end exited with code {frontend.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(f"http://localhost:{args.openai_port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return frontend
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    stop(frontend, timeout=10.0)
+    raise TimeoutError(f"the OpenAI front end not ready after {args.ready_timeout:.0f} s")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world_size", type=int, default=1, help="number of ranks (= TP x PP)")
@@ -335,6 +372,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--detach", action="store_true", help="return once ready and leave the server running (prints its pid)"
     )
+    p.add_argument(
+        "--openai_port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible API (python -m openai_frontend) on this port, stopped with the "
+        "server (with --detach, left running too)",
+    )
+    p.add_argument("--openai_host", default="0.0.0.0", help="the OpenAI API's listening address")
     p.add_argument(
         "--ready-timeout", dest="ready_timeout", type=float, default=600.0, help="seconds to wait for /v2/health/ready"
     )
@@ -380,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_command:
         for cmd, add in processes:
             print(" ".join([*(f"{k}={v}" for k, v in add.items()), *cmd]))
+        if args.openai_port:
+            print(" ".join(openai_command(args)))
         for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
             print(f"{k}={env.get(k, '')}")
         return 0
@@ -402,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    frontend: list[subprocess.Popen] = []  # the OpenAI front end, once started: stopped first
     try:
         wait_ready(procs, args.http_port, args.ready_timeout)
         print(
@@ -410,23 +458,37 @@ def main(argv: list[str] | None = None) -> int:
             f"model repository {args.model_repo}",
             flush=True,
         )
+        if args.openai_port:
+            frontend.append(start_openai(args, env))
+            print(f"OpenAI API ready (pid {frontend[0].pid}): http://localhost:{args.openai_port}/v1", flush=True)
         if args.detach:
             return 0
-        code = proc.wait()
-        stop_all(procs)
+        if not frontend:
+            code = proc.wait()
+        else:
+            # Either one ending ends both: a server without its front end (or the reverse) is not the service.
+            while proc.poll() is None and frontend[0].poll() is None:
+                time.sleep(0.5)
+            code = proc.returncode if proc.returncode is not None else 1
+            if frontend[0].returncode is not None:
+                print(f"error: the OpenAI front end exited with code {frontend[0].returncode}", file=sys.stderr)
+        stop_all(procs, frontend)
         return code
     except KeyboardInterrupt:
         print("stopping tritonserver ...", flush=True)
-        stop_all(procs)
+        stop_all(procs, frontend)
         return 0
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
-        stop_all(procs)
+        stop_all(procs, frontend)
         return 1
 
 
-def stop_all(procs: list[subprocess.Popen]) -> None:
-    """Rank 0 first: its engine's shutdown releases the followers, whose servers then end by themselves."""
+def stop_all(procs: list[subprocess.Popen], frontend: list[subprocess.Popen] = ()) -> None:
+    """In order: the OpenAI front end (if any) first, then rank 0 (its full drain time), whose engine's
+    shutdown releases the followers, whose servers then end by themselves."""
+    for f in frontend:
+        stop(f, timeout=10.0)
     stop(procs[0])
     for p in procs[1:]:
         stop(p, timeout=15.0)

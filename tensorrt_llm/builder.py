@@ -128,20 +128,35 @@ class _CheckpointReader:
             return f.get_tensor(name)
 
 
-def _random_reader(cfg: ModelConfig, device: str, seed: int = 0):
-    """Random weights of Hugging Face shapes, for benchmarks built from a config alone."""
-    H, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    shapes = {
-        "embed_tokens": (V, H), "lm_head": (V, H), "q_proj": (cfg.num_attention_heads * D, H),
-        "k_proj": (cfg.num_key_value_heads * D, H), "v_proj": (cfg.num_key_value_heads * D, H),
-        "o_proj": (H, cfg.num_attention_heads * D), "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I),
-    }  # fmt: skip
+def _hf_tensor_shapes(hf_config: dict) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a Hugging Face checkpoint of `hf_config`, read off the transformers
+    model built on the meta device (no memory, no weights), so every family's layout is known exactly."""
+    import transformers
+
+    arch = (hf_config.get("architectures") or ["LlamaForCausalLM"])[0]
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise ValueError(f"transformers {transformers.__version__} has no {arch}: cannot make weights of its shape")
+    hf = cls.config_class.from_dict({k: v for k, v in hf_config.items() if k != "architectures"})
+    with torch.device("meta"):
+        model = cls(hf)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _random_reader(hf_config: dict, cfg: ModelConfig, device: str, seed: int = 0):
+    """Random weights of Hugging Face shapes, for benchmarks built from a config alone: norms weigh 1,
+    biases 0."""
+    shapes = _hf_tensor_shapes(hf_config)
     gen = torch.Generator(device).manual_seed(seed)
 
     def get(name: str) -> torch.Tensor:
-        if "norm" in name:
-            return torch.ones(H, device=device)
-        shape = next(s for key, s in shapes.items() if key in name)
+        if name not in shapes:
+            raise KeyError(f"a {cfg.architecture} checkpoint has no tensor {name!r}")
+        shape = shapes[name]
+        if name.endswith("norm.weight"):
+            return torch.full(shape, 0.0 if cfg.norm_unit_offset else 1.0, device=device)
+        if len(shape) == 1:
+            return torch.zeros(shape, device=device)
         # std 0.02 as Hugging Face initialises; scaled down by depth to keep fp16 activations finite.
         return torch.randn(shape, generator=gen, device=device) * (0.02 / math.sqrt(cfg.num_hidden_layers / 8 + 1))
 
@@ -186,7 +201,8 @@ def convert_in_memory(
     family = get_family((hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
     model_cfg = family.config_from_hf(hf_config)
     rank_map = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, rank)
-    weights = family.convert_weights(_random_reader(model_cfg, device), model_cfg, rank_map, str_to_dtype(dtype))
+    get = _random_reader(hf_config, model_cfg, device)
+    weights = family.convert_weights(get, model_cfg, rank_map, str_to_dtype(dtype))
     cfg = EngineConfig(model_cfg.architecture, dtype, model_cfg, rank_map, build)
     return cfg, weights
 
@@ -220,7 +236,7 @@ def build_engine(
             f"max_seq_len ({build.max_seq_len}) exceeds the model's max_position_embeddings "
             f"({model_cfg.max_position_embeddings})"
         )
-    get = _CheckpointReader(model_dir) if model_dir is not None else _random_reader(model_cfg, device)
+    get = _CheckpointReader(model_dir) if model_dir is not None else _random_reader(hf_config, model_cfg, device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for rank in range(mapping.world_size):

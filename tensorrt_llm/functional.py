@@ -39,13 +39,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, unit_offset: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm of `x` [N, H]; with `residual`, normalises `x + residual` and also returns that sum (the
-    next layer's residual), so the add and the norm read the activations once."""
+    """RMSNorm of `x` [..., H]; with `residual`, normalises `x + residual` and also returns that sum (the
+    next layer's residual), so the add and the norm read the activations once. `unit_offset`: Gemma's
+    `(1 + weight)` weighting, in float32."""
     if _use_kernels(x):
-        return kernels.rms_norm(x, weight, eps, residual)
-    return kernels.rms_norm_ref(x, weight, eps, residual)
+        return kernels.rms_norm(x, weight, eps, residual, unit_offset)
+    return kernels.rms_norm_ref(x, weight, eps, residual, unit_offset)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -57,6 +58,17 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if _use_kernels(x):
         return kernels.silu_and_mul(x)
     return kernels.silu_and_mul_ref(x)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU (Gemma): `x` [..., 2I] holds gate then up; returns gelu_tanh(gate) * up [..., I]."""
+    if _use_kernels(x):
+        return kernels.gelu_tanh_and_mul(x)
+    return kernels.gelu_tanh_and_mul_ref(x)
+
+
+# Gated activations by their Hugging Face `hidden_act` names (layers pick theirs once, when built).
+GATED_ACTIVATIONS = {"silu": silu_and_mul, "gelu_pytorch_tanh": gelu_tanh_and_mul}
 
 
 def apply_rotary(
@@ -108,17 +120,22 @@ def paged_attention(
     max_seq_len: int,
     max_context_len: int,
     decode_tail: int = 0,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md.
-    `decode_tail`: the last sequences with one new token each (kernel choice only)."""
+    `decode_tail`: the last sequences with one new token each (kernel choice only). `window` > 0: each
+    query sees only the last `window` keys up to its own position (sliding-window attention). `softcap`
+    > 0: scaled scores become softcap * tanh(score / softcap) (Gemma-2)."""
     if _use_kernels(q):
         return kernels.paged_attention(
             q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len,
-            decode_tail=decode_tail,
+            decode_tail=decode_tail, window=window, softcap=softcap,
         )  # fmt: skip
     return kernels.paged_attention_ref(
-        q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len
-    )
+        q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len, window,
+        softcap,
+    )  # fmt: skip
 
 
 # Rotary tables are built once per model (float32, [max_pos, D] = cat(cos, sin)).

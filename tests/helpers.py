@@ -1,12 +1,20 @@
-"""Factories for tests: tiny Hugging Face Llama models with random weights, a tokenizer trained on the
-spot (both from `tensorrt_llm.tools.tiny_model`), and engines built from them. No downloads."""
+"""Factories for tests: tiny Hugging Face models (Llama, or any family) with random weights, a tokenizer
+trained on the spot (both from `tensorrt_llm.tools.tiny_model`), and engines built from them. No downloads."""
 
 import json
 from pathlib import Path
 
-from tensorrt_llm.tools.tiny_model import CORPUS, make_tiny_llama, tiny_llama_config, train_tokenizer
+from tensorrt_llm.tools.tiny_model import CORPUS, make_tiny_llama, make_tiny_model, tiny_llama_config, train_tokenizer
 
-__all__ = ["CORPUS", "build_engine", "make_tiny_llama", "read_json", "tiny_llama_config", "train_tokenizer"]
+__all__ = [
+    "CORPUS",
+    "build_engine",
+    "make_tiny_llama",
+    "make_tiny_model",
+    "read_json",
+    "tiny_llama_config",
+    "train_tokenizer",
+]
 
 
 def build_engine(model_dir: Path | str, engine_dir: Path | str, dtype: str = "float32", **build) -> Path:

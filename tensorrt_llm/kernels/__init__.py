@@ -6,7 +6,7 @@ first imported), which is how tests check them without a GPU.
 """
 
 from ._common import HAS_TRITON, available, interpreting
-from .activation import silu_and_mul, silu_and_mul_ref
+from .activation import gelu_tanh_and_mul, gelu_tanh_and_mul_ref, silu_and_mul, silu_and_mul_ref
 from .attention import paged_attention, paged_attention_ref
 from .gemv import gemv, gemv_ref
 from .kv_cache import rotary_write_kv_cache, rotary_write_kv_cache_ref, write_kv_cache, write_kv_cache_ref
@@ -22,6 +22,8 @@ __all__ = [
     "apply_rotary_ref",
     "available",
     "current_configs",
+    "gelu_tanh_and_mul",
+    "gelu_tanh_and_mul_ref",
     "gemv",
     "gemv_ref",
     "hash_uniform",

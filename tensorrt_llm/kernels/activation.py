@@ -1,4 +1,5 @@
-"""Gated activation of Llama's MLP: silu(gate) * up over the fused gate+up projection."""
+"""Gated activations over the fused gate+up projection: act(gate) * up, with act SiLU (Llama's SwiGLU) or
+the tanh approximation of GeLU (Gemma's GeGLU, `gelu_pytorch_tanh`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _silu_and_mul_kernel(x_ptr, y_ptr, stride_x, stride_y, inter, BLOCK: tl.constexpr):
+    def _act_and_mul_kernel(x_ptr, y_ptr, stride_x, stride_y, inter, GELU_TANH: tl.constexpr, BLOCK: tl.constexpr):
         # grid (rows, column tiles); x row = [gate (inter) | up (inter)]
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -20,9 +21,15 @@ if HAS_TRITON:
         g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
         u = tl.load(x_ptr + row * stride_x + inter + cols, mask=mask, other=0.0)
         gf = g.to(tl.float32)
-        # round silu(gate) to the input dtype before the product, as the unfused model does
-        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
-        y = act.to(tl.float32) * u.to(tl.float32)
+        if GELU_TANH:
+            # 0.5 g (1 + tanh(z)) = g * sigmoid(2z): no tanh needed, and exp overflow gives -0, not NaN;
+            # 0.79788... = sqrt(2 / pi)
+            z = 0.7978845608028654 * (gf + 0.044715 * gf * gf * gf)
+            act = gf / (1.0 + tl.exp(-2.0 * z))
+        else:
+            act = gf / (1.0 + tl.exp(-gf))
+        # round act(gate) to the input dtype before the product, as the unfused model does
+        y = act.to(g.dtype).to(tl.float32) * u.to(tl.float32)
         tl.store(y_ptr + row * stride_y + cols, y.to(g.dtype), mask=mask)
 
 
@@ -31,8 +38,7 @@ def _check_args(x) -> None:
     check(x.is_floating_point(), "x must be floating point")
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x `[..., 2I]` (first half gate, second half up) -> silu(gate) * up `[..., I]` (new tensor)."""
+def _act_and_mul(x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
     _check_args(x)
     check_launchable(x)
     inter = x.shape[-1] // 2
@@ -42,8 +48,13 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = 1024 if x.is_cuda else 64
     if y.numel() > 0:
         grid = (x2.shape[0], triton.cdiv(inter, block))
-        _silu_and_mul_kernel[grid](x2, y, x2.stride(0), y.stride(0), inter, BLOCK=block)
+        _act_and_mul_kernel[grid](x2, y, x2.stride(0), y.stride(0), inter, GELU_TANH=gelu_tanh, BLOCK=block)
     return y.view(*x.shape[:-1], inter)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x `[..., 2I]` (first half gate, second half up) -> silu(gate) * up `[..., I]` (new tensor)."""
+    return _act_and_mul(x, gelu_tanh=False)
 
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
@@ -51,3 +62,15 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     _check_args(x)
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x `[..., 2I]` (gate | up) -> gelu_tanh(gate) * up `[..., I]` (new tensor)."""
+    return _act_and_mul(x, gelu_tanh=True)
+
+
+def gelu_tanh_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """PyTorch reference of `gelu_tanh_and_mul` (Hugging Face's `gelu_pytorch_tanh`)."""
+    _check_args(x)
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up

@@ -3,8 +3,9 @@
 Packed queries: q `[T, H, D]` holds the new tokens of B sequences one after another; sequence b has
 `seq_lens[b]` new tokens and `context_lens[b]` KV positions after this step (its K/V are already in the
 cache). Query i of sequence b sits at position `context_lens[b] - seq_lens[b] + i` and sees keys
-`0 .. position` (causal). Key position p of sequence b is cache row `p % tpb` of block
-`block_tables[b, p // tpb]`.
+`0 .. position` (causal), or with a sliding `window` W only the last W of them,
+`position - W + 1 .. position` (Hugging Face's `kv_idx > q_idx - W`). Key position p of sequence b is
+cache row `p % tpb` of block `block_tables[b, p // tpb]`.
 
 Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
 - context (any seq_lens): grid (query tiles, B, H); a program walks the KV of one head up to its last
@@ -17,6 +18,11 @@ Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
   the last of them to finish (an arrival counter per (sequence, KV head); FUSED_MERGE), or, with
   FUSED_MERGE off, by a small reduce kernel. Both choices are made on the device, so they also hold
   inside a CUDA graph captured with an upper bound of the context length.
+
+The window is a compile-time switch (SLIDING_WINDOW): without it the kernels are the plain causal ones.
+With it, KV loops start at the window's first tile (tiles stay aligned to BLOCK_N) and keys before the
+window are masked; the context kernel then masks every tile (no unmasked SPLIT_CAUSAL tiles).
+`softcap` > 0 (Gemma-2, compile-time switch SOFTCAP) caps the scaled scores: s = softcap * tanh(s / softcap).
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ if HAS_TRITON:
     @triton.jit
     def _attend_tile(
         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
-        start_n, n_mask, visible, offs_d, d_mask, qk_scale, TOKENS_PER_BLOCK: tl.constexpr,
-        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
     ):  # fmt: skip
         # one KV tile (positions start_n + [0, BLOCK_N)) read through the block table, folded into the
         # running softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
@@ -70,6 +76,8 @@ if HAS_TRITON:
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [rows, BLOCK_N], log2 units
+        if SOFTCAP:  # c tanh(s / c) with s and c both in log2 units; tanh(x) = 2 sigmoid(2x) - 1
+            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays empty
@@ -88,10 +96,11 @@ if HAS_TRITON:
     def _context_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim,
+        qk_scale, head_dim, window, softcap,
         GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        TILE_IN_BLOCK: tl.constexpr, SPLIT_CAUSAL: tl.constexpr,
+        TILE_IN_BLOCK: tl.constexpr, SPLIT_CAUSAL: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):  # fmt: skip
         m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
@@ -114,23 +123,28 @@ if HAS_TRITON:
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             bt_row = bt_ptr + b * stride_btb
             n_full = 0
+            if SLIDING_WINDOW:  # start at the tile holding the first key the tile's first query sees
+                n_full = tl.maximum(ctx - seq_len + m_tile * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
             if SPLIT_CAUSAL:  # tiles below the tile's first query position: every row sees every key
+                # (the launcher never sets it together with SLIDING_WINDOW: window tiles are masked)
                 n_full = (ctx - seq_len + m_tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
                 for start_n in range(0, n_full, BLOCK_N):
                     n_mask = start_n + tl.arange(0, BLOCK_N) < kv_end
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct,
-                        stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale,
-                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                        stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale, softcap,
+                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
                     )  # fmt: skip
             for start_n in range(n_full, kv_end, BLOCK_N):  # tiles that cross the causal diagonal
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_mask = offs_n < kv_end
                 visible = n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
+                if SLIDING_WINDOW:
+                    visible = visible & (offs_n[None, :] > pos[:, None] - window)
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct, stride_ch,
-                    start_n, n_mask, visible, offs_d, d_mask, qk_scale,
-                    TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                    start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap,
+                    TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
                 )  # fmt: skip
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(
@@ -147,6 +161,15 @@ if HAS_TRITON:
         n = tl.where(ctx > single_pass_ctx, num_splits, 1)
         split_size = tl.maximum(tl.cdiv(tl.cdiv(ctx, n), BLOCK_N), 1) * BLOCK_N
         return split_size, tl.maximum(tl.cdiv(ctx, split_size), 1)
+
+    @triton.jit
+    def _window_start(ctx, window, SLIDING_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+        # first key position a decode query (at ctx - 1) walks from: 0, or with a window the start of the
+        # tile holding key ctx - window (tiles stay aligned to BLOCK_N; the keys before are masked)
+        if SLIDING_WINDOW:
+            return tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
+        else:
+            return 0
 
     @triton.jit
     def _merge_splits(
@@ -192,20 +215,22 @@ if HAS_TRITON:
     def _decode_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx,
+        qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx, window, softcap,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
         BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
+        SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         num_splits = tl.num_programs(2)
         ctx = tl.load(ctx_lens_ptr + b)
+        kv_lo = _window_start(ctx, window, SLIDING_WINDOW, BLOCK_N)
         # each sequence cuts its own context, so the work stays balanced (and a short context stays one
         # pass) whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
-        split_size, active = _split_plan(ctx, num_splits, single_pass_ctx, BLOCK_N)
+        split_size, active = _split_plan(ctx - kv_lo, num_splits, single_pass_ctx, BLOCK_N)
         if split < active:  # slices past the sequence's last have nothing to do
-            start = split * split_size
+            start = kv_lo + split * split_size
             end = tl.minimum(start + split_size, ctx)
             offs_g = tl.arange(0, BLOCK_G)
             offs_d = tl.arange(0, BLOCK_D)
@@ -220,11 +245,16 @@ if HAS_TRITON:
             l_i = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
             for start_n in range(start, end, BLOCK_N):
-                n_mask = start_n + tl.arange(0, BLOCK_N) < end
+                offs_n = start_n + tl.arange(0, BLOCK_N)
+                n_mask = offs_n < end
+                visible = n_mask[None, :]
+                if SLIDING_WINDOW:  # the query (position ctx - 1) sees keys ctx - window .. ctx - 1
+                    visible = visible & (offs_n >= ctx - window)[None, :]
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                    stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
-                    offs_d < head_dim, qk_scale, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                    stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
+                    offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
+                    SOFTCAP,
                 )  # fmt: skip
             if active == 1:  # the whole context in this program: normalize and write the output here
                 acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -253,13 +283,14 @@ if HAS_TRITON:
     @triton.jit(do_not_specialize_on_alignment=["ctx_lens_ptr"])
     def _decode_reduce_kernel(
         part_o_ptr, part_ml_ptr, o_ptr, ctx_lens_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
-        single_pass_ctx, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        single_pass_ctx, window, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
     ):  # fmt: skip
         # grid (B, Hkv): the merge as a kernel of its own (FUSED_MERGE off)
         b, kvh = tl.program_id(0), tl.program_id(1)
         ctx = tl.load(ctx_lens_ptr + b)
-        _, active = _split_plan(ctx, num_splits, single_pass_ctx, BLOCK_N)
+        _, active = _split_plan(ctx - _window_start(ctx, window, SLIDING_WINDOW, BLOCK_N), num_splits,
+                                single_pass_ctx, BLOCK_N)  # fmt: skip
         if active > 1:  # a sequence cut in one slice already has its output
             _merge_splits(
                 part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh, num_heads,
@@ -320,8 +351,12 @@ def paged_attention(
     *,
     num_splits: int | None = None,
     decode_tail: int = 0,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention of packed queries q `[T, H, D]` over the paged cache; returns `[T, H, D]`.
+    `window` > 0: each query sees only the last `window` keys up to its own position (sliding window).
+    `softcap` > 0: scores (already scaled) become softcap * tanh(score / softcap) (Gemma-2).
 
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
@@ -344,20 +379,23 @@ def paged_attention(
     T = q.shape[0]
     B = block_tables.shape[0]
     check(0 <= decode_tail <= min(B, T), "decode_tail {} out of range for {} sequences", decode_tail, B)
+    check(window >= 0, "window must be >= 0 (0: none), got {}", window)
+    check(softcap >= 0, "softcap must be >= 0 (0: none), got {}", softcap)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
     if max_seq_len == 1 and T == B:
-        _decode(q, out, block_tables, context_lens, k_cache, v_cache, scale, max_context_len, num_splits)
+        _decode(q, out, block_tables, context_lens, k_cache, v_cache, scale, max_context_len, num_splits, window,
+                softcap)  # fmt: skip
     elif 0 < decode_tail < B:
         # Packed rows: the prompts' tokens [0, Tp), then one row per generation sequence [Tp, T).
         Bp, Tp = B - decode_tail, T - decode_tail
         _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], k_cache, v_cache, scale,
-                 max_seq_len)  # fmt: skip
+                 max_seq_len, window, softcap)  # fmt: skip
         _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], k_cache, v_cache, scale, max_context_len,
-                num_splits)  # fmt: skip
+                num_splits, window, softcap)  # fmt: skip
     else:
-        _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len)
+        _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len, window, softcap)
     return out
 
 
@@ -382,6 +420,8 @@ def _decode(
     scale: float,
     max_context_len: int,
     num_splits: int | None,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> None:
     """One query token per sequence: q, out `[B, H, D]` (views of the packed rows)."""
     B, H, D = q.shape
@@ -390,6 +430,8 @@ def _decode(
     cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
     single_pass_ctx = cfg.get("SINGLE_PASS_CTX", DECODE_SINGLE_PASS_CTX)
+    if window:  # keys walked per sequence: the window, widened to whole tiles (see _window_start)
+        max_context_len = min(max_context_len, window + block_n - 1)
     splits = num_splits or (
         1 if max_context_len <= single_pass_ctx else _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
     )
@@ -404,16 +446,18 @@ def _decode(
     block_s = min(next_pow2(splits), max(1, MERGE_TILE // (block_gm * block_d)))
     _decode_attention_kernel[(B, Hkv, splits)](
         q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
-        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx,
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx, window,
+        softcap * LOG2E,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
-        TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0, SLIDING_WINDOW=window > 0,
+        SOFTCAP=softcap > 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if splits > 1 and not fused:
         _decode_reduce_kernel[(B, Hkv)](
-            part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, single_pass_ctx,
+            part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, single_pass_ctx, window,
             GROUP=group, BLOCK_N=block_n, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=block_d,
+            SLIDING_WINDOW=window > 0,
         )  # fmt: skip
 
 
@@ -427,6 +471,8 @@ def _context(
     v_cache: torch.Tensor,
     scale: float,
     max_seq_len: int,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> None:
     """Packed queries of any lengths: q, out `[T, H, D]`."""
     H, D = q.shape[1], q.shape[2]
@@ -438,10 +484,11 @@ def _context(
     grid = (math.ceil(max_seq_len / block_m), B, H)
     _context_attention_kernel[grid](
         q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start,
-        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D,
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, window, softcap * LOG2E,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_precision(q.dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
-        SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True) and not window, SLIDING_WINDOW=window > 0, SOFTCAP=softcap > 0,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
 
 
@@ -455,6 +502,8 @@ def paged_attention_ref(
     scale: float,
     max_seq_len: int = 0,
     max_context_len: int = 0,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """PyTorch reference of `paged_attention`: a loop over sequences, gathering K/V from the block table.
 
@@ -471,8 +520,13 @@ def paged_attention_ref(
         k = k_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)  # [ctx, H, D]
         v = v_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)
         s = torch.einsum("qhd,khd->hqk", q[start : start + n].float(), k) * scale  # [H, n, ctx]
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
         q_pos = ctx - n + torch.arange(n, device=q.device)
-        s = s.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        hidden = pos[None, :] > q_pos[:, None]  # [n, ctx]
+        if window:
+            hidden |= pos[None, :] <= q_pos[:, None] - window
+        s = s.masked_fill(hidden[None], float("-inf"))
         out[start : start + n] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v).to(q.dtype)
         start += n
     return out

@@ -1,4 +1,8 @@
-"""RMSNorm with an optional fused residual add (Llama's `input_layernorm(h + residual)`)."""
+"""RMSNorm with an optional fused residual add (Llama's `input_layernorm(h + residual)`).
+
+Two weightings, chosen when the model is built: Llama's `w * round(x / rms)` and Gemma's
+`round(x / rms * (1 + w))` (`unit_offset`: checkpoints store w - 1, and the product stays in float32
+before the one rounding, as Hugging Face's GemmaRMSNorm)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ if HAS_TRITON:
         x_ptr, r_ptr, w_ptr, y_ptr, r_out_ptr,
         stride_x, stride_r, stride_y, stride_ro,
         hidden, eps,
-        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         # one program per row; the whole row [BLOCK >= hidden] stays in registers
         row = tl.program_id(0).to(tl.int64)
@@ -30,8 +34,10 @@ if HAS_TRITON:
         xf = x.to(tl.float32)
         inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-        # HF Llama casts the normalized row to the input dtype before scaling by the weight
-        y = (xf * inv_rms).to(x.dtype).to(tl.float32) * w.to(tl.float32)
+        if UNIT_OFFSET:  # Gemma: (1 + w), scaled in float32, one rounding at the store
+            y = xf * inv_rms * (1.0 + w.to(tl.float32))
+        else:  # HF Llama casts the normalized row to the input dtype before scaling by the weight
+            y = (xf * inv_rms).to(x.dtype).to(tl.float32) * w.to(tl.float32)
         tl.store(y_ptr + row * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -44,9 +50,10 @@ def _check_args(x, w, residual) -> None:
 
 
 def rms_norm(
-    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None, unit_offset: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """y = x / rms(x) * w over the last dim; with `residual`: returns (rms_norm(x + residual), x + residual).
+    """y = x / rms(x) * w over the last dim (`unit_offset`: * (1 + w), see module doc); with `residual`:
+    returns (rms_norm(x + residual), x + residual).
 
     Outputs are new tensors in x's dtype; the inputs are not modified.
     """
@@ -67,7 +74,8 @@ def rms_norm(
             x2, r2, w, y, r_out,
             x2.stride(0), r2.stride(0), y.stride(0), r_out.stride(0),
             H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            HAS_RESIDUAL=residual is not None, UNIT_OFFSET=unit_offset, BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
     if flat:
         y, r_out = y.view(x.shape), r_out.view(x.shape)
@@ -75,13 +83,14 @@ def rms_norm(
 
 
 def rms_norm_ref(
-    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None, unit_offset: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch reference of `rms_norm`, written as Hugging Face's LlamaRMSNorm."""
+    """PyTorch reference of `rms_norm`, written as Hugging Face's LlamaRMSNorm (GemmaRMSNorm with
+    `unit_offset`)."""
     _check_args(x, w, residual)
     if residual is not None:
         x = x + residual
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    y = w * y.to(x.dtype)
+    y = (y * (1.0 + w.float())).to(x.dtype) if unit_offset else w * y.to(x.dtype)
     return y if residual is None else (y, x)

@@ -5,6 +5,7 @@ from torch import nn
 
 from tensorrt_llm import functional as tf
 from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
+from tensorrt_llm.layers.normalization import RmsNorm
 from tensorrt_llm.mapping import Mapping
 
 
@@ -26,7 +27,13 @@ class AttentionParams:
 
 class Attention(nn.Module):
     """Multi-head attention with grouped K/V heads (MHA when num_kv_heads == num_heads, MQA when 1),
-    rotary positions, a fused QKV projection and a paged KV cache."""
+    rotary positions, a fused QKV projection and a paged KV cache.
+
+    Options (fixed when built): `bias` on the QKV projection and `dense_bias` on the output one (Qwen2 has
+    the first only); `window` > 0, sliding-window attention over the last `window` keys; `qk_norm_eps`,
+    an RMSNorm over head_dim of every q and k head before rotary (Qwen3), weights `q_norm` / `k_norm`
+    [D] on every rank; `scale` of the scores (default head_dim ** -0.5); `softcap` > 0, scores capped
+    to softcap * tanh(score / softcap) (Gemma-2)."""
 
     def __init__(
         self,
@@ -38,6 +45,10 @@ class Attention(nn.Module):
         dense_bias: bool = False,
         dtype: torch.dtype = torch.float32,
         mapping: Mapping = Mapping(),
+        window: int = 0,
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+        softcap: float = 0.0,
     ) -> None:
         super().__init__()
         tp = mapping.tp_size
@@ -49,7 +60,12 @@ class Attention(nn.Module):
         # With fewer K/V heads than ranks each rank keeps a copy of the one its query heads use.
         self.num_kv_heads = max(num_kv_heads // tp, 1)
         self.head_dim = head_dim
-        self.scale = head_dim**-0.5
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.window, self.softcap = window, softcap
+        self.q_norm = self.k_norm = None
+        if qk_norm_eps is not None:
+            self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
+            self.k_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         self.qkv = ColumnLinear(hidden_size, qkv_out, bias, dtype, mapping)
         self.dense = RowLinear(num_heads * head_dim, hidden_size, dense_bias, dtype, mapping)
@@ -61,11 +77,11 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(x)  # [T, (H + 2 Hkv) D]
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # [T, H, D], [T, Hkv, D], normed over D
         # rotary and the cache write in one kernel: the rotated k is written only into the cache
-        q = tf.rotary_write_kv_cache(
-            q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D), p.positions, p.cos_sin_cache,
-            k_cache, v_cache, p.slot_mapping,
-        )  # fmt: skip
+        q = tf.rotary_write_kv_cache(q, k, v, p.positions, p.cos_sin_cache, k_cache, v_cache, p.slot_mapping)
         o = tf.paged_attention(
             q,
             k_cache,
@@ -77,5 +93,7 @@ class Attention(nn.Module):
             p.max_seq_len,
             p.max_context_len,
             decode_tail=p.num_decode_tail,
+            window=self.window,
+            softcap=self.softcap,
         )
         return self.dense(o.reshape(T, H * D))

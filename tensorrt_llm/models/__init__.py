@@ -1,24 +1,27 @@
-"""Model families, registered by the Hugging Face architecture name their checkpoints carry."""
+"""Model families, registered by the Hugging Face architecture names their checkpoints carry.
 
-from collections.abc import Callable
-from dataclasses import dataclass
+A family is a `ModelFamily` (tensorrt_llm.models.base): how to read its config.json, how to convert its
+weights for one rank, and the `CausalLM` module the runtime builds. Families that differ only in options
+share one module (`decoder.DecoderForCausalLM`) and state their differences in their own file.
+"""
 
-from torch import nn
-
-from tensorrt_llm.models import llama
+from tensorrt_llm.models import gemma, llama, mistral, phi3, qwen
+from tensorrt_llm.models.base import CausalLM, ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
 
-
-@dataclass(frozen=True)
-class ModelFamily:
-    model_cls: type[nn.Module]
-    config_from_hf: Callable[[dict], ModelConfig]
-    convert_weights: Callable
+MODEL_REGISTRY: dict[str, ModelFamily] = {}
 
 
-MODEL_REGISTRY: dict[str, ModelFamily] = {
-    "LlamaForCausalLM": ModelFamily(llama.LlamaForCausalLM, llama.config_from_hf, llama.convert_weights),
-}
+def register(family: ModelFamily) -> None:
+    """Makes `family` build the architectures it names (one family per name)."""
+    for arch in family.architectures:
+        if MODEL_REGISTRY.get(arch, family) is not family:
+            raise ValueError(f"architecture {arch!r} is already registered to another family")
+        MODEL_REGISTRY[arch] = family
+
+
+for _family in (llama.FAMILY, mistral.FAMILY, qwen.QWEN2, qwen.QWEN3, gemma.FAMILY, gemma.GEMMA2, phi3.FAMILY):
+    register(_family)
 
 
 def get_family(architecture: str) -> ModelFamily:
@@ -30,4 +33,4 @@ def get_family(architecture: str) -> ModelFamily:
         ) from None
 
 
-__all__ = ["MODEL_REGISTRY", "ModelConfig", "ModelFamily", "get_family"]
+__all__ = ["MODEL_REGISTRY", "CausalLM", "ModelConfig", "ModelFamily", "WeightGetter", "get_family", "register"]

@@ -1,9 +1,14 @@
 from dataclasses import asdict, dataclass, field
 
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture of a decoder-only transformer, as the engine stores it (Hugging Face names)."""
+    """The architecture of a decoder-only transformer, as the engine stores it (Hugging Face names).
+
+    The fields after `pad_token_id` are the options families differ in; their defaults are Llama's, so
+    an engine config written before them reads as the Llama it is."""
 
     architecture: str
     vocab_size: int
@@ -25,6 +30,27 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     extra: dict = field(default_factory=dict)
+    # A bias on the q/k/v projections only (Qwen2); `attention_bias` puts one on the output projection too.
+    qkv_bias: bool = False
+    # Sliding-window attention: a query sees the last `sliding_window` keys, itself included (Hugging
+    # Face's `kv_idx > q_idx - sliding_window`), on the layers `layer_types` marks "sliding_attention",
+    # or on every layer when `layer_types` is None.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    # RMSNorm over head_dim of each q and k head before rotary (Qwen3).
+    qk_norm: bool = False
+    # Gemma's RMSNorm weighting: (1 + weight), in float32.
+    norm_unit_offset: bool = False
+    # Gemma scales the token embeddings by sqrt(hidden_size); conversion folds this into the engine's
+    # embedding table (rounded in the engine dtype, as Hugging Face rounds the product), so no step pays it.
+    embedding_multiplier: float = 1.0
+    # Gemma-2: scores scaled by query_pre_attn_scalar ** -0.5 (not head_dim's) and soft-capped,
+    # c * tanh(x / c), with attn_logit_softcapping; logits soft-capped with final_logit_softcapping; each
+    # attention and MLP output normed again before its residual add (`sandwich_norm`).
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    sandwich_norm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -35,6 +61,23 @@ class ModelConfig:
                 f"model config: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list on reading
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(
+                    f"model config: layer_types must name one of {LAYER_TYPES} for each of the "
+                    f"{self.num_hidden_layers} layers, got {list(self.layer_types)}"
+                )
+
+    def attention_window(self, layer: int) -> int:
+        """Keys a query of `layer` attends to, itself included; 0: all of them (full causal attention)."""
+        if self.sliding_window is None:
+            return 0
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return 0
+        return self.sliding_window
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ kernels accept, so one graph serves every context length.
 
 import torch
 
+from tensorrt_llm.models.base import CausalLM
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput
 
@@ -41,7 +42,7 @@ class _Captured:
 class StepGraphs:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: CausalLM,
         kv: KVCachePool,
         max_batch_size: int,
         max_seq_len: int,

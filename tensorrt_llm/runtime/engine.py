@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tensorrt_llm._utils import str_to_dtype
 from tensorrt_llm.builder import EngineConfig
-from tensorrt_llm.models import get_family
+from tensorrt_llm.models import CausalLM, get_family
 from tensorrt_llm.runtime.cuda_graph import StepGraphs
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput
@@ -34,7 +34,7 @@ def read_engine_config(engine_dir: Path | str, rank: int = 0) -> EngineConfig:
 class Engine:
     """One rank's model, loaded and ready: `forward(step, kv)` → logits."""
 
-    def __init__(self, config: EngineConfig, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, config: EngineConfig, model: CausalLM, device: torch.device) -> None:
         self.config = config
         self.model = model
         self.device = device

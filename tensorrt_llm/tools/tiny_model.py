@@ -1,7 +1,8 @@
-"""A tiny Llama checkpoint with random weights and a tokenizer trained on the spot: the embedded
-default of the quick start and the tests, made without any download.
+"""A tiny checkpoint with random weights and a tokenizer trained on the spot: the embedded default of the
+quick start and the tests, made without any download. Llama by default; any architecture transformers
+has (`--architecture Qwen2ForCausalLM`) with the same tiny shape.
 
-    python -m tensorrt_llm.tools.tiny_model OUT_DIR [--layers N] [--hidden N] [--kv_heads N]
+    python -m tensorrt_llm.tools.tiny_model OUT_DIR [--layers N] [--hidden N] [--kv_heads N] [--architecture A]
 """
 
 import argparse
@@ -59,7 +60,12 @@ def train_tokenizer(out_dir: Path | str, vocab_size: int = 384, kind: str = "byt
 
 
 def tiny_llama_config(vocab_size: int = 384, **overrides):
-    from transformers import LlamaConfig
+    return tiny_config("LlamaForCausalLM", vocab_size, **overrides)
+
+
+def tiny_config(architecture: str, vocab_size: int = 384, **overrides):
+    """A transformers config of `architecture` with the tiny shape (hidden 64, 2 layers, 4 heads)."""
+    import transformers
 
     kw = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -67,26 +73,41 @@ def tiny_llama_config(vocab_size: int = 384, **overrides):
         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False,
     )  # fmt: skip
     kw.update(overrides)
-    return LlamaConfig(**kw)
+    return getattr(transformers, architecture).config_class(**kw)
 
 
 def make_tiny_llama(out_dir: Path | str, seed: int = 0, with_tokenizer: bool = True, **overrides):
-    """Saves a random-weight Llama (and, by default, a trained tokenizer) to `out_dir`; returns the model.
-    Weights are scaled up from Hugging Face's init so that greedy outputs vary between prompts."""
-    from transformers import LlamaForCausalLM
+    """Saves a random-weight Llama (and, by default, a trained tokenizer) to `out_dir`; returns the model."""
+    return make_tiny_model(out_dir, "LlamaForCausalLM", seed, with_tokenizer, **overrides)
+
+
+def make_tiny_model(
+    out_dir: Path | str,
+    architecture: str = "LlamaForCausalLM",
+    seed: int = 0,
+    with_tokenizer: bool = True,
+    norm_std: float = 0.0,
+    **overrides,
+):
+    """Saves a random-weight model of `architecture` (and, by default, a trained tokenizer) to `out_dir`;
+    returns the model. Weights are scaled up from Hugging Face's init so that greedy outputs vary between
+    prompts; norm weights keep their init (1, or 0 where the norm weighs by 1 + w) plus N(0, norm_std)."""
+    import transformers
 
     out_dir = Path(out_dir)
     vocab = overrides.pop("vocab_size", None)
     if with_tokenizer:
         tok = train_tokenizer(out_dir)
         vocab = vocab or len(tok)
-    cfg = tiny_llama_config(vocab or 384, **overrides)
+    cfg = tiny_config(architecture, vocab or 384, **overrides)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    model = getattr(transformers, architecture)(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.normal_(0.0, 0.08)
+            elif norm_std:
+                p.add_(torch.randn_like(p) * norm_std)
     model.save_pretrained(out_dir)
     return model
 
@@ -98,10 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--kv_heads", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", default="LlamaForCausalLM", help="a transformers class, e.g. Qwen2ForCausalLM")
     a = p.parse_args(argv)
-    make_tiny_llama(a.out_dir, a.seed, num_hidden_layers=a.layers, hidden_size=a.hidden,
+    make_tiny_model(a.out_dir, a.architecture, a.seed, num_hidden_layers=a.layers, hidden_size=a.hidden,
                     intermediate_size=2 * a.hidden, num_key_value_heads=a.kv_heads)  # fmt: skip
-    print(f"tiny Llama checkpoint and tokenizer written to {a.out_dir}")
+    print(f"tiny {a.architecture} checkpoint and tokenizer written to {a.out_dir}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tensorrt_llm.runtime import Engine, ModelRunner, build_step_input
+from tests.engine.test_families_vs_hf import FAMILIES, make_family_model
 from tests.helpers import build_engine, make_tiny_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -47,6 +48,35 @@ def test_fp16_cuda_matches_hf(tmp_path, kv_heads):
     for p in prompts:
         graphed = runner.generate([p], max_new_tokens=16, end_id=-1, pad_id=0)
         assert torch.equal(graphed, eager_runner.generate([p], max_new_tokens=16, end_id=-1, pad_id=0))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_fp16_cuda_families_match_hf(tmp_path, name):
+    """Every family's kernel options on the GPU (sliding window, soft-capping, Gemma's norm, GeLU-tanh,
+    QK-norm): prompt logits and greedy ids against Hugging Face float16, and CUDA graphs against eager."""
+    hf = make_family_model(name, tmp_path / "hf").half().cuda()
+    build_engine(tmp_path / "hf", tmp_path / "engine", dtype="float16")
+    engine = Engine.from_dir(tmp_path / "engine", device="cuda")
+    kv = engine.make_kv_cache(32)
+    torch.manual_seed(3)
+    prompt = torch.randint(4, 384, (40,)).tolist()  # longer than the families' 12-key windows
+    ours = engine.forward(build_step_input([prompt], [0], [list(range(8))], 8, "cuda", all_logits=True), kv)
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt], device="cuda")).logits[0].float()
+    rel = ((ours - ref).norm() / ref.norm()).item()
+    print(f"{name}: fp16 CUDA prompt logits relative error vs HF: {rel:.2e}")
+    assert rel < 5e-3
+    runner = ModelRunner(engine, 64)
+    prompts = [torch.randint(4, 384, (n,)).tolist() for n in (7, 40, 19)]
+    out = runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            r = hf.generate(
+                torch.tensor([p], device="cuda"), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert out[i, 0, : r.shape[1]].tolist() == r[0].tolist(), f"{name}: prompt {i} greedy ids differ from HF"
+    eager = ModelRunner(engine, 64, cuda_graphs=False).generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
+    assert torch.equal(eager, out)
 
 
 def test_gemv_choice_runs_in_cuda_graphs(tmp_path):

@@ -1,4 +1,5 @@
-"""A 2-rank tensor-parallel engine (gloo on CPU) gives the single-rank logits and greedy ids."""
+"""2-rank tensor-parallel engines (gloo on CPU) give Hugging Face's greedy ids: Llama (K/V heads split and
+replicated) and every other family (q/k/v biases, QK-norm, fused checkpoint tensors, tied heads split)."""
 
 import os
 import socket
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.engine.test_families_vs_hf import FAMILIES, make_family_model
 from tests.helpers import build_engine, make_tiny_llama
 
 
@@ -16,16 +18,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, engine_dir: str, port: int, prompts: list, queue) -> None:
+def _worker(rank: int, engine_dirs: list[str], port: int, prompts: list, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from tensorrt_llm.runtime import ModelRunner, init_distributed
 
     init_distributed(2, rank)
     torch.manual_seed(0)
-    runner = ModelRunner.from_dir(engine_dir, device="cpu", rank=rank)
-    out = runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
-    queue.put((rank, out.tolist()))
+    outs = []
+    for engine_dir in engine_dirs:  # one process group for all: spawning costs more than a generation
+        runner = ModelRunner.from_dir(engine_dir, device="cpu", rank=rank)
+        outs.append(runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0).tolist())
+    queue.put((rank, outs))
     torch.distributed.destroy_process_group()
+
+
+def _run_tp2(engine_dirs: list, prompts: list) -> list:
+    """Generates `prompts` on each 2-rank engine; returns rank 0's output ids per engine (ranks agree)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    args = ([str(d) for d in engine_dirs], port, prompts, queue)
+    procs = [ctx.Process(target=_worker, args=(r, *args)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert results[0] == results[1]
+    return results[0]
+
+
+def _assert_greedy_like_hf(hf, prompts: list, out: list) -> None:
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(
+                torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert out[i][0][: ref.shape[1]] == ref[0].tolist()
 
 
 @pytest.mark.parametrize("kv_heads", [4, 1])  # K/V heads split across ranks, and one replicated
@@ -33,19 +62,15 @@ def test_tp2_matches_hf(tmp_path, kv_heads):
     hf = make_tiny_llama(tmp_path / "hf", with_tokenizer=False, vocab_size=384, num_key_value_heads=kv_heads)
     build_engine(tmp_path / "hf", tmp_path / "engine", world_size=2, tp_size=2)
     prompts = [[1, 5, 9, 33, 2], [1, 77, 12]]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "engine"), port, prompts, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    assert results[0] == results[1]
-    for i, prompt in enumerate(prompts):
-        with torch.no_grad():
-            ref = hf.generate(
-                torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
-            )
-        assert results[0][i][0][: ref.shape[1]] == ref[0].tolist()
+    (out,) = _run_tp2([tmp_path / "engine"], prompts)
+    _assert_greedy_like_hf(hf, prompts, out)
+
+
+def test_tp2_families_match_hf(tmp_path):
+    models, engines = {}, []
+    for name in FAMILIES:
+        models[name] = make_family_model(name, tmp_path / name / "hf")
+        engines.append(build_engine(tmp_path / name / "hf", tmp_path / name / "engine", world_size=2, tp_size=2))
+    prompts = [[1, 5, 9, 33, 2, 17, 80, 80, 4, 250, 11, 12, 13, 301], [1, 77, 12]]  # the first beyond a window
+    for name, out in zip(FAMILIES, _run_tp2(engines, prompts), strict=True):
+        _assert_greedy_like_hf(models[name], prompts, out)

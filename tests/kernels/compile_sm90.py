@@ -1,4 +1,5 @@
-"""Compiles the new decode-path kernels for sm_90 (H100) ahead of time, without a GPU: run by
+"""Compiles the decode-path kernels, the context attention kernel and the model-option variants (sliding
+window, soft-capping, Gemma's norm, GeLU-tanh) for sm_90 (H100) ahead of time, without a GPU: run by
 test_compile_sm90.py in a process without TRITON_INTERPRET. The interpreter runs a kernel's Python; this
 catches what only the compiler checks (types that differ between the branches of an `if`, shapes,
 atomics, cache modifiers) in the launch variants the engine uses.
@@ -17,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from tensorrt_llm.kernels import attention, kv_cache  # noqa: E402
+from tensorrt_llm.kernels import activation, attention, kv_cache, norm  # noqa: E402
 
 gemv_module = sys.modules["tensorrt_llm.kernels.gemv"]  # (the package exports the function as `gemv`)
 TARGET = GPUTarget("cuda", 90, 32)
@@ -44,7 +45,12 @@ def main() -> None:
             n += 1
             if dt == "fp32":  # float32 engines are for tests; the rotary kernel covers the dtype
                 continue
-            for splits, fused in ((1, False), (9, True), (9, False), (33, True)):
+            # the sliding window (a compile-time switch) on the GQA shape only: the others add nothing new
+            variants = [(s, f, False, False) for s, f in ((1, False), (9, True), (9, False), (33, True))]
+            if Hkv == 8:  # (Gemma-2 runs both options at once)
+                variants += [(1, False, True, False), (9, True, True, False), (9, False, True, False)]
+                variants += [(1, False, True, True), (9, True, True, True)]
+            for splits, fused, window, softcap in variants:
                 block_gm = p2(group)
                 block_s = min(p2(splits), max(1, attention.MERGE_TILE // (block_gm * 128)))
                 ptrs = {p: f"*{dt}" for p in ("q_ptr", "kc_ptr", "vc_ptr", "o_ptr")}
@@ -52,16 +58,36 @@ def main() -> None:
                             count_ptr="*i32" if fused else f"*{dt}")  # fmt: skip
                 consts = dict(GROUP=group, BLOCK_G=max(16, p2(group)), TOKENS_PER_BLOCK=64, BLOCK_N=64, BLOCK_D=128,
                               FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s,
-                              DOT_PRECISION="tf32", TILE_IN_BLOCK=True)  # fmt: skip
-                compile_one(attention._decode_attention_kernel, ptrs, consts, ("qk_scale",), num_warps=4, num_stages=2)
+                              DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SLIDING_WINDOW=window,
+                              SOFTCAP=softcap)  # fmt: skip
+                compile_one(attention._decode_attention_kernel, ptrs, consts, ("qk_scale", "softcap"), num_warps=4,
+                            num_stages=2)  # fmt: skip
                 n += 1
                 if splits > 1 and not fused:
                     ptrs = {"part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "o_ptr": f"*{dt}", "ctx_lens_ptr": "*i32"}
-                    consts = dict(GROUP=group, BLOCK_N=64, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=128)
+                    consts = dict(GROUP=group, BLOCK_N=64, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=128,
+                                  SLIDING_WINDOW=window)  # fmt: skip
                     compile_one(attention._decode_reduce_kernel, ptrs, consts)
+                    n += 1
+            if Hkv == 8:  # the context kernel: plain causal (split at the diagonal) and sliding window
+                for window, softcap in ((False, False), (True, False), (True, True)):
+                    ptrs = {p: f"*{dt}" for p in ("q_ptr", "kc_ptr", "vc_ptr", "o_ptr")}
+                    ptrs.update(bt_ptr="*i32", seq_lens_ptr="*i32", ctx_lens_ptr="*i32", q_start_ptr="*i32")
+                    consts = dict(GROUP=group, TOKENS_PER_BLOCK=64, BLOCK_M=64, BLOCK_N=64, BLOCK_D=128,
+                                  DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SPLIT_CAUSAL=not window,
+                                  SLIDING_WINDOW=window, SOFTCAP=softcap)  # fmt: skip
+                    compile_one(attention._context_attention_kernel, ptrs, consts, ("qk_scale", "softcap"),
+                                num_warps=4, num_stages=3)  # fmt: skip
                     n += 1
         if dt == "fp32":
             continue
+        for option in (False, True):  # Llama / Gemma weighting of the norm; SiLU / GeLU-tanh gate
+            ptrs = {p: f"*{dt}" for p in ("x_ptr", "r_ptr", "w_ptr", "y_ptr", "r_out_ptr")}
+            consts = dict(HAS_RESIDUAL=True, UNIT_OFFSET=option, BLOCK=4096)
+            compile_one(norm._rms_norm_kernel, ptrs, consts, ("eps",), num_warps=16)
+            compile_one(activation._act_and_mul_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
+                        dict(GELU_TANH=option, BLOCK=1024))  # fmt: skip
+            n += 2
         gemv_launches = [(1, (4, 512, 4, 3)), (1, (8, 256, 4, 3)), (2, (8, 512, 4, 3)), (4, (8, 512, 4, 4))]
         for block_m, (block_n, block_k, warps, stages) in gemv_launches:
             for even_k, bias in ((True, False), (False, True)):

@@ -37,7 +37,7 @@ def run_both(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device, **kw):
     q, kc, vc, bt, sl, cl = make_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device)
     args = (q, kc, vc, bt, sl, cl, D**-0.5, max(seq_lens), max(ctx_lens))
     out = K.paged_attention(*args, **kw)
-    ref = K.paged_attention_ref(*args)
+    ref = K.paged_attention_ref(*args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0))
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
     return out
 
@@ -181,3 +181,72 @@ def test_rejects_bad_group(device):
     q, kc, vc, bt, sl, cl = make_batch([2], [2], 3, 2, 16, 4, torch.float32, device)
     with pytest.raises(ValueError, match="multiple of Hkv"):
         K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 2, 2)
+
+
+# Sliding window: windows shorter than a tile, spanning a few tiles, and not a multiple of the tile; the
+# contexts put the window's first key inside a tile and across block boundaries.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 1)])
+@pytest.mark.parametrize("window", [5, 16, 37])
+def test_sliding_window_context_and_mixed_steps(device, dtype, heads, window):
+    run_both([5, 40, 1, 20], [5, 70, 13, 20], *heads, 32, 8, dtype, device, window=window)
+    run_both([9, 1, 1], [30, 64, 100], *heads, 32, 16, dtype, device, window=window, decode_tail=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 1)])
+@pytest.mark.parametrize("num_splits", [None, 3])
+@pytest.mark.parametrize("window", [7, 33])
+def test_sliding_window_decode(device, dtype, heads, num_splits, window):
+    run_both([1, 1, 1, 1], [1, 37, 64, 100], *heads, 32, 16, dtype, device, num_splits=num_splits, window=window)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sliding_window_decode_merged_under_a_graph_bound(device, monkeypatch, fused):
+    # a CUDA graph's bound (4096) far above the window: slices of the window, merged by the last of them
+    # or by the reduce kernel, which must plan the same window-relative slices
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=fused)
+    q, kc, vc, bt, sl, cl = make_batch([1] * 4, [3, 20, 90, 250], 8, 2, 32, 16, torch.float32, device)
+    args = (q, kc, vc, bt, sl, cl, 32**-0.5)
+    ref = K.paged_attention_ref(*args, window=50)
+    for splits in (None, 5):
+        out = K.paged_attention(*args, 1, 4096, num_splits=splits, window=50)
+        torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_sliding_window_reference_matches_dense_masked_attention():
+    torch.manual_seed(0)
+    T, H, D, tpb, W = 12, 2, 16, 4, 5
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    kc, vc = k.view(T // tpb, tpb, H, D), v.view(T // tpb, tpb, H, D)
+    bt = torch.arange(T // tpb, dtype=torch.int32)[None]
+    lens = torch.tensor([T], dtype=torch.int32)
+    out = K.paged_attention_ref(q, kc, vc, bt, lens, lens, D**-0.5, window=W)
+    i = torch.arange(T)
+    mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - W)  # Hugging Face's kv_idx > q_idx - W
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask
+    ).transpose(0, 1)
+    torch.testing.assert_close(out, sdpa, rtol=1e-5, atol=1e-5)
+
+
+# Soft-capping (Gemma-2): a cap of 1.5 changes scores of the random inputs (about N(0, 1)) a lot.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [0, 16])
+def test_softcap_context_decode_and_mixed(device, dtype, window):
+    kw = dict(softcap=1.5, window=window)
+    run_both([5, 40, 1, 20], [5, 70, 13, 20], 4, 2, 32, 8, dtype, device, **kw)
+    run_both([9, 1, 1], [30, 64, 100], 4, 1, 32, 16, dtype, device, decode_tail=2, **kw)
+    run_both([1, 1, 1], [20, 64, 250], 8, 2, 32, 16, dtype, device, num_splits=4, **kw)
+
+
+def test_softcap_reference_caps_the_scaled_scores():
+    torch.manual_seed(0)
+    T, H, D, cap = 8, 2, 16, 0.7
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    bt = torch.arange(2, dtype=torch.int32)[None]
+    lens = torch.tensor([T], dtype=torch.int32)
+    out = K.paged_attention_ref(q, k.view(2, 4, H, D), v.view(2, 4, H, D), bt, lens, lens, 0.25, softcap=cap)
+    s = cap * torch.tanh(torch.einsum("qhd,khd->hqk", q, k) * 0.25 / cap)  # [H, T, T]
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(out, torch.einsum("hqk,khd->qhd", s.softmax(-1), v), rtol=1e-5, atol=1e-5)

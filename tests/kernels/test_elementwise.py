@@ -70,6 +70,35 @@ def test_rms_norm_fused_residual(device, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_unit_offset(device, dtype, residual):
+    # Gemma: y = x / rms(x) * (1 + w), w around 0
+    torch.manual_seed(0)
+    x = torch.randn(6, 80, dtype=dtype, device=device)
+    w = (torch.randn(80, device=device) * 0.3).to(dtype)
+    r = torch.randn_like(x) if residual else None
+    out, ref = K.rms_norm(x, w, 1e-6, r, unit_offset=True), K.rms_norm_ref(x, w, 1e-6, r, unit_offset=True)
+    if residual:
+        (out, new_r), (ref, new_r_ref) = out, ref
+        assert torch.equal(new_r, new_r_ref)
+    _close(out, ref, dtype)
+    xf = x.float() + (r.float() if residual else 0)
+    gemma = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + w.float())).to(dtype)
+    _close(ref, gemma, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # the interpreter's numpy
+def test_gelu_tanh_and_mul(device, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 2 * 80, dtype=dtype, device=device) * 3
+    x[0, 0, :4] = torch.tensor([-60.0, 60.0, -1e4, 0.0])  # saturated tails: exp overflow must not give NaN
+    y = K.gelu_tanh_and_mul(x)
+    assert y.shape == (3, 4, 80) and y.isfinite().all()
+    _close(y, K.gelu_tanh_and_mul_ref(x), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(device, dtype):
     torch.manual_seed(0)
     x = torch.randn(3, 4, 2 * 80, dtype=dtype, device=device) * 3

@@ -112,7 +112,8 @@ def test_num_return_sequences_and_early_stopping():
 
 def test_unsupported_parameters_are_logged_only_when_set():
     raw = {
-        "enable_kv_cache_reuse": "true",
+        "enable_kv_cache_reuse": "true",  # supported: no warning
+        "kv_cache_host_memory_bytes": "1000000",
         "sink_token_length": "${sink_token_length}",
         "multi_block_mode": "true",
         "normalize_log_probs": "false",
@@ -121,7 +122,7 @@ def test_unsupported_parameters_are_logged_only_when_set():
     }
     warnings = unsupported_parameter_warnings(raw)
     assert len(warnings) == 2
-    assert any("enable_kv_cache_reuse='true'" in w and "#14" in w for w in warnings)
+    assert any("kv_cache_host_memory_bytes='1000000'" in w and "#14" in w for w in warnings)
     assert any("normalize_log_probs='false'" in w for w in warnings)
 
 

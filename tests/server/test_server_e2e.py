@@ -257,7 +257,8 @@ def test_metrics_families_present(server):
         assert f"# TYPE {family}" in text, family
     # Series this engine has no value for are left out rather than reported as a constant 0.
     assert "nv_trt_llm_disaggregated_serving_metrics" not in text
-    assert 'kv_cache_block_type="reused"' not in text and 'memory_type="pinned"' not in text
+    assert 'memory_type="pinned"' not in text
+    assert 'kv_cache_block_type="reused"' in text  # 0 unless enable_kv_cache_reuse is on
     assert server.metric("nv_trt_llm_kv_cache_block_metrics", "max") > 0
     assert server.metric("nv_trt_llm_kv_cache_block_metrics", "tokens_per") == 8
 

@@ -1,0 +1,69 @@
+"""`python -m openai_frontend`: the OpenAI-compatible API against a running tritonserver."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m openai_frontend", description=__doc__)
+    p.add_argument("--triton_grpc_url", default="localhost:8001", help="tritonserver's gRPC endpoint")
+    p.add_argument(
+        "--triton_metrics_url",
+        default=None,
+        help="tritonserver's metrics, served again at /metrics (default: port 8002 of the gRPC host)",
+    )
+    p.add_argument(
+        "--tokenizer_dir",
+        default=None,
+        help="tokenizer directory (default: the one in the repository's preprocessing / BLS config; needed "
+        "when that path is not on this machine, or for a repository without text models)",
+    )
+    p.add_argument(
+        "--default_max_tokens",
+        type=int,
+        default=None,
+        help="tokens a chat request without max_tokens may generate (default: up to the engine's max_seq_len, "
+        "as OpenAI; the guaranteed_no_evict scheduler reserves KV blocks for all of them)",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--startup_timeout", type=float, default=300.0, help="seconds to wait for tritonserver to be ready")
+    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--access_log",
+        action="store_true",
+        help="log every HTTP request (off: a line per request costs CPU under load)",
+    )
+    args = p.parse_args(argv)
+    if args.triton_metrics_url is None:
+        host = args.triton_grpc_url.rsplit(":", 1)[0] if ":" in args.triton_grpc_url else args.triton_grpc_url
+        args.triton_metrics_url = f"http://{host}:8002/metrics"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import uvicorn
+
+    from openai_frontend.server import FrontEnd, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s openai_frontend %(levelname)s %(message)s")
+    fe = FrontEnd(args.triton_grpc_url, args.triton_metrics_url, args.tokenizer_dir, args.default_max_tokens)
+    app = create_app(fe, args.startup_timeout)
+    # A stop (SIGTERM) waits at most this long for open streams before closing them.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Token ids -> completion text, a piece at a time: a windowed incremental detokenizer and stop strings.
+
+`Detokenizer` decodes only a short window of tokens per call (vLLM's and TGI's method), not the whole
+sequence as `backend.detokenizer.IncrementalDetokenizer` does: the front end serves hundreds of streams in one
+process, and decoding every stream's whole text at every step would cost O(tokens^2). It keeps that module's
+rules for what text is settled (`backend.detokenizer`: a trailing U+FFFD may be an incomplete character; a
+trailing run of SentencePiece byte tokens may still change), so the pieces concatenate to the text decoded
+in one call, however the tokens are chunked.
+
+The window starts a few tokens into the prompt: the completion's first token is decoded in context, so
+SentencePiece keeps its leading space (" world" after "Hello", as vLLM and OpenAI return it; decoding the
+completion alone would drop it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from backend.detokenizer import REPLACEMENT, byte_fallback_ids, decode
+
+CONTEXT_TOKENS = 5  # prompt tokens decoded with the completion (enough for any leading-space rule)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+_BYTE_LEVEL = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+class TokenText:
+    """A token's text and exact bytes, for log probs: a byte-level token may hold part of a character,
+    whose decoded text is only U+FFFD but whose bytes (OpenAI's `bytes` field) are known."""
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_level = type(decoder).__name__ == "ByteLevel"
+        self.byte_ids = byte_fallback_ids(tokenizer)
+        # Skipped special tokens have no text, so that the tokens' bytes add up to the choice's text.
+        self.hidden = set(tokenizer.all_special_ids) if skip_special_tokens else set()
+
+    def __call__(self, token_id: int) -> tuple[str, bytes]:
+        if token_id in self.hidden:
+            return "", b""
+        text = self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if token_id in self.byte_ids:  # SentencePiece's "<0xNN>"
+            return text, bytes([int(piece[3:5], 16)])
+        if self.byte_level and piece is not None and all(c in _BYTE_LEVEL for c in piece):
+            return text, bytes(_BYTE_LEVEL[c] for c in piece)
+        if piece is not None and "▁" in piece:
+            # SentencePiece: decoding one token strips its leading space; the piece keeps it.
+            text = piece.replace("▁", " ")
+        return text, text.encode("utf-8")
+
+
+class Detokenizer:
+    """One stream's text: `add(new_ids)` returns the text they settle; `add([], final=True)` the rest.
+
+    Invariant: `ids[:read]` are emitted, and `decode(ids[prefix:read])` is the text of the window before
+    them, so the next piece is `decode(ids[prefix:end])` past that text.
+    """
+
+    def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = [int(i) for i in prompt_ids[-CONTEXT_TOKENS:]]
+        self.prefix = 0
+        self.read = len(self.ids)
+        self.held = ""  # text emitted past `read` (a character completed, its token run not yet settled)
+        self._byte_ids = byte_fallback_ids(tokenizer)
+        self._special = set(tokenizer.all_special_ids) if skip_special_tokens else set()
+
+    def _settled_end(self) -> int:
+        """All ids but a trailing run of byte-fallback tokens (skipped special tokens are transparent)."""
+        end = len(self.ids)
+        if self._byte_ids:
+            while end > self.read and (self.ids[end - 1] in self._byte_ids or self.ids[end - 1] in self._special):
+                end -= 1
+        return end
+
+    def add(self, new_ids: Sequence[int], final: bool = False) -> str:
+        self.ids.extend(int(i) for i in new_ids)
+        end = len(self.ids) if final else self._settled_end()
+        if end <= self.read and not final:
+            return ""
+        before = decode(self.tokenizer, self.ids[self.prefix : self.read], self.skip_special_tokens)
+        now = decode(self.tokenizer, self.ids[self.prefix : end], self.skip_special_tokens)
+        text = _past(now, before)
+        if not final and text.endswith(REPLACEMENT):
+            # An incomplete character: emit what is settled before it, keep the window where it is.
+            stable = text.rstrip(REPLACEMENT)
+            piece = stable[len(self.held) :] if stable.startswith(self.held) else ""
+            self.held += piece
+            return piece
+        piece = text[len(self.held) :] if text.startswith(self.held) else text
+        self.held = ""
+        if not final:
+            self.prefix, self.read = self.read, end
+        return piece
+
+
+def _past(text: str, before: str) -> str:
+    """`text` after its prefix `before`; a decoder that rewrote the window's start (not seen with clean-up
+    off) gives what follows the common prefix, rather than repeated text."""
+    if text.startswith(before):
+        return text[len(before) :]
+    n = 0
+    for a, b in zip(text, before, strict=False):
+        if a != b:
+            break
+        n += 1
+    return text[max(n, len(before)) :]
+
+
+class StopMatcher:
+    """Cuts a text stream at the first occurrence of any stop string, which is not returned.
+
+    Text that could be the start of a stop string is held back until the next piece tells; `feed` returns
+    what is safe to emit and whether a stop string was found (then the stream is over).
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buf = self.pending + text
+        # `pending` holds no complete stop string, so the first match is in `buf` and starts in it.
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.pending = ""
+            return buf[: min(hits)], True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:k]):
+                    keep = k
+                    break
+        self.pending = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        """What was held back, at the end of a stream that met no stop string."""
+        out, self.pending = self.pending, ""
+        return out

@@ -1,0 +1,145 @@
+"""Hugging Face → engine, shared by the decoder families: reading config.json, slicing for tensor
+parallelism, and converting checkpoints laid out as Llama's (`model.layers.{i}.self_attn.q_proj`, ...).
+A family whose checkpoint differs (fused tensors, other names) adapts the tensor getter, not this code."""
+
+import torch
+
+from tensorrt_llm.functional import GATED_ACTIVATIONS
+from tensorrt_llm.kernels.rotary import rope_inv_freq
+from tensorrt_llm.mapping import Mapping
+from tensorrt_llm.models.base import WeightGetter
+from tensorrt_llm.models.config import ModelConfig
+
+
+def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfig:
+    """The fields every decoder family reads alike from a Hugging Face `config.json` dict (transformers 4
+    or 5 layout); `options` (ModelConfig fields) are the family's own and override what was read.
+    `architecture` names the family when the config names none."""
+    try:
+        heads = hf["num_attention_heads"]
+        rope = hf.get("rope_parameters") or {}
+        theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+        scaling = hf.get("rope_scaling")
+        if scaling is None and rope.get("rope_type", "default") != "default":
+            scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        fields = dict(
+            architecture=(hf.get("architectures") or [architecture])[0],
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            hidden_act=hf.get("hidden_act", "silu"),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+    except KeyError as e:
+        raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
+    fields.update(options)
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"partial rotary embeddings (partial_rotary_factor {partial}) are not supported yet")
+    if fields["hidden_act"] not in GATED_ACTIVATIONS:
+        raise ValueError(
+            f"{fields['architecture']}: hidden_act {fields['hidden_act']!r} is not supported "
+            f"(supported: {', '.join(sorted(GATED_ACTIVATIONS))})"
+        )
+    rope_inv_freq(fields["head_dim"], fields["rope_theta"], scaling)  # an unsupported rope type fails here
+    return ModelConfig(**fields)
+
+
+def window_options(hf: dict, sliding_window: int | None, layer_types: list[str] | None = None) -> dict:
+    """`sliding_window` / `layer_types` ModelConfig options: none when no layer has a window, or when the
+    window covers every position the model has (then it changes nothing, and the plain kernels run)."""
+    max_pos = hf.get("max_position_embeddings", 2048)
+    if not sliding_window or sliding_window >= max_pos:
+        return {}
+    if layer_types is None or all(t == "sliding_attention" for t in layer_types):
+        return dict(sliding_window=sliding_window)
+    if "sliding_attention" not in layer_types:
+        return {}
+    return dict(sliding_window=sliding_window, layer_types=tuple(layer_types))
+
+
+class TensorParallelSlicer:
+    """This rank's slices of a Hugging Face weight (Megatron layout: see tensorrt_llm.layers.linear)."""
+
+    def __init__(self, cfg: ModelConfig, mapping: Mapping) -> None:
+        tp = mapping.tp_size
+        Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        for what, n in (("num_attention_heads", Hq), ("intermediate_size", cfg.intermediate_size),
+                        ("vocab_size", cfg.vocab_size)):  # fmt: skip
+            if n % tp:
+                raise ValueError(f"{what} ({n}) is not divisible by tp_size ({tp})")
+        if Hkv % tp and tp % Hkv:
+            raise ValueError(f"num_key_value_heads ({Hkv}) and tp_size ({tp}) must divide one another")
+        self.tp, self.rank, self.head_dim, self.kv_heads = tp, mapping.tp_rank, cfg.head_dim, Hkv
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the output features (column-parallel weights and their biases)."""
+        return t.chunk(self.tp, dim=0)[self.rank]
+
+    def kv_rows(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kv_heads >= self.tp:
+            return self.rows(t)
+        # Fewer K/V heads than ranks: rank r uses the head of its query-head group.
+        head, D = self.rank * self.kv_heads // self.tp, self.head_dim
+        return t[head * D : (head + 1) * D]
+
+    def cols(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the input features (row-parallel weights)."""
+        return t.chunk(self.tp, dim=1)[self.rank]
+
+
+def convert_decoder(
+    get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """One rank's engine weights (names: tensorrt_llm.models.decoder) from a checkpoint with Llama's
+    tensor names: QKV and gate/up fused, each split for tensor parallelism, cast to `dtype`."""
+    tp = TensorParallelSlicer(cfg, mapping)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(cfg.num_hidden_layers):
+        hf, en = f"model.layers.{i}.", f"layers.{i}."
+        att, mlp = hf + "self_attn.", hf + "mlp."
+        out[en + "input_layernorm.weight"] = get(hf + "input_layernorm.weight")
+        if cfg.sandwich_norm:  # Gemma-2 names its attention output's norm post_attention_layernorm
+            out[en + "attention_out_norm.weight"] = get(hf + "post_attention_layernorm.weight")
+            out[en + "post_layernorm.weight"] = get(hf + "pre_feedforward_layernorm.weight")
+            out[en + "mlp_out_norm.weight"] = get(hf + "post_feedforward_layernorm.weight")
+        else:
+            out[en + "post_layernorm.weight"] = get(hf + "post_attention_layernorm.weight")
+        for kind in ("weight", "bias") if cfg.attention_bias or cfg.qkv_bias else ("weight",):
+            q, k, v = (get(f"{att}{n}_proj.{kind}") for n in "qkv")
+            out[f"{en}attention.qkv.{kind}"] = torch.cat([tp.rows(q), tp.kv_rows(k), tp.kv_rows(v)])
+        if cfg.qk_norm:  # per head, so every rank holds the whole [D] weights
+            out[en + "attention.q_norm.weight"] = get(att + "q_norm.weight")
+            out[en + "attention.k_norm.weight"] = get(att + "k_norm.weight")
+        out[en + "attention.dense.weight"] = tp.cols(get(att + "o_proj.weight"))
+        if cfg.attention_bias:
+            out[en + "attention.dense.bias"] = get(att + "o_proj.bias")
+        for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
+            gate, up = get(f"{mlp}gate_proj.{kind}"), get(f"{mlp}up_proj.{kind}")
+            out[f"{en}mlp.gate_up.{kind}"] = torch.cat([tp.rows(gate), tp.rows(up)])
+        out[en + "mlp.down.weight"] = tp.cols(get(mlp + "down_proj.weight"))
+        if cfg.mlp_bias:
+            out[en + "mlp.down.bias"] = get(mlp + "down_proj.bias")
+    out["ln_f.weight"] = get("model.norm.weight")
+    embed = get("model.embed_tokens.weight")
+    out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))
+    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    if cfg.embedding_multiplier != 1.0:  # in the engine dtype, as Hugging Face multiplies (a tied head is unscaled)
+        embed = embed.to(dtype) * torch.tensor(cfg.embedding_multiplier).to(dtype)
+    else:  # a copy of its own: a tied head may share its memory, which safetensors refuses to save
+        embed = embed.to(dtype).clone()
+    out["vocab_embedding.weight"] = embed.contiguous()
+    return out

@@ -1,0 +1,129 @@
+"""The pre-norm rotary decoder that Llama, Mistral, Qwen2/2.5/3, Gemma/Gemma-2 and Phi-3 all are: one
+module, the families' differences are `ModelConfig` options resolved here, at construction.
+
+    h = embed(ids)                      (Gemma's sqrt(hidden) scale is already in the table)
+    per layer:  h = h + attn(norm(h))   (QKV biases, QK-norm, sliding window, soft-capped scores: per layer)
+                h = h + mlp(norm(h))    (SiLU or GeLU-tanh gate; RMSNorm w or 1 + w)
+                (sandwich_norm: h + norm(attn(norm(h))), h + norm(mlp(norm(h))))
+    logits = lm_head(norm(h))           (vocabulary-parallel; soft-capped for Gemma-2)
+
+Engine weight names (per rank):
+    vocab_embedding.weight                  [V, H]
+    layers.{i}.input_layernorm.weight       [H]
+    layers.{i}.attention.qkv.weight         [(Hq + 2 Hkv) D / tp, H]   rows: q | k | v of this rank (+ .bias)
+    layers.{i}.attention.q_norm.weight      [D]                         (qk_norm; k_norm likewise)
+    layers.{i}.attention.dense.weight       [H, Hq D / tp]              (+ .bias [H] with attention_bias)
+    layers.{i}.post_layernorm.weight        [H]                         (the MLP's input norm)
+    layers.{i}.attention_out_norm.weight    [H]                         (sandwich_norm; mlp_out_norm likewise)
+    layers.{i}.mlp.gate_up.weight           [2 I / tp, H]               rows: gate | up of this rank
+    layers.{i}.mlp.down.weight              [H, I / tp]
+    ln_f.weight                             [H]
+    lm_head.weight                          [V / tp, H]
+"""
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from tensorrt_llm import functional as tf
+from tensorrt_llm.layers import Attention, AttentionParams, ColumnLinear, Embedding, GatedMLP, RmsNorm
+from tensorrt_llm.mapping import Mapping
+from tensorrt_llm.models.base import CausalLM
+from tensorrt_llm.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tensorrt_llm.runtime.step import StepInput
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, mapping: Mapping) -> None:
+        super().__init__()
+        H, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.input_layernorm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
+        self.attention = Attention(
+            H,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            bias=cfg.attention_bias or cfg.qkv_bias,
+            dense_bias=cfg.attention_bias,
+            dtype=dtype,
+            mapping=mapping,
+            window=cfg.attention_window(layer),
+            qk_norm_eps=eps if cfg.qk_norm else None,
+            scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
+            softcap=cfg.attn_logit_softcapping or 0.0,
+        )
+        self.post_layernorm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
+        self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
+        self.attention_out_norm = self.mlp_out_norm = None
+        if cfg.sandwich_norm:
+            self.attention_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
+            self.mlp_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        p: AttentionParams,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual stream is carried separately so that each add is fused into the next norm.
+        if residual is None:
+            residual = h
+            h = self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.attention(h, p, k_cache, v_cache)
+        if self.attention_out_norm is None:
+            h, residual = self.post_layernorm(h, residual)
+            return self.mlp(h), residual
+        h, residual = self.post_layernorm(self.attention_out_norm(h), residual)
+        return self.mlp_out_norm(self.mlp(h)), residual
+
+
+class DecoderForCausalLM(CausalLM):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, mapping: Mapping = Mapping()) -> None:
+        super().__init__()
+        if mapping.pp_size > 1:
+            raise NotImplementedError("pipeline parallelism is not built yet: use tp_size for multi-GPU")
+        self.cfg = cfg
+        self.vocab_embedding = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, mapping) for i in range(cfg.num_hidden_layers))
+        self.ln_f = RmsNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.norm_unit_offset)
+        # Vocabulary-parallel head: each rank scores a slice of the vocabulary, gathered at the end.
+        self.lm_head = ColumnLinear(cfg.hidden_size, cfg.vocab_size, False, dtype, mapping, gather_output=True)
+        self.init_buffers(None)
+
+    def init_buffers(self, device: torch.device | None) -> None:
+        cfg = self.cfg
+        cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)
+
+    def hidden(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
+        p = AttentionParams(
+            positions=step.positions,
+            seq_lens=step.seq_lens,
+            context_lens=step.context_lens,
+            block_tables=step.block_tables,
+            slot_mapping=step.slot_mapping,
+            max_seq_len=step.max_seq_len,
+            max_context_len=step.max_context_len,
+            cos_sin_cache=self.cos_sin_cache,
+            num_decode_tail=step.num_decode_tail,
+        )
+        h = self.vocab_embedding(step.input_ids)  # [T, hidden]
+        residual = None
+        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
+            h, residual = layer(h, residual, p, k_cache, v_cache)
+        # Only the rows whose logits are wanted go through the final norm and the (large) head.
+        idx = step.logits_indices
+        h, _ = self.ln_f(h[idx], residual[idx])
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(h).float()
+        cap = self.cfg.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap

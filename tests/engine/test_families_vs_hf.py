@@ -1,0 +1,159 @@
+"""Every registered family against Hugging Face's own forward pass and `generate` on the same tiny random
+model: prompt and step logits, a mixed step, and greedy tokens of a packed, paged batch through
+ModelRunner. Llama itself: test_llama_vs_hf.py; tensor parallel: test_tensor_parallel.py."""
+
+import pytest
+import torch
+
+from tensorrt_llm.models import MODEL_REGISTRY, get_family
+from tensorrt_llm.runtime import Engine, ModelRunner, build_step_input
+from tests.helpers import build_engine, make_tiny_model
+
+# name: (architecture, tiny-config overrides). Windows of 12 keys are shorter than the prompts (up to 30
+# tokens) and the generations, and not a multiple of the 8-token KV blocks.
+FAMILIES = {
+    "mistral": ("MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=12)),
+    # layer 0 full, layer 1 windowed; biases on q/k/v
+    "qwen2": (
+        "Qwen2ForCausalLM",
+        dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=12, max_window_layers=1),
+    ),
+    # head_dim 32 != hidden / heads; QK-norm; tied head
+    "qwen3": ("Qwen3ForCausalLM", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)),
+    # GeLU-tanh, (1 + w) norms, scaled embeddings, tied head, MQA
+    "gemma": ("GemmaForCausalLM", dict(num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)),
+    # fused qkv_proj / gate_up_proj, windowed
+    "phi3": ("Phi3ForCausalLM", dict(num_key_value_heads=2, sliding_window=12)),
+    # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
+    # sandwich norms, query_pre_attn_scalar != head_dim
+    "gemma2": (
+        "Gemma2ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=True,
+            sliding_window=12,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),  # fmt: skip
+}
+VOCAB = 384
+
+
+def make_family_model(name: str, out_dir):
+    arch, overrides = FAMILIES[name]
+    # norm weights perturbed too, so that (1 + w) against w and the QK-norm weights are checked
+    return make_tiny_model(out_dir, arch, with_tokenizer=False, vocab_size=VOCAB, norm_std=0.2, **overrides)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def built(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    hf = make_family_model(request.param, d / "hf")
+    build_engine(d / "hf", d / "engine", max_batch_size=8, max_num_tokens=512)
+    return hf, d / "engine"
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_every_family_is_registered_and_tested():
+    assert {arch for arch, _ in FAMILIES.values()} | {"LlamaForCausalLM"} == set(MODEL_REGISTRY)
+
+
+def test_prompt_and_step_logits_match_hf(built):
+    hf, engine_dir = built
+    engine = Engine.from_dir(engine_dir, device="cpu")
+    kv = engine.make_kv_cache(16)
+    tpb = engine.config.build.tokens_per_block
+    torch.manual_seed(1)
+    prompt = torch.randint(4, VOCAB, (21,)).tolist()
+    blocks = list(range(5))  # 40 slots: prompt + steps
+    step = build_step_input([prompt], [0], [blocks], tpb, all_logits=True)
+    ours = engine.forward(step, kv)
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0]
+    assert _rel_err(ours, ref) <= 1e-4
+    seq = list(prompt)
+    for _ in range(8):
+        seq.append(int(ours[-1].argmax()))
+        ours = engine.forward(build_step_input([seq[-1:]], [len(seq) - 1], [blocks], tpb), kv)
+        with torch.no_grad():
+            ref = hf(torch.tensor([seq])).logits[0, -1:]
+        assert _rel_err(ours, ref) <= 1e-4
+
+
+def test_mixed_context_and_generation_step(built):
+    hf, engine_dir = built
+    engine = Engine.from_dir(engine_dir, device="cpu")
+    kv = engine.make_kv_cache(32)
+    tpb = engine.config.build.tokens_per_block
+    torch.manual_seed(3)
+    a = torch.randint(4, VOCAB, (19,)).tolist()
+    b = torch.randint(4, VOCAB, (6,)).tolist()
+    engine.forward(build_step_input([a], [0], [[0, 1, 2]], tpb), kv)
+    mixed = engine.forward(build_step_input([[7], b], [19, 0], [[0, 1, 2], [10, 11]], tpb), kv)
+    with torch.no_grad():
+        ref_a = hf(torch.tensor([a + [7]])).logits[0, -1]
+        ref_b = hf(torch.tensor([b])).logits[0, -1]
+    assert _rel_err(mixed[0], ref_a) <= 1e-4
+    assert _rel_err(mixed[1], ref_b) <= 1e-4
+
+
+def test_greedy_generate_batch_matches_hf(built):
+    hf, engine_dir = built
+    runner = ModelRunner.from_dir(engine_dir, device="cpu")
+    torch.manual_seed(2)
+    prompts = [torch.randint(4, VOCAB, (n,)).tolist() for n in (5, 17, 9, 30)]
+    out = runner.generate(prompts, max_new_tokens=24, end_id=-1, pad_id=0, return_dict=True)
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+        n = int(out["sequence_lengths"][i, 0])
+        assert out["output_ids"][i, 0, :n].tolist() == ref[0].tolist()
+
+
+def test_config_options_read_from_hf(tmp_path):
+    """What each family reads off config.json, including the layouts of checkpoints saved before
+    transformers 5, and what it refuses."""
+    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+    qwen2 = get_family("Qwen2ForCausalLM").config_from_hf
+    # Qwen2.5 checkpoints: a sliding_window value, but use_sliding_window false: no window
+    cfg = qwen2(dict(base, sliding_window=131072, use_sliding_window=False, max_window_layers=28))
+    assert cfg.sliding_window is None and cfg.qkv_bias and not cfg.attention_bias
+    # no layer_types (transformers 4): windows from max_window_layers on
+    cfg = qwen2(dict(base, sliding_window=16, use_sliding_window=True, max_window_layers=2))
+    assert [cfg.attention_window(i) for i in range(4)] == [0, 0, 16, 16]
+    # a window covering every position changes nothing: dropped, so the plain kernels run
+    mistral = get_family("MistralForCausalLM").config_from_hf
+    assert mistral(dict(base, sliding_window=4096, max_position_embeddings=4096)).sliding_window is None
+    assert mistral(dict(base, sliding_window=None)).sliding_window is None
+    gemma = get_family("GemmaForCausalLM").config_from_hf(dict(base, hidden_act="gelu"))  # the first Gemma configs
+    assert gemma.hidden_act == "gelu_pytorch_tanh" and gemma.tie_word_embeddings and gemma.norm_unit_offset
+    assert gemma.embedding_multiplier == 8.0
+    phi3 = get_family("Phi3ForCausalLM").config_from_hf
+    with pytest.raises(ValueError, match="unsupported rope_scaling type 'longrope'"):
+        phi3(dict(base, rope_scaling=dict(type="longrope", short_factor=[1.0] * 8, long_factor=[1.0] * 8)))
+    with pytest.raises(ValueError, match="partial rotary"):
+        phi3(dict(base, partial_rotary_factor=0.75))
+    with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
+        get_family("LlamaForCausalLM").config_from_hf(dict(base, hidden_act="relu"))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_random_weight_build_from_config_alone(tmp_path, name):
+    """`trtllm-build --model_config` (benchmarks): random weights in each family's checkpoint layout."""
+    from tensorrt_llm.builder import BuildConfig
+    from tensorrt_llm.builder import build_engine as build_from_config
+    from tensorrt_llm.tools.tiny_model import tiny_config
+
+    arch, overrides = FAMILIES[name]
+    hf = dict(tiny_config(arch, VOCAB, **overrides).to_dict(), architectures=[arch])
+    build = BuildConfig(max_batch_size=2, max_input_len=32, max_seq_len=64, tokens_per_block=8)
+    build_from_config(tmp_path, hf_config=hf, dtype="float32", build=build)
+    engine = Engine.from_dir(tmp_path, device="cpu")
+    logits = engine.forward(build_step_input([[5, 6, 7]], [0], [[0]], 8), engine.make_kv_cache(4))
+    assert logits.shape == (1, VOCAB) and logits.isfinite().all()

@@ -1,0 +1,71 @@
+"""`enable_kv_cache_reuse: true` through tritonserver: prompts sharing a prefix take its cached KV blocks
+(the `reused` series of `nv_trt_llm_kv_cache_block_metrics` counts them), and every answer equals the
+engine's own output without reuse, alone and under concurrency."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.server.conftest import start_server
+from tests.server.http_utils import post, stream
+
+SYSTEM = "You are a helpful assistant. Answer briefly and kindly, and never repeat the question. "
+
+
+@pytest.fixture(scope="module")
+def reuse_server(tiny_model, tmp_path_factory):
+    yield from start_server(
+        tiny_model, tmp_path_factory.mktemp("reuse"), decoupled=True, extra={"enable_kv_cache_reuse": "true"}
+    )
+
+
+def _reused(server) -> float:
+    return server.metric("nv_trt_llm_kv_cache_block_metrics", "reused")
+
+
+def _wait_metric(server, pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_shared_prefix_is_reused_and_changes_no_token(reuse_server, reference):
+    tok = reference.tokenizer
+    questions = ["What is the ocean?", "Tell me a story", "Why is the sky blue?", "Name three colors"]
+    before = _reused(reuse_server)
+    url = f"{reuse_server.http_url}/v2/models/tensorrt_llm/generate"
+
+    def ask(q: str) -> list[int]:
+        ids = tok.encode(SYSTEM + q)
+        status, out = post(url, {"input_ids": ids, "input_lengths": len(ids), "request_output_len": 12,
+                                 "exclude_input_in_output": True})  # fmt: skip
+        assert status == 200, out
+        return out["output_ids"]
+
+    assert ask(questions[0]) == reference(SYSTEM + questions[0], 12)  # fills the cache
+    with ThreadPoolExecutor(4) as pool:  # then all at once, each finding the system prompt's blocks
+        got = list(pool.map(ask, questions * 2))
+    for q, g in zip(questions * 2, got, strict=True):
+        assert g == reference(SYSTEM + q, 12), q
+    _wait_metric(reuse_server, lambda: _reused(reuse_server) > before)
+    assert _reused(reuse_server) > before
+
+
+def test_streamed_text_through_the_ensemble_is_unchanged(reuse_server, reference):
+    tok = reference.tokenizer
+    body = {"text_input": SYSTEM + "Hello there", "max_tokens": 10, "stream": True}
+    url = f"{reuse_server.http_url}/v2/models/ensemble/generate_stream"
+    first = "".join(e.get("text_output", "") for e in stream(url, body))
+    again = "".join(e.get("text_output", "") for e in stream(url, body))
+    want = tok.decode(reference(SYSTEM + "Hello there", 10), skip_special_tokens=True)
+    assert first == again
+    assert again.strip() == want.strip()
+    # Idle again: every block is free (cached ones count as free), none leaked.
+    _wait_metric(
+        reuse_server,
+        lambda: reuse_server.metric("nv_trt_llm_kv_cache_block_metrics", "used") == 0,
+    )
+    assert reuse_server.metric("nv_trt_llm_kv_cache_block_metrics", "used") == 0
