@@ -73,7 +73,8 @@ def stable(text: str) -> str:
     return text.rstrip(REPLACEMENT)
 
 
-def _suffix(longer: str, shorter: str) -> str:
+def new_text(longer: str, shorter: str) -> str:
+    """`longer` past its prefix `shorter`."""
     if longer.startswith(shorter):
         return longer[len(shorter) :]
     # A decoder that rewrites earlier text (should not happen without clean-up): emit what is new
@@ -101,7 +102,7 @@ def stream_delta(
         now = decode(tokenizer, all_ids, skip_special_tokens)
     else:
         now = _stable_text(tokenizer, all_ids, skip_special_tokens)
-    return _suffix(now, before)
+    return new_text(now, before)
 
 
 def _stable_text(tokenizer, ids: list[int], skip_special_tokens: bool) -> str:
@@ -124,7 +125,7 @@ class IncrementalDetokenizer:
             now = decode(self.tokenizer, self.ids, self.skip_special_tokens)
         else:
             now = _stable_text(self.tokenizer, self.ids, self.skip_special_tokens)
-        delta = _suffix(now, self.emitted)
+        delta = new_text(now, self.emitted)
         self.emitted += delta
         return delta
 

@@ -15,6 +15,8 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from openai_frontend.protocol import Generation
+
 MAX_MESSAGE = 2**31 - 1
 MAX_WORD_TOKENS = 64  # the engine's limit on one stop word (inflight_batcher.request.MAX_WORD_TOKENS)
 NO_LIMIT = 2**31 - 1  # request_output_len when no limit is known: the engine clips it to max_seq_len
@@ -31,22 +33,16 @@ class EngineError(Exception):
 
 @dataclass
 class EngineRequest:
+    """One choice, as sent to the engine model: the request's settings (`gen`) and what differs per choice."""
+
     model: str
     prompt_ids: list[int]
     max_tokens: int
     streaming: bool
+    gen: Generation
     request_id: str = ""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    min_tokens: int = 0
-    ignore_eos: bool = False
+    seed: int | None = None  # the choice's own seed (the request's + its index)
     stop_words: list[list[int]] = field(default_factory=list)
-    logprobs: bool = False
 
 
 @dataclass
@@ -85,32 +81,32 @@ def build_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
     _tensor(req, "streaming", np.array([[r.streaming]]), "BOOL")
     _tensor(req, "exclude_input_in_output", np.array([[True]]), "BOOL")
     # Always set: unset would mean greedy to the engine, and OpenAI's default is temperature 1.
-    _tensor(req, "temperature", f32(r.temperature), "FP32")
-    if r.top_p < 1.0:
-        _tensor(req, "runtime_top_p", f32(r.top_p), "FP32")
-    if r.top_k > 0:
-        _tensor(req, "runtime_top_k", i32(r.top_k), "INT32")
+    _tensor(req, "temperature", f32(r.gen.temperature), "FP32")
+    if r.gen.top_p < 1.0:
+        _tensor(req, "runtime_top_p", f32(r.gen.top_p), "FP32")
+    if r.gen.top_k > 0:
+        _tensor(req, "runtime_top_k", i32(r.gen.top_k), "INT32")
     if r.seed is not None:
         _tensor(req, "random_seed", np.array([[r.seed]], dtype=np.uint64), "UINT64")
     for name, value, neutral in (
-        ("presence_penalty", r.presence_penalty, 0.0),
-        ("frequency_penalty", r.frequency_penalty, 0.0),
-        ("repetition_penalty", r.repetition_penalty, 1.0),
+        ("presence_penalty", r.gen.presence_penalty, 0.0),
+        ("frequency_penalty", r.gen.frequency_penalty, 0.0),
+        ("repetition_penalty", r.gen.repetition_penalty, 1.0),
     ):
         if value != neutral:
             _tensor(req, name, f32(value), "FP32")
-    if r.min_tokens > 0:
-        _tensor(req, "min_length", i32(r.min_tokens), "INT32")
-    if r.ignore_eos:
+    if r.gen.min_tokens > 0:
+        _tensor(req, "min_length", i32(r.gen.min_tokens), "INT32")
+    if r.gen.ignore_eos:
         _tensor(req, "end_id", i32(-1), "INT32")  # no token ends the request
     words = [w for w in r.stop_words if 0 < len(w) <= MAX_WORD_TOKENS]
     if words:
         # The engine stops at the step a stop string's tokens appear; the text match (openai_frontend.text)
         # stays the authority: it also finds the string when the model spelled it with other tokens.
         _tensor(req, "stop_words_list", word_list(words), "INT32")
-    if r.logprobs:
+    if r.gen.logprobs:
         _tensor(req, "return_log_probs", np.array([[True]]), "BOOL")
-    for name in ("output_ids", "sequence_length", *(("output_log_probs",) if r.logprobs else ())):
+    for name in ("output_ids", "sequence_length", *(("output_log_probs",) if r.gen.logprobs else ())):
         req.outputs.add().name = name
     req.parameters["triton_enable_empty_final_response"].bool_param = True
     return req
@@ -156,7 +152,7 @@ class TritonEngine:
             async for resp in call:
                 if resp.error_message:
                     raise EngineError(resp.error_message, before_output=not received)
-                chunk = parse_response(resp.infer_response, r.logprobs)
+                chunk = parse_response(resp.infer_response, r.gen.logprobs)
                 received = received or bool(chunk.ids)
                 yield chunk
                 if chunk.final:

@@ -126,18 +126,10 @@ class Generator:
             prompt_ids=choice.prompt_ids,
             max_tokens=max_tokens,
             streaming=served.decoupled,
+            gen=gen,
             request_id=f"oai-{self.request_id}-{choice.index}",
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
             seed=choice.seed,
-            presence_penalty=gen.presence_penalty,
-            frequency_penalty=gen.frequency_penalty,
-            repetition_penalty=gen.repetition_penalty,
-            min_tokens=gen.min_tokens,
-            ignore_eos=gen.ignore_eos,
             stop_words=self.stop_words,
-            logprobs=gen.logprobs,
         )
         detok = Detokenizer(served.tokenizer, choice.prompt_ids, served.skip_special_tokens)
         stops = StopMatcher(gen.stop)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backend.detokenizer import REPLACEMENT, byte_fallback_ids, decode
+from backend.detokenizer import REPLACEMENT, byte_fallback_ids, decode, new_text
 
 CONTEXT_TOKENS = 5  # prompt tokens decoded with the completion (enough for any leading-space rule)
 
@@ -96,7 +96,7 @@ class Detokenizer:
             return ""
         before = decode(self.tokenizer, self.ids[self.prefix : self.read], self.skip_special_tokens)
         now = decode(self.tokenizer, self.ids[self.prefix : end], self.skip_special_tokens)
-        text = _past(now, before)
+        text = new_text(now, before)
         if not final and text.endswith(REPLACEMENT):
             # An incomplete character: emit what is settled before it, keep the window where it is.
             stable = text.rstrip(REPLACEMENT)
@@ -108,19 +108,6 @@ class Detokenizer:
         if not final:
             self.prefix, self.read = self.read, end
         return piece
-
-
-def _past(text: str, before: str) -> str:
-    """`text` after its prefix `before`; a decoder that rewrote the window's start (not seen with clean-up
-    off) gives what follows the common prefix, rather than repeated text."""
-    if text.startswith(before):
-        return text[len(before) :]
-    n = 0
-    for a, b in zip(text, before, strict=False):
-        if a != b:
-            break
-        n += 1
-    return text[max(n, len(before)) :]
 
 
 class StopMatcher:
