@@ -298,6 +298,48 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def _mapped_shm() -> set[str]:
+    """Names of the /dev/shm files some process maps or holds open."""
+    held: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            held.update(
+                line.rsplit("/", 1)[-1].strip()
+                for line in (proc / "maps").read_text().splitlines()
+                if "/dev/shm/" in line
+            )
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("/dev/shm/"):
+                        held.add(target.rsplit("/", 1)[-1])
+    return held
+
+
+def remove_orphan_shm(min_age_s: float = 60.0) -> list[str]:
+    """Removes the Python backend's shared-memory regions (`prefix<rank>_*`, the prefix the launcher gives)
+    that no process maps or holds open: what a killed tritonserver or stub left behind. Regions younger
+    than `min_age_s` are left alone (a server starting now may not have mapped them yet)."""
+    if not SHM_DIR.is_dir():
+        return []
+    candidates = [f for f in SHM_DIR.glob("prefix*_*") if f.is_file()]
+    if not candidates:
+        return []
+    held, now, removed = _mapped_shm(), time.time(), []
+    for f in candidates:
+        with contextlib.suppress(OSError):
+            if f.name not in held and now - f.stat().st_mtime >= min_age_s:
+                f.unlink()
+                removed.append(f.name)
+    return removed
+
+
 def openai_command(args: argparse.Namespace) -> list[str]:
     return [
         sys.executable,
@@ -433,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.spawn_ranks:
         print(f"mpirun not found: starting the {args.world_size} ranks here, one tritonserver each", flush=True)
 
+    remove_orphan_shm()  # what earlier servers killed on this machine left
     # Own process group: signals reach mpirun / tritonserver and their stubs together.
     quiet = not gpu_present() and not args.detach  # a detached server outlives the reader of its pipe
     out = subprocess.PIPE if quiet else None
@@ -486,12 +529,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_all(procs: list[subprocess.Popen], frontend: list[subprocess.Popen] = ()) -> None:
     """In order: the OpenAI front end (if any) first, then rank 0 (its full drain time), whose engine's
-    shutdown releases the followers, whose servers then end by themselves."""
+    shutdown releases the followers, whose servers then end by themselves; then the shared-memory regions
+    a killed server or stub left (a clean exit leaves none)."""
     for f in frontend:
         stop(f, timeout=10.0)
     stop(procs[0])
     for p in procs[1:]:
         stop(p, timeout=15.0)
+    removed = remove_orphan_shm(min_age_s=0.0)
+    if removed:
+        print(f"removed {len(removed)} shared-memory regions left in /dev/shm", flush=True)
 
 
 if __name__ == "__main__":

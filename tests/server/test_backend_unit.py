@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +284,27 @@ def test_engine_core_streams_stops_and_cancels(engine_dir):
         assert "c\tnv_trt_llm_request_outcome_metrics\toutcome\tcancelled\t2.0" in b.metrics[0]
     finally:
         b.close()
+
+
+def test_orphan_shared_memory_regions_are_removed_and_live_ones_kept():
+    import mmap
+    import uuid
+
+    if not launcher.SHM_DIR.is_dir():
+        pytest.skip("no /dev/shm")
+    tag = uuid.uuid4().hex
+    orphan, live, young = (launcher.SHM_DIR / f"prefix97_{tag}_{k}" for k in ("orphan", "live", "young"))
+    for f in (orphan, live, young):
+        f.write_bytes(b"\0" * 4096)
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    os.utime(live, (old, old))
+    with open(live, "r+b") as fh, mmap.mmap(fh.fileno(), 4096) as region:  # a stub's region in use
+        try:
+            removed = launcher.remove_orphan_shm(min_age_s=60)
+            assert orphan.name in removed and not orphan.exists()
+            assert live.exists() and young.exists()  # mapped; too young to judge
+            region[0] = 1
+        finally:
+            for f in (orphan, live, young):
+                f.unlink(missing_ok=True)
