@@ -125,6 +125,8 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
         ids = ids[None]
     if ids.ndim != 2:
         raise InputError(f"input_ids must have shape [batch, tokens], got {list(ids.shape)}")
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"input_ids must hold integers, got {ids.dtype}")
     if inputs.get("request_output_len") is None:
         raise InputError("input request_output_len is required")
     batch = ids.shape[0]
@@ -134,11 +136,11 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
         n = ids.shape[1] if n is None else _int("input_lengths", n, lo=0)
         if n > ids.shape[1]:
             raise InputError(f"input_lengths={n} is larger than input_ids' length {ids.shape[1]}")
-        prompt = [int(t) for t in ids[b, :n].tolist()]
+        prompt = ids[b, :n].tolist()  # Python ints (an integer dtype is checked above)
         if not prompt:
             raise InputError("the prompt is empty (input_lengths = 0): at least one token is needed")
-        bad = [t for t in prompt if t < 0 or (limits.vocab_size is not None and t >= limits.vocab_size)]
-        if bad:
+        if min(prompt) < 0 or (limits.vocab_size is not None and max(prompt) >= limits.vocab_size):
+            bad = [t for t in prompt if t < 0 or (limits.vocab_size is not None and t >= limits.vocab_size)]
             raise InputError(f"input_ids holds token id {bad[0]}, outside the vocabulary [0, {limits.vocab_size})")
         if limits.max_input_len is not None and len(prompt) > limits.max_input_len:
             raise InputError(

@@ -30,6 +30,7 @@ done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone).
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 from array import array
@@ -129,7 +130,7 @@ def decode_requests(payload: memoryview) -> list[tuple[int, str, dict[str, np.nd
             off += 8
             data = payload[off : off + nbytes]
             off += nbytes
-            count = int(np.prod(dims)) if dims else 1
+            count = math.prod(dims)  # 1 for a scalar (no dims); np.prod costs ~7 µs a call
             if dtype == TYPE_BYTES:
                 inputs[name] = _bytes_tensor(data, count).reshape(dims)
             elif dtype in DTYPES:
