@@ -111,12 +111,15 @@ class ModelRunner:
         iterator yielding that after every step."""
         prompts = [_ids(p) for p in batch_input_ids]
         self._check(prompts, max_new_tokens, num_beams)
-        end_id = self.config.model.eos_token_id if end_id is None else end_id
-        if isinstance(end_id, list):
-            end_id = end_id[0]
-        pad_id = end_id if pad_id is None else pad_id
+        if end_id is None:  # every eos id of the checkpoint ends a sequence (Llama-3 instruct lists two)
+            eos = self.config.model.eos_token_id
+            end_ids = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        else:
+            end_ids = [end_id]
+        pad_id = (end_ids[0] if end_ids else None) if pad_id is None else pad_id
+        end_set = frozenset(e for e in end_ids if e >= 0)  # -1: nothing ends a sequence
         gen = self._generate(
-            prompts, max_new_tokens, end_id, temperature, top_k, top_p, repetition_penalty, presence_penalty,
+            prompts, max_new_tokens, end_set, temperature, top_k, top_p, repetition_penalty, presence_penalty,
             frequency_penalty, random_seed, [list(w) for w in stop_words_list or []],
             [list(w) for w in bad_words_list or []], output_log_probs,
         )  # fmt: skip
@@ -145,7 +148,7 @@ class ModelRunner:
         return result(seqs)
 
     def _generate(
-        self, prompts, max_new_tokens, end_id, temperature, top_k, top_p, rep, pres, freq, seed, stop_words,
+        self, prompts, max_new_tokens, end_set, temperature, top_k, top_p, rep, pres, freq, seed, stop_words,
         bad_words, want_log_probs,
     ) -> Iterator[list[_Seq]]:  # fmt: skip
         tpb = self.config.build.tokens_per_block
@@ -169,7 +172,7 @@ class ModelRunner:
 
         def finish(s: _Seq, t: int, lp: float | None) -> None:
             # As TensorRT-LLM: the end id ends a sequence and is not part of its output; a stop word is.
-            if t == end_id:
+            if t in end_set:
                 s.done = True
                 return
             s.output.append(t)

@@ -1,5 +1,7 @@
 """The engine against Hugging Face's own forward pass and `generate` on the same random weights."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -126,3 +128,17 @@ def test_penalties_stop_words_and_end_id(built):
     n = int(stop["sequence_lengths"][0, 0])
     assert stop["output_ids"][0, 0, len(prompt) : n].tolist()[-2:] == gen[6:8]
     assert n <= len(prompt) + 8
+
+
+def test_every_eos_id_of_the_checkpoint_ends_a_sequence(built):
+    _, engine_dir = built
+    runner = ModelRunner.from_dir(engine_dir, device="cpu")
+    prompt = [1, 20, 30, 40, 50, 20, 30]
+    free = runner.generate([prompt], max_new_tokens=12, end_id=-1, return_dict=True)
+    gen = free["output_ids"][0, 0, len(prompt) : free["sequence_lengths"][0, 0]].tolist()
+    other = runner.vocab_size - 1 if gen[3] != runner.vocab_size - 1 else 0
+    model = dataclasses.replace(runner.config.model, eos_token_id=[other, gen[3]])  # a second eos id
+    runner.config = dataclasses.replace(runner.config, model=model)
+    out = runner.generate([prompt], max_new_tokens=12, return_dict=True)  # end_id from the checkpoint
+    n = int(out["sequence_lengths"][0, 0])
+    assert out["output_ids"][0, 0, len(prompt) : n].tolist() == gen[: gen.index(gen[3])]
