@@ -371,8 +371,9 @@ class Executor:
             r.num_computed_tokens += n
         rows = [i for i, s in enumerate(seqs) if s.sample]
         if not rows:
-            # Nothing to read back: its KV is published now (later steps run after it on the stream).
-            self._publish(seqs, ())
+            if self.block_manager.enable_reuse:
+                # Nothing to read back: its KV is published now (later steps run after it on the stream).
+                self._publish(seqs, ())
             return _InFlight([], None, {}, deferred=False)
         sampled = [seqs[i] for i in rows]
         if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
@@ -408,8 +409,10 @@ class Executor:
             return []
         result = inflight.pending.result()
         sampled = inflight.sampled
-        # Before any request below ends (and frees its table): the step's full blocks become findable.
-        self._publish(inflight.seqs, [s.request for row, s in zip(result.rows, sampled, strict=True) if row.bad_logits])
+        if self.block_manager.enable_reuse:
+            # Before any request below ends (and frees its table): the step's full blocks become findable.
+            bad = [s.request for row, s in zip(result.rows, sampled, strict=True) if row.bad_logits]
+            self._publish(inflight.seqs, bad)
         outputs, copies, now = [], [], time.time()
         beam_done: set[int] = set()
         for row, s in zip(result.rows, sampled, strict=True):
@@ -440,9 +443,7 @@ class Executor:
 
     def _publish(self, seqs: list[ScheduledSeq], failed) -> None:
         """Prefix reuse: the blocks these sequences filled hold computed KV (not of a request whose logits
-        were NaN or inf: its KV may be too)."""
-        if not self.block_manager.enable_reuse:
-            return
+        were NaN or inf: its KV may be too). Called only with reuse on: nothing of it on the plain path."""
         for s in seqs:
             if s.request not in failed and not s.request.status.finished:
                 self.scheduler.publish(s)
