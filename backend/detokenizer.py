@@ -12,10 +12,12 @@ each chunk's text is the difference of two of them, and the last chunk (decoded 
 concatenation telescope to exactly `decode(ids)`, byte for byte, the non-streamed text.
 
 Two ways to use it:
-- `IncrementalDetokenizer`: stateful, one per stream (the BLS model, clients).
+- `IncrementalDetokenizer`: stateful, one per stream, decoding a short window per step (the engine
+  process's text front behind `ensemble`, the BLS model, the OpenAI front end, clients); `add_many` steps
+  many streams with one batched decode.
 - `stream_delta(prefix_ids, new_ids, final)`: stateless, given the tokens streamed before this chunk (the
-  ensemble's postprocessing model, which gets them from the `tensorrt_llm` model's `stream_prefix_ids`
-  output, so that any postprocessing instance can decode any chunk and no per-request state can leak).
+  postprocessing model, which gets them from the `tensorrt_llm` model's `stream_prefix_ids` output, so that
+  any postprocessing instance can decode any chunk and no per-request state can leak).
 
 Both decode with `clean_up_tokenization_spaces=False`: that clean-up rewrites text across token boundaries
 (" ." -> "."), which would make earlier chunks wrong after the fact.
@@ -110,29 +112,108 @@ def _stable_text(tokenizer, ids: list[int], skip_special_tokens: bool) -> str:
     return stable(decode(tokenizer, ids[:n], skip_special_tokens)) if n else ""
 
 
-class IncrementalDetokenizer:
-    """Stateful form of `stream_delta` for one stream: `add(new_ids)` returns the new text."""
+CONTEXT_TOKENS = 5  # prompt tokens decoded with the completion (enough for any leading-space rule)
 
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+
+class IncrementalDetokenizer:
+    """One stream's text: `add(new_ids)` returns the text they settle; `add([], final=True)` the rest.
+
+    Decodes only a short window of tokens per call (vLLM's and TGI's method), never the whole sequence, so
+    a stream costs O(1) per step however long it grows. The rules for settled text are those above (a
+    trailing U+FFFD may be an incomplete character; a trailing run of SentencePiece byte tokens may still
+    change), so the pieces concatenate to the text decoded in one call, however the tokens are chunked.
+
+    With `prompt_ids`, the window starts a few tokens into the prompt: the completion's first token is then
+    decoded in context, so SentencePiece keeps its leading space (" world" after "Hello", as vLLM and OpenAI
+    return it). Without (the TensorRT-LLM postprocessing's behaviour), the generated tokens are decoded alone.
+
+    Invariant: `ids[:read]` are emitted, and `decode(ids[prefix:read])` is the text of the window before
+    them, so the next piece is `decode(ids[prefix:end])` past that text.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True, prompt_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self.emitted = ""  # == stable(decode(self.ids)) after every non-final add
+        self.ids: list[int] = [int(i) for i in list(prompt_ids)[-CONTEXT_TOKENS:]] if len(prompt_ids) else []
+        self.prefix = 0
+        self.read = len(self.ids)
+        self.held = ""  # text emitted past `read` (a character completed, its token run not yet settled)
+        self.emitted = ""
+        self.done = False
+        self._byte_ids = byte_fallback_ids(tokenizer)
+        self._special = set(tokenizer.all_special_ids) if skip_special_tokens and self._byte_ids else set()
+
+    def _settled_end(self) -> int:
+        """All ids but a trailing run of byte-fallback tokens (skipped special tokens are transparent)."""
+        end = len(self.ids)
+        if self._byte_ids:
+            while end > self.read and (self.ids[end - 1] in self._byte_ids or self.ids[end - 1] in self._special):
+                end -= 1
+        return end
+
+    def windows(self, new_ids: Sequence[int], final: bool = False) -> tuple[list[int], list[int], int] | None:
+        """Takes `new_ids`; the two windows whose texts `advance` needs (before, now) and the end, or None
+        when nothing can be emitted yet."""
+        self.ids.extend(int(i) for i in new_ids)
+        end = len(self.ids) if final else self._settled_end()
+        if end <= self.read and not final:
+            return None
+        return self.ids[self.prefix : self.read], self.ids[self.prefix : end], end
+
+    def advance(self, before: str, now: str, end: int, final: bool = False) -> str:
+        """The piece of text given the decoded windows of `windows`."""
+        text = new_text(now, before)
+        if not final and text.endswith(REPLACEMENT):
+            # An incomplete character: emit what is settled before it, keep the window where it is.
+            stable = text.rstrip(REPLACEMENT)
+            piece = stable[len(self.held) :] if stable.startswith(self.held) else ""
+            self.held += piece
+        else:
+            piece = text[len(self.held) :] if text.startswith(self.held) else text
+            self.held = ""
+            if not final:
+                self.prefix, self.read = self.read, end
+        self.emitted += piece
+        self.done = final
+        return piece
 
     def add(self, new_ids: Sequence[int], final: bool = False) -> str:
-        self.ids.extend(int(i) for i in new_ids)
-        if final:
-            now = decode(self.tokenizer, self.ids, self.skip_special_tokens)
-        else:
-            now = _stable_text(self.tokenizer, self.ids, self.skip_special_tokens)
-        delta = new_text(now, self.emitted)
-        self.emitted += delta
-        return delta
+        w = self.windows(new_ids, final)
+        if w is None:
+            return ""
+        before, now, end = w
+        skip = self.skip_special_tokens
+        return self.advance(decode(self.tokenizer, before, skip), decode(self.tokenizer, now, skip), end, final)
 
     def finish(self) -> str:
-        """Flush what was held back (trailing U+FFFD that no token completed)."""
-        return self.add([], final=True)
+        """Flush what was held back, unless the last piece was already final."""
+        return "" if self.done else self.add([], final=True)
 
     @property
     def text(self) -> str:
         return self.emitted
+
+
+def add_many(items: Sequence[tuple[IncrementalDetokenizer, Sequence[int], bool]]) -> list[str]:
+    """`d.add(new_ids, final)` for many streams of one tokenizer, with one batched decode: a fast
+    tokenizer decodes the batch in Rust with the GIL released (the engine process's text thread runs
+    beside the executor thread)."""
+    if not items:
+        return []
+    first = items[0][0]
+    tok, skip = first.tokenizer, first.skip_special_tokens
+    plans = [d.windows(new, final) for d, new, final in items]
+    seqs = [seq for w in plans if w is not None for seq in w[:2]]
+    backend = getattr(tok, "_tokenizer", None)
+    if seqs and hasattr(backend, "decode_batch"):
+        texts = backend.decode_batch(seqs, skip_special_tokens=skip)
+    else:
+        texts = [decode(tok, seq, skip) for seq in seqs]
+    out, k = [], 0
+    for (d, _, final), w in zip(items, plans, strict=True):
+        if w is None:
+            out.append("")
+            continue
+        out.append(d.advance(texts[k], texts[k + 1], w[2], final))
+        k += 2
+    return out

@@ -7,7 +7,9 @@ ends; the backend (C++, in tritonserver) turns them into Triton responses. Ranks
 (`run_follower`) and answer nothing.
 
 Threads: main reads frames (requests, cancels, shutdown); the executor thread runs steps and sends
-responses; a stats thread sends metrics every `stats_check_period_ms`. The process ends when the backend
+responses; a stats thread sends metrics every `stats_check_period_ms`; a text thread detokenizes and sends
+the responses of text-front requests (`backend/text_front.py`: the `ensemble` model served here), so that
+the executor thread never decodes text. The process ends when the backend
 closes the socket (tritonserver exited or was killed): nothing outlives the server that started it.
 """
 
@@ -18,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import socket
 import struct
 import sys
@@ -40,6 +43,7 @@ class _Row:
     parsed: ParsedRow
     exec_id: int | None = None
     finished: bool = False
+    detok: object = None  # a streaming text-front row's IncrementalDetokenizer
 
 
 @dataclass(eq=False)
@@ -51,6 +55,7 @@ class _Slot:
     streaming: bool
     rows: list[_Row] = field(default_factory=list)
     n_finished: int = 0
+    front: object = None  # the TextFront of a text model's request
 
 
 def load_engine_config(engine_dir: str) -> dict:
@@ -161,6 +166,9 @@ class EngineCore:
 
         self._stopping = threading.Event()
         self._rejected = 0  # requests refused before reaching the executor (bad input, full queue)
+        self._fronts: dict[int, object] = {}  # front id -> TextFront, or the message of why it failed to load
+        self._text_queue: queue.SimpleQueue = queue.SimpleQueue()  # lists of text-front outputs, None: stop
+        self._text_thread = threading.Thread(target=self._text_loop, name="trtllm-text", daemon=True)
 
     # -- main loop -----------------------------------------------------------------------------------
     def ready_text(self) -> str:
@@ -177,6 +185,7 @@ class EngineCore:
             return
         stats = threading.Thread(target=self._stats_loop, name="trtllm-stats", daemon=True)
         stats.start()
+        self._text_thread.start()
         while True:
             frame = self.conn.recv()
             if frame is None:  # the server is gone: nobody to answer
@@ -185,8 +194,10 @@ class EngineCore:
                 return
             kind, payload = frame
             if kind == wire.REQUESTS:
-                for slot, rid, inputs in wire.decode_requests(payload):
-                    self._start(slot, rid, inputs)
+                for slot, front, rid, inputs in wire.decode_requests(payload):
+                    self._start(slot, front, rid, inputs)
+            elif kind == wire.FRONT:
+                self._attach_front(*wire.decode_front(payload))
             elif kind == wire.CANCEL:
                 (slot,) = struct.unpack_from("<Q", payload)
                 with self._lock:
@@ -197,23 +208,47 @@ class EngineCore:
                 (drain,) = struct.unpack_from("<d", payload)
                 self._stopping.set()
                 self.executor.shutdown(drain_timeout=drain)  # the last outputs go out from the loop
+                self._text_queue.put(None)  # then the text thread sends what it still holds, and ends
+                self._text_thread.join(timeout=10)
                 return
 
     # -- requests ------------------------------------------------------------------------------------
-    def _start(self, slot: int, triton_id: str, inputs: dict) -> None:
-        from inflight_batcher import QueueFullError, Request, SamplingParams
+    def _attach_front(self, front: int, spec: dict) -> None:
+        from backend.text_front import TextFront
 
         try:
+            self._fronts[front] = TextFront(spec)
+            log.info("text model %r attached (front %d)", spec.get("name"), front)
+        except Exception as e:  # its requests get the reason; the engine model serves on
+            log.exception("text model %r cannot be served", spec.get("name"))
+            self._fronts[front] = f"model {spec.get('name')!r} cannot be served: {type(e).__name__}: {e}"
+
+    def _start(self, slot: int, front_id: int, triton_id: str, inputs: dict) -> None:
+        from inflight_batcher import QueueFullError, Request, SamplingParams
+
+        front = None
+        try:
+            decoupled = self.decoupled
+            if front_id:
+                front = self._fronts.get(front_id, f"text front {front_id} is unknown to the engine process")
+                if isinstance(front, str):
+                    self._reply_error(slot, wire.ERR_INTERNAL, front)
+                    return
+                decoupled = front.decoupled
+                inputs = front.engine_inputs(inputs)
             parsed = parse_request(inputs, self.limits, self.exclude_input_default)
             if parsed.stop:
                 self._stop(slot, triton_id)
                 return
-            if parsed.streaming and not self.decoupled:
+            if parsed.streaming and not decoupled:
                 raise InputError("streaming is only supported if the model is deployed in decoupled mode")
-            if len(parsed.rows) > 1 and not self.decoupled:
+            if len(parsed.rows) > 1 and not decoupled:
                 raise InputError("a request with batch size > 1 needs the model in decoupled mode")
-            s = _Slot(slot=slot, triton_id=triton_id, streaming=parsed.streaming)
+            s = _Slot(slot=slot, triton_id=triton_id, streaming=parsed.streaming, front=front)
             s.rows = [_Row(batch_index=b, parsed=row) for b, row in enumerate(parsed.rows)]
+            if front is not None and s.streaming:
+                for row in s.rows:
+                    row.detok = front.detokenizer()
             # Held while enqueueing: the executor thread must find a row's id before its first output.
             with self._lock:
                 try:
@@ -245,7 +280,8 @@ class EngineCore:
                 if triton_id:
                     self._by_id.setdefault(triton_id, []).append(s)
         except ValueError as e:  # InputError, and the executor's own checks: both name the problem
-            self._reply_error(slot, wire.ERR_INVALID_ARG, str(e))
+            message = str(e) if front is None else front.client_message(str(e))
+            self._reply_error(slot, wire.ERR_INVALID_ARG, message)
         except QueueFullError as e:
             # "Exceeds maximum queue size" is the TensorRT-LLM backend's wording, which clients match.
             self._reply_error(slot, wire.ERR_UNAVAILABLE, f"Exceeds maximum queue size: {e}")
@@ -281,6 +317,7 @@ class EngineCore:
     def _on_outputs(self, outputs: list) -> None:
         buf = bytearray(4)
         n = 0
+        texts = []
         with self._lock:
             for out in outputs:
                 entry = self._rows.get(out.request_id)
@@ -296,7 +333,12 @@ class EngineCore:
                     if final:
                         self._forget(s)
                     self.metrics.observe_request(len(row.parsed.input_ids), len(out.tokens[0]) if out.tokens else 0)
-                n += self._encode(buf, s, row, out, final)
+                if s.front is None:
+                    n += self._encode(buf, s, row, out, final)
+                else:
+                    texts.append((s, row, out, final))
+        if texts:
+            self._text_queue.put(texts)
         if n:
             struct.pack_into("<I", buf, 0, n)
             with contextlib.suppress(OSError):  # the backend is gone; the main loop ends the process
@@ -343,6 +385,79 @@ class EngineCore:
             w = max(len(x) for x in lp)
             lp = [list(x) + [0.0] * (w - len(x)) for x in lp]
         wire.encode_record(buf, s.slot, row.batch_index, flags, ids, lengths, cum, lp)
+        return 1
+
+    # -- text-front outputs (text thread) -------------------------------------------------------------
+    def _text_loop(self) -> None:
+        from backend.detokenizer import add_many
+
+        while True:
+            batch = self._text_queue.get()
+            if batch is None:
+                return
+            buf = bytearray(4)
+            n = 0
+            # The streamed pieces of the whole step first, in one batched decode.
+            streamed = [
+                (row.detok, out.new_tokens[0] if out.new_tokens else [], out.finished)
+                for s, row, out, _ in batch
+                if s.streaming and out.finish_reason != "error"
+            ]
+            try:
+                pieces = iter(add_many(streamed))
+            except Exception as e:  # a decode failure fails this step's text requests, not the process
+                log.exception("detokenizing failed")
+                pieces = None
+                error = f"detokenizing failed: {type(e).__name__}: {e}"
+            for s, row, out, final in batch:
+                try:
+                    if pieces is None:
+                        raise RuntimeError(error)
+                    piece = next(pieces) if s.streaming and out.finish_reason != "error" else None
+                    n += self._encode_text(buf, s, row, out, final, piece)
+                except Exception as e:
+                    flags = (wire.FINAL if final else 0) | wire.ROW_END | wire.ERROR
+                    wire.encode_record(buf, s.slot, row.batch_index, flags, error=(wire.ERR_INTERNAL, str(e)))
+                    n += 1
+                    if not out.finished:
+                        self._cancel(s)
+            if n:
+                struct.pack_into("<I", buf, 0, n)
+                with contextlib.suppress(OSError):
+                    self.conn.send(wire.RESPONSES, buf)
+
+    def _encode_text(self, buf: bytearray, s: _Slot, row: _Row, out, final: bool, piece: str | None) -> int:
+        """`_encode` for a text front: text_output instead of token ids (as postprocessing decodes them);
+        `piece`: a streamed step's text."""
+        flags = (wire.FINAL if final else 0) | wire.TEXT
+        if out.finished:
+            flags |= wire.ROW_END
+        if out.finished and out.finish_reason == "error":
+            err = (wire.ERR_INTERNAL, f"request failed: {out.error or 'unknown error'}")
+            wire.encode_record(buf, s.slot, row.batch_index, (flags & ~wire.TEXT) | wire.ERROR, error=err)
+            return 1
+        lp, cum = out.log_probs, out.cum_log_probs
+        if s.streaming:
+            new = out.new_tokens[0] if out.new_tokens else []
+            if not new and not out.finished:
+                return 0
+            texts = [piece.encode("utf-8")]
+            if lp is not None:
+                lp = [list(x[-len(new) :]) if new else [] for x in lp]
+        else:
+            if not out.finished:
+                return 0
+            p = row.parsed
+            prompt = [] if p.exclude_input_in_output else p.input_ids
+            beams = (out.tokens or [[]])[: p.num_return_sequences]  # best first
+            texts = [s.front.text(prompt + b) for b in beams]
+            if lp is not None:
+                w = max(len(x) for x in lp[: len(beams)])
+                lp = [list(x) + [0.0] * (w - len(x)) for x in lp[: len(beams)]]
+        if lp is not None:
+            flags |= wire.LOGPROBS
+            lp, cum = lp[: len(texts)], cum[: len(texts)]
+        wire.encode_record(buf, s.slot, row.batch_index, flags, [], [0] * len(texts), cum, lp, texts=texts)
         return 1
 
     def _forget(self, s: _Slot) -> None:

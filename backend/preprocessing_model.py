@@ -36,20 +36,21 @@ def _first(arr, b: int, default=None):
     return np.asarray(r).reshape(-1)[0].item()
 
 
-class PreprocessingModel:
-    def initialize(self, args: dict) -> None:
-        self.logger = get_logger(__name__)
-        cfg = json.loads(args["model_config"])
-        params = Params(cfg, warn=lambda m: log_warn(self.logger, m))
-        for message in unsupported_parameter_warnings(params.raw, "preprocessing"):
-            log_warn(self.logger, message)
-        self.tokenizer = load_tokenizer(params.str("tokenizer_dir", required=True))
-        self.add_special_tokens = params.bool("add_special_tokens", True)
-        self.end_id, self.pad_id = default_end_pad_ids(self.tokenizer)
-        self.vocab_size = len(self.tokenizer)
+class Preprocessor:
+    """The preprocessing logic without Triton: used by the `preprocessing` model, the BLS and the engine
+    process's text front."""
+
+    def __init__(self, tokenizer, add_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.add_special_tokens = add_special_tokens
+        self.end_id, self.pad_id = default_end_pad_ids(tokenizer)
+        self.vocab_size = len(tokenizer)
 
     def process(self, inputs: dict) -> dict[str, np.ndarray]:
         """One request's inputs (numpy, with batch dim) -> outputs; raises InputError."""
+        dq = inputs.get("DECODER_QUERY")
+        if dq is not None and any(to_text(x, "decoder_text_input") for x in np.asarray(dq).reshape(-1)):
+            raise InputError("decoder_text_input is not supported: this engine has no encoder-decoder models")
         query = inputs.get("QUERY")
         if query is None:
             raise InputError("input text_input (QUERY) is required")
@@ -112,6 +113,20 @@ class PreprocessingModel:
             "OUT_PROMPT_TABLE_EXTRA_IDS": extra,
         }
 
+
+class PreprocessingModel(Preprocessor):
+    def __init__(self) -> None:  # Triton constructs it without arguments; `initialize` sets it up
+        pass
+
+    def initialize(self, args: dict) -> None:
+        self.logger = get_logger(__name__)
+        cfg = json.loads(args["model_config"])
+        params = Params(cfg, warn=lambda m: log_warn(self.logger, m))
+        for message in unsupported_parameter_warnings(params.raw, "preprocessing"):
+            log_warn(self.logger, message)
+        tokenizer = load_tokenizer(params.str("tokenizer_dir", required=True))
+        Preprocessor.__init__(self, tokenizer, params.bool("add_special_tokens", True))
+
     INPUTS = [
         "QUERY",
         "DECODER_QUERY",
@@ -130,9 +145,6 @@ class PreprocessingModel:
         for request in requests:
             try:
                 inputs = {n: input_array(request, n) for n in self.INPUTS}
-                dq = inputs.get("DECODER_QUERY")
-                if dq is not None and any(to_text(x, "decoder_text_input") for x in np.asarray(dq).reshape(-1)):
-                    raise InputError("decoder_text_input is not supported: this engine has no encoder-decoder models")
                 outs = self.process(inputs)
                 responses.append(
                     pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outs.items()])

@@ -6,9 +6,13 @@ change both together (`tests/server/test_native_wire.py` checks that they agree)
 
 Backend -> engine:
 - CONFIG: JSON `{"model_config": {...}, "model_name": str, "model_version": str}`, first frame.
-- REQUESTS: `u32 n`, then per request `u64 slot | u32 id_len | id | u32 n_inputs`, then per input
-  `u16 name_len | name | u8 dtype (TRITONSERVER_DataType) | u8 ndims | i64 dims[ndims] | u64 nbytes | data`.
-  One frame carries every request of one `execute` call.
+- REQUESTS: `u32 n`, then per request `u64 slot | u32 front | u32 id_len | id | u32 n_inputs`, then per
+  input `u16 name_len | name | u8 dtype (TRITONSERVER_DataType) | u8 ndims | i64 dims[ndims] | u64 nbytes |
+  data`. One frame carries every request of one `execute` call. `front` 0: a request to the engine model
+  (token ids in, token ids out); k > 0: a request to text front k (below), in that model's input names.
+- FRONT: `u32 front | JSON {"name", "decoupled", "preprocessing": model config, "postprocessing": model
+  config}`: a text front (the `ensemble` model served by this backend) attaches to this engine. Sent before
+  the front's first request, and again to a restarted engine process.
 - CANCEL: `u64 slot` (the client cancelled or went away).
 - SHUTDOWN: `f64 drain_seconds`.
 
@@ -22,14 +26,16 @@ Engine -> backend:
 
 A response record: `u64 slot | i32 batch_index | u32 flags | u32 beams | u32 tokens_per_beam`, then
 `i32 tokens[beams * tokens_per_beam] | i32 sequence_length[beams]`; with LOGPROBS `u32 n |
-f32 cum_log_probs[beams] | f32 log_probs[beams * n]`; with ERROR `u32 code (TRITONSERVER_Error_Code) |
+f32 cum_log_probs[beams] | f32 log_probs[beams * n]`; with TEXT (a text front's record; no tokens, width 0)
+`(u32 len | utf-8 bytes)[beams]`; with ERROR `u32 code (TRITONSERVER_Error_Code) |
 u32 len | message`. Flags: FINAL (the Triton request's last response), STREAM (a streamed chunk: new tokens
 only; the backend keeps the prefix for `stream_prefix_ids`), ROW_END (`stream_final`: this batch row is
-done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone).
+done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone), TEXT.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import struct
@@ -38,11 +44,11 @@ from array import array
 import numpy as np
 
 # Frame types.
-CONFIG, REQUESTS, CANCEL, SHUTDOWN = 1, 2, 3, 4
+CONFIG, REQUESTS, CANCEL, SHUTDOWN, FRONT = 1, 2, 3, 4, 5
 READY, RESPONSES, METRICS, FATAL = 11, 12, 13, 14
 
 # Response record flags.
-FINAL, STREAM, ROW_END, ERROR, LOGPROBS, EMPTY = 1, 2, 4, 8, 16, 32
+FINAL, STREAM, ROW_END, ERROR, LOGPROBS, EMPTY, TEXT = 1, 2, 4, 8, 16, 32, 64
 
 # TRITONSERVER_Error_Code values.
 ERR_INTERNAL, ERR_NOT_FOUND, ERR_INVALID_ARG, ERR_UNAVAILABLE, ERR_UNSUPPORTED = 1, 2, 3, 4, 5
@@ -67,7 +73,7 @@ TYPE_BYTES, TYPE_BF16 = 13, 14
 _FRAME = struct.Struct("<IB")
 _TOKEN = struct.Struct("<ii")  # one token, its sequence length (1)
 _RECORD = struct.Struct("<QiIII")
-_REQUEST_HEAD = struct.Struct("<QI")
+_REQUEST_HEAD = struct.Struct("<QII")
 
 
 class Connection:
@@ -103,14 +109,14 @@ def _bytes_tensor(data: memoryview, count: int) -> np.ndarray:
     return out
 
 
-def decode_requests(payload: memoryview) -> list[tuple[int, str, dict[str, np.ndarray]]]:
-    """A REQUESTS frame -> `[(slot, triton request id, {input name: array})]`; arrays keep Triton's shapes
+def decode_requests(payload: memoryview) -> list[tuple[int, int, str, dict[str, np.ndarray]]]:
+    """A REQUESTS frame -> `[(slot, front, triton request id, {input name: array})]`; arrays keep Triton's shapes
     (leading batch dimension included) and are read-only views of the frame."""
     (n,) = struct.unpack_from("<I", payload, 0)
     off = 4
     requests = []
     for _ in range(n):
-        slot, id_len = _REQUEST_HEAD.unpack_from(payload, off)
+        slot, front, id_len = _REQUEST_HEAD.unpack_from(payload, off)
         off += _REQUEST_HEAD.size
         rid = bytes(payload[off : off + id_len]).decode("utf-8", "replace")
         off += id_len
@@ -137,17 +143,19 @@ def decode_requests(payload: memoryview) -> list[tuple[int, str, dict[str, np.nd
                 inputs[name] = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(dims)
             else:  # BF16 and anything newer: no numpy type; the parser rejects what it cannot use
                 inputs[name] = np.frombuffer(data, dtype=np.uint16).reshape(dims)
-        requests.append((slot, rid, inputs))
+        requests.append((slot, front, rid, inputs))
     return requests
 
 
-def encode_requests(requests: list[tuple[int, str, dict[str, np.ndarray]]]) -> bytes:
-    """The inverse of `decode_requests` (what the backend sends; used by tests and tools)."""
+def encode_requests(requests: list[tuple]) -> bytes:
+    """The inverse of `decode_requests` (what the backend sends; used by tests and tools): tuples
+    `(slot, front, id, inputs)`, or `(slot, id, inputs)` for the engine model (front 0)."""
     numpy_to_type = {np.dtype(v): k for k, v in DTYPES.items()}
     out = bytearray(struct.pack("<I", len(requests)))
-    for slot, rid, inputs in requests:
+    for request in requests:
+        slot, front, rid, inputs = request if len(request) == 4 else (request[0], 0, *request[1:])
         b = rid.encode()
-        out += _REQUEST_HEAD.pack(slot, len(b)) + b + struct.pack("<I", len(inputs))
+        out += _REQUEST_HEAD.pack(slot, front, len(b)) + b + struct.pack("<I", len(inputs))
         for name, a in inputs.items():
             a = np.asarray(a)
             if a.dtype == object:
@@ -171,10 +179,12 @@ def encode_record(
     cum_log_probs: list[float] | None = None,
     log_probs: list[list[float]] | None = None,
     error: tuple[int, str] | None = None,
+    texts: list[bytes] | None = None,
 ) -> None:
-    """Appends one response record to `out`. `beams` are equally long (the caller pads)."""
+    """Appends one response record to `out`. `beams` are equally long (the caller pads). With `texts`
+    (flag TEXT), `beams` is empty and `seq_lens` has one entry per text."""
     width = len(beams[0]) if beams else 0
-    out += _RECORD.pack(slot, batch_index, flags, len(beams), width)
+    out += _RECORD.pack(slot, batch_index, flags, len(texts) if flags & TEXT else len(beams), width)
     if len(beams) == 1:
         out += array("i", beams[0]).tobytes()
     else:
@@ -186,10 +196,22 @@ def encode_record(
         out += struct.pack("<I", n) + array("f", cum_log_probs).tobytes()
         for lp in log_probs:
             out += array("f", lp).tobytes()
+    if flags & TEXT:
+        for t in texts:
+            out += struct.pack("<I", len(t)) + t
     if flags & ERROR:
         code, message = error
         b = message.encode()
         out += struct.pack("<II", code, len(b)) + b
+
+
+def encode_front(front: int, spec: dict) -> bytes:
+    return struct.pack("<I", front) + json.dumps(spec).encode()
+
+
+def decode_front(payload: memoryview) -> tuple[int, dict]:
+    (front,) = struct.unpack_from("<I", payload, 0)
+    return front, json.loads(bytes(payload[4:]))
 
 
 def encode_token_record(out: bytearray, slot: int, batch_index: int, flags: int, token: int) -> None:
@@ -218,6 +240,12 @@ def decode_records(payload: memoryview | bytes) -> list[dict]:
             off += 4 * beams
             rec["log_probs"] = np.frombuffer(payload, np.float32, beams * k, off).reshape(beams, k).tolist()
             off += 4 * beams * k
+        if flags & TEXT:
+            rec["texts"] = []
+            for _ in range(beams):
+                (length,) = struct.unpack_from("<I", payload, off)
+                rec["texts"].append(bytes(payload[off + 4 : off + 4 + length]))
+                off += 4 + length
         if flags & ERROR:
             code, length = struct.unpack_from("<II", payload, off)
             off += 8

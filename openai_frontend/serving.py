@@ -13,10 +13,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from backend.detokenizer import IncrementalDetokenizer
 from openai_frontend.discovery import ServedModel
 from openai_frontend.engine import NO_LIMIT, EngineRequest, TritonEngine
 from openai_frontend.protocol import MAX_SEED, Generation, OpenAIError
-from openai_frontend.text import Detokenizer, StopMatcher, TokenText
+from openai_frontend.text import StopMatcher, TokenText
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Generator:
             seed=choice.seed,
             stop_words=self.stop_words,
         )
-        detok = Detokenizer(served.tokenizer, choice.prompt_ids, served.skip_special_tokens)
+        detok = IncrementalDetokenizer(served.tokenizer, served.skip_special_tokens, choice.prompt_ids)
         stops = StopMatcher(gen.stop)
         if choice.prefix:
             yield self._piece(choice, choice.prefix)

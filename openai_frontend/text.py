@@ -1,24 +1,12 @@
-"""Token ids -> completion text, a piece at a time: a windowed incremental detokenizer and stop strings.
-
-`Detokenizer` decodes only a short window of tokens per call (vLLM's and TGI's method), not the whole
-sequence as `backend.detokenizer.IncrementalDetokenizer` does: the front end serves hundreds of streams in one
-process, and decoding every stream's whole text at every step would cost O(tokens^2). It keeps that module's
-rules for what text is settled (`backend.detokenizer`: a trailing U+FFFD may be an incomplete character; a
-trailing run of SentencePiece byte tokens may still change), so the pieces concatenate to the text decoded
-in one call, however the tokens are chunked.
-
-The window starts a few tokens into the prompt: the completion's first token is decoded in context, so
-SentencePiece keeps its leading space (" world" after "Hello", as vLLM and OpenAI return it; decoding the
-completion alone would drop it).
-"""
+"""Completion text helpers: token texts and bytes for log probs, and stop strings. Token ids become text
+with `backend.detokenizer.IncrementalDetokenizer` given the prompt (its first token is decoded in context,
+so SentencePiece keeps its leading space, as vLLM and OpenAI return it)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backend.detokenizer import REPLACEMENT, byte_fallback_ids, decode, new_text
-
-CONTEXT_TOKENS = 5  # prompt tokens decoded with the completion (enough for any leading-space rule)
+from backend.detokenizer import byte_fallback_ids
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -62,52 +50,6 @@ class TokenText:
             # SentencePiece: decoding one token strips its leading space; the piece keeps it.
             text = piece.replace("▁", " ")
         return text, text.encode("utf-8")
-
-
-class Detokenizer:
-    """One stream's text: `add(new_ids)` returns the text they settle; `add([], final=True)` the rest.
-
-    Invariant: `ids[:read]` are emitted, and `decode(ids[prefix:read])` is the text of the window before
-    them, so the next piece is `decode(ids[prefix:end])` past that text.
-    """
-
-    def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = [int(i) for i in prompt_ids[-CONTEXT_TOKENS:]]
-        self.prefix = 0
-        self.read = len(self.ids)
-        self.held = ""  # text emitted past `read` (a character completed, its token run not yet settled)
-        self._byte_ids = byte_fallback_ids(tokenizer)
-        self._special = set(tokenizer.all_special_ids) if skip_special_tokens else set()
-
-    def _settled_end(self) -> int:
-        """All ids but a trailing run of byte-fallback tokens (skipped special tokens are transparent)."""
-        end = len(self.ids)
-        if self._byte_ids:
-            while end > self.read and (self.ids[end - 1] in self._byte_ids or self.ids[end - 1] in self._special):
-                end -= 1
-        return end
-
-    def add(self, new_ids: Sequence[int], final: bool = False) -> str:
-        self.ids.extend(int(i) for i in new_ids)
-        end = len(self.ids) if final else self._settled_end()
-        if end <= self.read and not final:
-            return ""
-        before = decode(self.tokenizer, self.ids[self.prefix : self.read], self.skip_special_tokens)
-        now = decode(self.tokenizer, self.ids[self.prefix : end], self.skip_special_tokens)
-        text = new_text(now, before)
-        if not final and text.endswith(REPLACEMENT):
-            # An incomplete character: emit what is settled before it, keep the window where it is.
-            stable = text.rstrip(REPLACEMENT)
-            piece = stable[len(self.held) :] if stable.startswith(self.held) else ""
-            self.held += piece
-            return piece
-        piece = text[len(self.held) :] if text.startswith(self.held) else text
-        self.held = ""
-        if not final:
-            self.prefix, self.read = self.read, end
-        return piece
 
 
 class StopMatcher:

@@ -17,7 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -45,9 +47,9 @@ void Log(TRITONSERVER_LogLevel level, int line, const std::string& msg) {
     if (err != nullptr) TRITONSERVER_ErrorDelete(err);
   }
 }
-#define LOG_INFO(msg) Log(TRITONSERVER_LOG_INFO, __LINE__, msg)
-#define LOG_WARN(msg) Log(TRITONSERVER_LOG_WARN, __LINE__, msg)
-#define LOG_ERROR(msg) Log(TRITONSERVER_LOG_ERROR, __LINE__, msg)
+#define LOG_INFO(msg) ::trtllm::Log(TRITONSERVER_LOG_INFO, __LINE__, msg)
+#define LOG_WARN(msg) ::trtllm::Log(TRITONSERVER_LOG_WARN, __LINE__, msg)
+#define LOG_ERROR(msg) ::trtllm::Log(TRITONSERVER_LOG_ERROR, __LINE__, msg)
 
 // Logs and drops an error returned by a Triton call; true when there was none.
 bool Ok(TRITONSERVER_Error* err, const char* what) {
@@ -80,12 +82,19 @@ const char* const kOutputNames[kNumOutputs] = {
     "output_ids",    "sequence_length", "cum_log_probs",  "output_log_probs",  "context_logits",
     "generation_logits", "batch_index", "sequence_index", "stream_prefix_ids", "stream_final",
 };
+// The same outputs as a text front (the `ensemble` interface) names them; null: the front has none.
+const char* const kTextOutputNames[kNumOutputs] = {
+    "text_output", nullptr, "cum_log_probs", "output_log_probs", "context_logits",
+    "generation_logits", "batch_index", "sequence_index", nullptr, nullptr,
+};
 constexpr uint32_t kAllOutputs = (1u << kNumOutputs) - 1;
 
 // One Triton request in flight.
 struct Slot {
   TRITONBACKEND_ResponseFactory* factory = nullptr;
   uint32_t wanted = kAllOutputs;  // outputs the client asked for (all when it named none)
+  bool text = false;              // a text front's request: text_output instead of token ids
+  bool decoupled = false;         // the transaction policy of the model the request came to
   bool cancel_sent = false;
   std::map<int32_t, std::vector<int32_t>> streamed;  // batch row -> tokens sent so far (stream_prefix_ids)
 };
@@ -288,7 +297,11 @@ class Instance {
     FailAll(TRITONSERVER_ERROR_UNAVAILABLE, "the model is being unloaded");
   }
 
-  void Execute(TRITONBACKEND_Request** requests, uint32_t count) {
+  void Execute(TRITONBACKEND_Request** requests, uint32_t count) { Submit(instance_, 0, decoupled_, requests, count); }
+
+  // Requests of the engine model (front 0) or of text front `front`, whose statistics go to `reporter`.
+  void Submit(TRITONBACKEND_ModelInstance* reporter, uint32_t front, bool decoupled, TRITONBACKEND_Request** requests,
+              uint32_t count) {
     const uint64_t start_ns = NowNs();
     std::string frame;
     Writer w(&frame);
@@ -298,21 +311,24 @@ class Instance {
     for (uint32_t i = 0; i < count; ++i) {
       TRITONBACKEND_Request* request = requests[i];
       auto slot = std::make_unique<Slot>();
+      slot->text = front != 0;
+      slot->decoupled = decoupled;
       bool ok = Ok(TRITONBACKEND_ResponseFactoryNew(&slot->factory, request), "creating a response factory");
       std::string error;
-      if (ok && !alive_) error = "the engine process is not running (restarting): retry shortly";
-      if (ok && error.empty()) error = Serialize(request, next_slot_, slot.get(), &w);
+      const uint64_t id = next_slot_++;
+      if (ok && (!alive_ || stopping_)) error = "the engine process is not running (restarting): retry shortly";
+      if (ok && error.empty()) error = Serialize(request, id, front, slot.get(), &w);
       const uint64_t now = NowNs();
-      Ok(TRITONBACKEND_ModelInstanceReportStatistics(instance_, request, ok && error.empty(), start_ns, start_ns,
+      Ok(TRITONBACKEND_ModelInstanceReportStatistics(reporter, request, ok && error.empty(), start_ns, start_ns,
                                                      now, now),
          "reporting statistics");
       if (ok && error.empty()) {
         std::lock_guard<std::mutex> lock(mu_);
-        slots.push_back(next_slot_);
-        slots_[next_slot_++] = std::move(slot);
+        slots.push_back(id);
+        slots_[id] = std::move(slot);
         ++sent;
       } else if (ok) {
-        SendError(slot->factory, TRITONSERVER_ERROR_UNAVAILABLE, error, true);
+        SendError(*slot, TRITONSERVER_ERROR_UNAVAILABLE, error, true);
         Ok(TRITONBACKEND_ResponseFactoryDelete(slot->factory), "deleting a response factory");
       } else {  // no factory: answer from the request itself, or its client would wait for ever
         TRITONBACKEND_Response* response = nullptr;
@@ -329,13 +345,14 @@ class Instance {
       for (uint64_t s : slots) Finish(s, TRITONSERVER_ERROR_UNAVAILABLE, "the engine process is not running");
     }
     const uint64_t end_ns = NowNs();
-    Ok(TRITONBACKEND_ModelInstanceReportBatchStatistics(instance_, count, start_ns, start_ns, end_ns, end_ns),
+    Ok(TRITONBACKEND_ModelInstanceReportBatchStatistics(reporter, count, start_ns, start_ns, end_ns, end_ns),
        "reporting batch statistics");
   }
 
  private:
   // Appends one request to the REQUESTS frame; an error message when it cannot be read.
-  std::string Serialize(TRITONBACKEND_Request* request, uint64_t slot_id, Slot* slot, Writer* w) {
+  std::string Serialize(TRITONBACKEND_Request* request, uint64_t slot_id, uint32_t front, Slot* slot, Writer* w) {
+    const char* const* names = slot->text ? kTextOutputNames : kOutputNames;
     uint32_t n_out = 0;
     if (!Ok(TRITONBACKEND_RequestOutputCount(request, &n_out), "output count")) return "cannot read the request";
     if (n_out > 0) {
@@ -344,7 +361,7 @@ class Instance {
         const char* name = nullptr;
         if (!Ok(TRITONBACKEND_RequestOutputName(request, o, &name), "output name")) continue;
         for (int k = 0; k < kNumOutputs; ++k)
-          if (std::strcmp(name, kOutputNames[k]) == 0) slot->wanted |= 1u << k;
+          if (names[k] != nullptr && std::strcmp(name, names[k]) == 0) slot->wanted |= 1u << k;
       }
     }
     const char* id = "";
@@ -378,6 +395,7 @@ class Instance {
     }
     const uint32_t id_len = static_cast<uint32_t>(std::strlen(id));
     w->Put<uint64_t>(slot_id);
+    w->Put<uint32_t>(front);
     w->Put<uint32_t>(id_len);
     w->Bytes(id, id_len);
     w->Put<uint32_t>(n_in);
@@ -430,6 +448,35 @@ class Instance {
     return channel_;
   }
 
+ public:
+  // A text front attaches: its id (> 0) for its requests. The engine process gets the front's spec before
+  // any of its requests (same socket, sent first), and again after a restart.
+  uint32_t RegisterFront(const std::string& name, const std::string& spec) {
+    std::lock_guard<std::mutex> lock(fronts_mu_);
+    uint32_t id = 0;
+    for (size_t i = 0; i < fronts_.size() && id == 0; ++i)
+      if (fronts_[i].first == name) id = static_cast<uint32_t>(i + 1);
+    if (id == 0) {
+      fronts_.emplace_back(name, spec);
+      id = static_cast<uint32_t>(fronts_.size());
+    } else if (fronts_[id - 1].second == spec) {
+      return id;
+    } else {
+      fronts_[id - 1].second = spec;  // the front was reloaded with another config
+    }
+    SendFront(id, spec);
+    return id;
+  }
+
+ private:
+  void SendFront(uint32_t id, const std::string& spec) {
+    std::string p;
+    Writer w(&p);
+    w.Put<uint32_t>(id);
+    w.Bytes(spec.data(), spec.size());
+    channel()->Send(kFront, p);
+  }
+
   // Responses until the engine process ends. An engine process that dies unexpectedly (killed, crashed)
   // fails its requests at once and is started again (world size 1: a rank cannot rejoin its peers), with
   // requests refused as UNAVAILABLE meanwhile, so that service resumes without anyone acting.
@@ -476,6 +523,10 @@ class Instance {
       if (stopping_) {
         channel()->Shutdown();  // a process started while unloading ends with its socket
         break;
+      }
+      {
+        std::lock_guard<std::mutex> lock(fronts_mu_);
+        for (size_t i = 0; i < fronts_.size(); ++i) SendFront(static_cast<uint32_t>(i + 1), fronts_[i].second);
       }
       alive_ = true;
       LOG_INFO("tensorrtllm: engine process " + std::to_string(pid_) + " restarted for model " + model_);
@@ -526,8 +577,8 @@ class Instance {
     }
     const uint32_t send_flags = (r.flags & kFinal) ? TRITONSERVER_RESPONSE_COMPLETE_FINAL : 0;
     if (r.flags & kError) {
-      SendError(slot->factory, static_cast<TRITONSERVER_Error_Code>(r.error_code), r.error, r.flags & kFinal);
-    } else if ((r.flags & kEmpty) && decoupled_) {
+      SendError(*slot, static_cast<TRITONSERVER_Error_Code>(r.error_code), r.error, r.flags & kFinal);
+    } else if ((r.flags & kEmpty) && slot->decoupled) {
       Ok(TRITONBACKEND_ResponseFactorySendFlags(slot->factory, send_flags), "sending the final flag");
     } else {
       TRITONBACKEND_Response* response = nullptr;
@@ -546,11 +597,12 @@ class Instance {
   std::string AddOutputs(TRITONBACKEND_Response* response, Slot* slot, const Record& r) {
     const int64_t beams = r.beams;
     const uint32_t want = slot->wanted;
+    const char* const* names = slot->text ? kTextOutputNames : kOutputNames;
     auto add = [&](int which, TRITONSERVER_DataType dtype, std::vector<int64_t> shape, const void* data,
                    size_t nbytes) -> bool {
-      if (!(want & (1u << which))) return true;
+      if (!(want & (1u << which)) || names[which] == nullptr) return true;
       TRITONBACKEND_Output* out = nullptr;
-      if (!Ok(TRITONBACKEND_ResponseOutput(response, &out, kOutputNames[which], dtype, shape.data(),
+      if (!Ok(TRITONBACKEND_ResponseOutput(response, &out, names[which], dtype, shape.data(),
                                            static_cast<uint32_t>(shape.size())),
               "creating an output"))
         return false;
@@ -576,7 +628,20 @@ class Instance {
     const size_t logit_bytes = TRITONSERVER_DataTypeByteSize(logits_dtype_);
     const std::vector<float> no_cum(r.beams, 0.0f);
     const bool lp = r.flags & kLogProbs;
-    bool ok = add(kOutputIds, TRITONSERVER_TYPE_INT32, {1, beams, static_cast<int64_t>(r.width)}, r.tokens.data(), 4 * r.tokens.size()) &&
+    bool ok = true;
+    if (slot->text) {  // one BYTES element per beam, laid out as Triton's BYTES tensors are: u32 length | bytes
+      std::string texts;
+      Writer tw(&texts);
+      for (const std::string& t : r.texts) {
+        tw.Put<uint32_t>(static_cast<uint32_t>(t.size()));
+        tw.Bytes(t.data(), t.size());
+      }
+      ok = add(kOutputIds, TRITONSERVER_TYPE_BYTES, {static_cast<int64_t>(r.texts.size())}, texts.data(), texts.size());
+    } else {
+      ok = add(kOutputIds, TRITONSERVER_TYPE_INT32, {1, beams, static_cast<int64_t>(r.width)}, r.tokens.data(),
+               4 * r.tokens.size());
+    }
+    ok = ok &&
               add(kSequenceLength, TRITONSERVER_TYPE_INT32, {1, beams}, r.seq_lens.data(), 4 * r.seq_lens.size()) &&
               add(kCumLogProbs, TRITONSERVER_TYPE_FP32, {1, beams}, lp ? r.cum_log_probs.data() : no_cum.data(),
                   4 * r.beams) &&
@@ -593,14 +658,14 @@ class Instance {
     return ok ? std::string() : "failed to build the response's outputs";
   }
 
-  void SendError(TRITONBACKEND_ResponseFactory* factory, TRITONSERVER_Error_Code code, const std::string& msg,
-                 bool final) {
+  static void SendError(const Slot& slot, TRITONSERVER_Error_Code code, const std::string& msg, bool final) {
+    TRITONBACKEND_ResponseFactory* factory = slot.factory;
     TRITONBACKEND_Response* response = nullptr;
     if (!Ok(TRITONBACKEND_ResponseNewFromFactory(&response, factory), "creating an error response")) return;
     TRITONSERVER_Error* err = TRITONSERVER_ErrorNew(code, msg.c_str());
     // Decoupled: the error, then the final flag alone. A BLS caller (the Python backend's decoupled
     // `exec`) never sees an error response that carries the final flag itself: its stream hangs (seen).
-    const bool split = final && decoupled_;
+    const bool split = final && slot.decoupled;
     Ok(TRITONBACKEND_ResponseSend(response, final && !split ? TRITONSERVER_RESPONSE_COMPLETE_FINAL : 0, err),
        "sending an error response");
     TRITONSERVER_ErrorDelete(err);
@@ -617,7 +682,7 @@ class Instance {
       slot = std::move(it->second);
       slots_.erase(it);
     }
-    SendError(slot->factory, code, msg, true);
+    SendError(*slot, code, msg, true);
     Ok(TRITONBACKEND_ResponseFactoryDelete(slot->factory), "deleting a response factory");
   }
 
@@ -685,8 +750,176 @@ class Instance {
   std::mutex mu_;
   std::condition_variable wake_;
   std::unordered_map<uint64_t, std::unique_ptr<Slot>> slots_;
-  uint64_t next_slot_ = 1;  // only Execute (one thread per instance) touches it
+  std::atomic<uint64_t> next_slot_{1};  // Submit runs on the threads of this model and of its fronts
   std::thread reader_, watcher_;
+  std::mutex fronts_mu_;
+  std::vector<std::pair<std::string, std::string>> fronts_;  // id - 1 -> (front model name, spec JSON)
+};
+
+// Engines by model name, for the text fronts (all models of this backend live in one server process).
+std::mutex g_engines_mu;
+std::map<std::string, std::weak_ptr<Instance>> g_engines;
+
+std::shared_ptr<Instance> FindEngine(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_engines_mu);
+  auto it = g_engines.find(name);
+  return it == g_engines.end() ? nullptr : it->second.lock();
+}
+
+// Small readers of the model config JSON that Triton serializes (no JSON library is linked).
+size_t SkipSpace(const std::string& s, size_t p) {
+  while (p < s.size() && std::isspace(static_cast<unsigned char>(s[p]))) ++p;
+  return p;
+}
+
+// The string value of parameter `key` ("parameters":{"key":{"string_value":"..."}}); `fallback` when absent.
+std::string ParamString(const std::string& json, const std::string& key, const std::string& fallback = "") {
+  size_t p = json.find("\"parameters\"");
+  if (p == std::string::npos || (p = json.find("\"" + key + "\"", p)) == std::string::npos) return fallback;
+  if ((p = json.find("\"string_value\"", p)) == std::string::npos) return fallback;
+  p = SkipSpace(json, json.find(':', p) + 1);
+  const size_t end = json.find('"', p + 1);
+  if (p >= json.size() || json[p] != '"' || end == std::string::npos) return fallback;
+  return json.substr(p + 1, end - p - 1);
+}
+
+// Position of the value of `"decoupled"` in the JSON (or a pbtxt's text), npos when absent.
+size_t DecoupledValue(const std::string& text) {
+  size_t p = text.find("decoupled");
+  if (p == std::string::npos) return p;
+  p = SkipSpace(text, p + std::strlen("decoupled") + (text[p + 9] == '"' ? 1 : 0));
+  if (p >= text.size() || text[p] != ':') return std::string::npos;
+  return SkipSpace(text, p + 1);
+}
+
+bool IsTrueAt(const std::string& text, size_t p) {
+  if (p == std::string::npos) return false;
+  for (const char* t : {"true", "True", "1"})
+    if (text.compare(p, std::strlen(t), t) == 0) return true;
+  return false;
+}
+
+// Whether the engine model's config.pbtxt (beside this model's directory) asks for decoupled mode.
+bool EngineIsDecoupled(const std::string& model_dir, const std::string& engine_model) {
+  const size_t slash = model_dir.find_last_of('/');
+  const std::string path = (slash == std::string::npos ? "." : model_dir.substr(0, slash)) + "/" + engine_model +
+                           "/config.pbtxt";
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return false;
+  std::string text;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    std::string l(line);
+    const size_t hash = l.find('#');  // comments may mention the word
+    text += hash == std::string::npos ? l : l.substr(0, hash) + "\n";
+  }
+  std::fclose(f);
+  return IsTrueAt(text, DecoupledValue(text));
+}
+
+bool JsonDecoupled(const std::string& json) {
+  const size_t p = json.find("\"model_transaction_policy\"");
+  if (p == std::string::npos) return false;
+  const std::string rest = json.substr(p);
+  return IsTrueAt(rest, DecoupledValue(rest));
+}
+
+std::string ConfigJson(TRITONBACKEND_Model* model, TRITONSERVER_Error** err) {
+  TRITONSERVER_Message* message = nullptr;
+  if ((*err = TRITONBACKEND_ModelConfig(model, 1, &message)) != nullptr) return {};
+  const char* json = nullptr;
+  size_t size = 0;
+  *err = TRITONSERVER_MessageSerializeToJson(message, &json, &size);
+  std::string config = *err == nullptr ? std::string(json, size) : std::string();
+  Ok(TRITONSERVER_MessageDelete(message), "deleting the model config");
+  return config;
+}
+
+// A text model (the `ensemble` interface: text in, text out) served by the engine of another model of this
+// backend: no Python model and no Triton ensemble sits between the client and the engine, so a client's
+// cancellation reaches the engine (Triton 2.51 ensembles do not pass it to their steps) and each response
+// costs no Python stub. The engine process tokenizes and detokenizes with the tokenizer settings of the
+// `preprocessing` / `postprocessing` models (read from the server, so that they stay the one place to set them).
+class Front {
+ public:
+  Front(TRITONBACKEND_ModelInstance* instance, TRITONSERVER_Server* server, std::string model, const std::string& config)
+      : instance_(instance),
+        server_(server),
+        model_(std::move(model)),
+        config_(config),
+        engine_model_(ParamString(config, "engine_model", "tensorrt_llm")),
+        pre_model_(ParamString(config, "preprocessing_model", "preprocessing")),
+        post_model_(ParamString(config, "postprocessing_model", "postprocessing")),
+        decoupled_(JsonDecoupled(config)) {}
+
+  bool decoupled() const { return decoupled_; }
+
+  void Execute(TRITONBACKEND_Request** requests, uint32_t count) {
+    std::shared_ptr<Instance> engine = FindEngine(engine_model_);
+    std::string why = "model '" + engine_model_ + "', whose engine model '" + model_ + "' uses, is not loaded";
+    const uint32_t id = engine ? Attach(engine, &why) : 0;
+    if (id == 0) {
+      Reject(requests, count, why);
+      return;
+    }
+    engine->Submit(instance_, id, decoupled_, requests, count);
+  }
+
+ private:
+  uint32_t Attach(const std::shared_ptr<Instance>& engine, std::string* why) {
+    if (attached_.lock() == engine) return id_;
+    std::string pre, post;
+    if (!OtherConfig(pre_model_, &pre, why) || !OtherConfig(post_model_, &post, why)) return 0;
+    const std::string spec = "{\"name\": \"" + model_ + "\", \"decoupled\": " + (decoupled_ ? "true" : "false") +
+                             ", \"preprocessing\": " + pre + ", \"postprocessing\": " + post + "}";
+    id_ = engine->RegisterFront(model_, spec);
+    attached_ = engine;
+    return id_;
+  }
+
+  bool OtherConfig(const std::string& name, std::string* json, std::string* why) {
+    TRITONSERVER_Message* message = nullptr;
+    TRITONSERVER_Error* err = TRITONSERVER_ServerModelConfig(server_, name.c_str(), -1, 1, &message);
+    if (err == nullptr) {
+      const char* base = nullptr;
+      size_t size = 0;
+      err = TRITONSERVER_MessageSerializeToJson(message, &base, &size);
+      if (err == nullptr) json->assign(base, size);
+      Ok(TRITONSERVER_MessageDelete(message), "deleting a model config");
+    }
+    if (err == nullptr) return true;
+    *why = "model '" + model_ + "' takes its tokenizer settings from model '" + name + "', which is not loaded: " +
+           TRITONSERVER_ErrorMessage(err);
+    TRITONSERVER_ErrorDelete(err);
+    return false;
+  }
+
+  void Reject(TRITONBACKEND_Request** requests, uint32_t count, const std::string& why) {
+    const uint64_t now = NowNs();
+    for (uint32_t i = 0; i < count; ++i) {
+      TRITONBACKEND_Response* response = nullptr;
+      if (Ok(TRITONBACKEND_ResponseNew(&response, requests[i]), "creating a response")) {
+        TRITONSERVER_Error* err = TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_UNAVAILABLE, why.c_str());
+        Ok(TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, err), "sending a response");
+        TRITONSERVER_ErrorDelete(err);
+      }
+      Ok(TRITONBACKEND_ModelInstanceReportStatistics(instance_, requests[i], false, now, now, now, now), "statistics");
+      Ok(TRITONBACKEND_RequestRelease(requests[i], TRITONSERVER_REQUEST_RELEASE_ALL), "releasing a request");
+    }
+  }
+
+  TRITONBACKEND_ModelInstance* instance_;
+  TRITONSERVER_Server* server_;
+  std::string model_, config_, engine_model_, pre_model_, post_model_;
+  bool decoupled_;
+  std::weak_ptr<Instance> attached_;
+  uint32_t id_ = 0;
+};
+
+// What a model instance of this backend is: an engine, or a text front of one.
+struct State {
+  std::shared_ptr<Instance> engine;
+  std::unique_ptr<Front> front;
 };
 
 }  // namespace
@@ -710,6 +943,35 @@ TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND
   return nullptr;
 }
 
+// A text front takes the transaction policy of its engine model, as a Triton ensemble is decoupled when its
+// engine step is: upstream fills the ensemble's config with two keys only, neither of them the policy.
+// Triton 2.51 takes the completed config even with --disable-auto-complete-config (which the launchers
+// pass); the instance reads the policy back from it.
+TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
+  TRITONSERVER_Error* err = nullptr;
+  std::string config = trtllm::ConfigJson(model, &err);
+  if (err != nullptr) return err;
+  const std::string engine_model = trtllm::ParamString(config, "engine_model");
+  if (engine_model.empty() || trtllm::JsonDecoupled(config)) return nullptr;
+  TRITONBACKEND_ArtifactType type;
+  const char* location = nullptr;
+  if ((err = TRITONBACKEND_ModelRepository(model, &type, &location)) != nullptr) return err;
+  if (!trtllm::EngineIsDecoupled(location, engine_model)) return nullptr;
+  // Triton writes every field, so the policy is there as "decoupled":false; insert it if a later one does not.
+  const size_t policy = config.find("\"model_transaction_policy\"");
+  const size_t value = policy == std::string::npos ? policy : trtllm::DecoupledValue(config.substr(policy));
+  if (value != std::string::npos && config.compare(policy + value, 5, "false") == 0) {
+    config.replace(policy + value, 5, "true");
+  } else {
+    config.insert(config.find('{') + 1, "\"model_transaction_policy\":{\"decoupled\":true},");
+  }
+  TRITONSERVER_Message* message = nullptr;
+  if ((err = TRITONSERVER_MessageNewFromSerializedJson(&message, config.data(), config.size())) != nullptr) return err;
+  err = TRITONBACKEND_ModelSetConfig(model, 1, message);
+  trtllm::Ok(TRITONSERVER_MessageDelete(message), "deleting a model config");
+  return err;
+}
+
 TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance) {
   TRITONBACKEND_Model* model = nullptr;
   TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceModel(instance, &model);
@@ -718,27 +980,40 @@ TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(
   uint64_t version = 0;
   if ((err = TRITONBACKEND_ModelName(model, &name)) != nullptr) return err;
   if ((err = TRITONBACKEND_ModelVersion(model, &version)) != nullptr) return err;
-  TRITONSERVER_Message* message = nullptr;
-  if ((err = TRITONBACKEND_ModelConfig(model, 1, &message)) != nullptr) return err;
-  const char* json = nullptr;
-  size_t size = 0;
-  err = TRITONSERVER_MessageSerializeToJson(message, &json, &size);
-  std::string config = err == nullptr ? std::string(json, size) : std::string();
-  trtllm::Ok(TRITONSERVER_MessageDelete(message), "deleting the model config");
+  const std::string config = trtllm::ConfigJson(model, &err);
   if (err != nullptr) return err;
-  auto state = std::make_unique<trtllm::Instance>(instance, name, std::to_string(version));
-  if ((err = state->Start(config)) != nullptr) return err;
+  auto state = std::make_unique<trtllm::State>();
+  if (!trtllm::ParamString(config, "engine_model").empty()) {
+    TRITONSERVER_Server* server = nullptr;
+    if ((err = TRITONBACKEND_ModelServer(model, &server)) != nullptr) return err;
+    state->front = std::make_unique<trtllm::Front>(instance, server, name, config);
+    LOG_INFO(std::string("tensorrtllm: model ") + name + " is a text front of model " +
+             trtllm::ParamString(config, "engine_model") + (state->front->decoupled() ? " (decoupled)" : ""));
+  } else {
+    state->engine = std::make_shared<trtllm::Instance>(instance, name, std::to_string(version));
+    if ((err = state->engine->Start(config)) != nullptr) return err;
+    std::lock_guard<std::mutex> lock(trtllm::g_engines_mu);
+    trtllm::g_engines[name] = state->engine;
+  }
   return TRITONBACKEND_ModelInstanceSetState(instance, state.release());
 }
 
 TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
-  void* state = nullptr;
-  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &state);
+  void* p = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &p);
   if (err != nullptr) return err;
-  auto* inst = static_cast<trtllm::Instance*>(state);
-  if (inst != nullptr) {
-    inst->Stop();
-    delete inst;
+  std::unique_ptr<trtllm::State> state(static_cast<trtllm::State*>(p));
+  if (state != nullptr && state->engine != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(trtllm::g_engines_mu);
+      for (auto it = trtllm::g_engines.begin(); it != trtllm::g_engines.end(); ++it) {
+        if (it->second.lock() == state->engine) {
+          trtllm::g_engines.erase(it);
+          break;
+        }
+      }
+    }
+    state->engine->Stop();  // a front still holding it gets "not running" for what it submits now
   }
   return nullptr;
 }
@@ -746,10 +1021,15 @@ TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TR
 TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
                                                                              TRITONBACKEND_Request** requests,
                                                                              const uint32_t request_count) {
-  void* state = nullptr;
-  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &state);
+  void* p = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &p);
   if (err != nullptr) return err;
-  static_cast<trtllm::Instance*>(state)->Execute(requests, request_count);
+  auto* state = static_cast<trtllm::State*>(p);
+  if (state->front != nullptr) {
+    state->front->Execute(requests, request_count);
+  } else {
+    state->engine->Execute(requests, request_count);
+  }
   return nullptr;
 }
 

@@ -14,6 +14,7 @@ enum FrameType : uint8_t {
   kRequests = 2,
   kCancel = 3,
   kShutdown = 4,
+  kFront = 5,
   kReady = 11,
   kResponses = 12,
   kMetrics = 13,
@@ -28,6 +29,7 @@ enum RecordFlag : uint32_t {
   kError = 8,
   kLogProbs = 16,
   kEmpty = 32,
+  kText = 64,
 };
 
 // Appends little-endian values (the only byte order of the machines we serve on).
@@ -97,6 +99,7 @@ struct Record {
   uint32_t log_prob_width = 0;
   std::vector<float> cum_log_probs;  // [beams] (LOGPROBS)
   std::vector<float> log_probs;      // [beams * log_prob_width] (LOGPROBS)
+  std::vector<std::string> texts;    // [beams] (TEXT)
   uint32_t error_code = 0;
   std::string error;
 };
@@ -127,6 +130,13 @@ inline bool ParseRecords(const std::string& body, std::vector<Record>* out, std:
       }
       r.Array(&rec.cum_log_probs, rec.beams);
       r.Array(&rec.log_probs, static_cast<size_t>(rec.beams) * rec.log_prob_width);
+    }
+    if (rec.flags & kText) {
+      if (rec.beams > body.size()) {
+        *error = "texts larger than their frame";
+        return false;
+      }
+      for (uint32_t b = 0; b < rec.beams && !r.failed(); ++b) rec.texts.push_back(r.String(r.Get<uint32_t>()));
     }
     if (rec.flags & kError) {
       rec.error_code = r.Get<uint32_t>();

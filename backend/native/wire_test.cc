@@ -37,6 +37,12 @@ std::string OneRecord(uint32_t flags) {
     w.Put<uint32_t>(1);
     for (float f : {-1.0f, -2.0f, -0.5f, -0.25f}) w.Put<float>(f);
   }
+  if (flags & kText) {
+    for (const char* t : {"ab", "\xc3\xa9"}) {
+      w.Put<uint32_t>(static_cast<uint32_t>(std::strlen(t)));
+      w.Bytes(t, std::strlen(t));
+    }
+  }
   if (flags & kError) {
     w.Put<uint32_t>(3);
     w.Put<uint32_t>(3);
@@ -56,9 +62,11 @@ void SelfTest() {
   CHECK((r.seq_lens == std::vector<int32_t>{2, 1}));
   CHECK(r.log_prob_width == 1 && r.cum_log_probs[1] == -2.0f && r.log_probs[1] == -0.25f);
   CHECK(r.error_code == 3 && r.error == "bad");
+  CHECK(ParseRecords(OneRecord(kText), &recs, &err));
+  CHECK((recs[0].texts == std::vector<std::string>{"ab", "\xc3\xa9"}));
 
   // Every truncation is refused, never read past the end.
-  const std::string whole = OneRecord(kLogProbs | kError);
+  const std::string whole = OneRecord(kLogProbs | kText | kError);
   for (size_t n = 0; n < whole.size(); ++n) CHECK(!ParseRecords(whole.substr(0, n), &recs, &err));
   CHECK(!ParseRecords(whole + "x", &recs, &err));
   // A header claiming more tokens than the frame holds is refused before allocating them.
@@ -90,6 +98,8 @@ int Decode(const char* path) {
     for (float v : r.cum_log_probs) std::cout << " " << v;
     std::cout << " |";
     for (float v : r.log_probs) std::cout << " " << v;
+    std::cout << " |";
+    for (const std::string& t : r.texts) std::cout << " " << t;
     std::cout << " | " << r.error_code << " " << r.error << "\n";
   }
   return 0;
@@ -100,6 +110,7 @@ int Requests(const char* path) {
   Writer w(&s);
   w.Put<uint32_t>(1);
   w.Put<uint64_t>(7);
+  w.Put<uint32_t>(2);  // front
   w.Put<uint32_t>(3);
   w.Bytes("abc", 3);
   w.Put<uint32_t>(2);

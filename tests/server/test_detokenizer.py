@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from backend.detokenizer import IncrementalDetokenizer, decode, stream_delta
+from backend.detokenizer import IncrementalDetokenizer, add_many, decode, stream_delta
 from tests.helpers import train_tokenizer
 
 TEXTS = [
@@ -79,3 +79,30 @@ def test_naive_chunk_decoding_is_wrong(tok):
 def test_special_tokens_skipped(tok):
     ids = [tok.bos_token_id] + tok.encode("café 🙂", add_special_tokens=False) + [tok.eos_token_id]
     assert stream_stateful(tok, ids, 1) == decode(tok, ids) == "café 🙂"
+
+
+def test_batched_streams_equal_single_streams(tok):
+    """`add_many` (one batched decode per step, what the engine process's text thread runs) gives each
+    stream exactly the pieces `add` gives it alone."""
+    rng = random.Random(7)
+    streams = [tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    streams += [[rng.randrange(len(tok)) for _ in range(rng.randrange(1, 30))] for _ in range(10)]
+    alone = [IncrementalDetokenizer(tok) for _ in streams]
+    batched = [IncrementalDetokenizer(tok) for _ in streams]
+    pos = [0] * len(streams)
+    expected = [[] for _ in streams]
+    got = [[] for _ in streams]
+    while any(p < len(s) + 1 for p, s in zip(pos, streams, strict=True)):
+        step = []
+        for i, s in enumerate(streams):
+            if pos[i] > len(s):
+                continue
+            k = rng.choice([0, 1, 1, 2, 3])
+            new, final = s[pos[i] : pos[i] + k], pos[i] + k >= len(s)
+            pos[i] = len(s) + 1 if final else pos[i] + k
+            expected[i].append(alone[i].add(new, final))
+            step.append((i, new, final))
+        for (i, _, _), piece in zip(step, add_many([(batched[i], new, f) for i, new, f in step]), strict=True):
+            got[i].append(piece)
+    assert got == expected
+    assert ["".join(g) for g in got] == [decode(tok, s) for s in streams]

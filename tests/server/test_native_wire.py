@@ -23,32 +23,37 @@ def test_cpp_self_checks():
 
 
 def test_python_records_decode_in_cpp(tmp_path):
-    buf = bytearray(struct.pack("<I", 3))
+    buf = bytearray(struct.pack("<I", 4))
     wire.encode_record(buf, 9, 0, wire.STREAM, [[11]], [1])
     wire.encode_record(buf, 2**40, 1, wire.FINAL | wire.ROW_END | wire.LOGPROBS, [[1, 2, 3], [4, 5, 0]], [3, 2],
                        [-1.5, -2.0], [[-0.5, -1.0], [-1.0, -1.0]])  # fmt: skip
     wire.encode_record(buf, 3, 0, wire.FINAL | wire.ERROR, error=(wire.ERR_INVALID_ARG, "bad input_ids"))
+    wire.encode_record(buf, 5, 0, wire.FINAL | wire.TEXT, [], [2, 1], texts=[b"ab", "é".encode()])
     (tmp_path / "records.bin").write_bytes(bytes(buf))
     r = subprocess.run([str(WIRE_TEST), "decode", str(tmp_path / "records.bin")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
     assert r.stdout.splitlines() == [
-        "9 0 2 1 1 | 11 | 1 | | | 0 ",
-        f"{2**40} 1 21 2 3 | 1 2 3 4 5 0 | 3 2 | -1.5 -2 | -0.5 -1 -1 -1 | 0 ",
-        "3 0 9 0 0 | | | | | 3 bad input_ids",
+        "9 0 2 1 1 | 11 | 1 | | | | 0 ",
+        f"{2**40} 1 21 2 3 | 1 2 3 4 5 0 | 3 2 | -1.5 -2 | -0.5 -1 -1 -1 | | 0 ",
+        "3 0 9 0 0 | | | | | | 3 bad input_ids",
+        "5 0 65 2 0 | | 2 1 | | | ab é | 0 ",
     ]
-    assert [r["slot"] for r in wire.decode_records(bytes(buf))] == [9, 2**40, 3]
+    records = wire.decode_records(bytes(buf))
+    assert [r["slot"] for r in records] == [9, 2**40, 3, 5]
+    assert records[3]["texts"] == [b"ab", "é".encode()]
 
 
 def test_cpp_requests_decode_in_python(tmp_path):
     path = tmp_path / "requests.bin"
     subprocess.run([str(WIRE_TEST), "requests", str(path)], check=True)
-    ((slot, rid, inputs),) = wire.decode_requests(memoryview(path.read_bytes()))
-    assert (slot, rid) == (7, "abc")
+    ((slot, front, rid, inputs),) = wire.decode_requests(memoryview(path.read_bytes()))
+    assert (slot, front, rid) == (7, 2, "abc")
     np.testing.assert_array_equal(inputs["input_ids"], np.array([[1, 2, 3, 4]], dtype=np.int32))
     assert inputs["stop_words"].shape == (1, 1) and inputs["stop_words"][0, 0] == b"hi"
     # And Python's own encoder (tests' stand-in for the backend) round-trips.
-    again = wire.decode_requests(memoryview(wire.encode_requests([(slot, rid, inputs)])))
-    np.testing.assert_array_equal(again[0][2]["input_ids"], inputs["input_ids"])
+    again = wire.decode_requests(memoryview(wire.encode_requests([(slot, front, rid, inputs)])))
+    assert again[0][:3] == (slot, front, rid)
+    np.testing.assert_array_equal(again[0][3]["input_ids"], inputs["input_ids"])
 
 
 def test_token_record_is_the_general_record_of_one_token():

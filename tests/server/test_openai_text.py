@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from backend.detokenizer import decode
+from backend.detokenizer import IncrementalDetokenizer, decode
 from openai_frontend.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, completion_generation
-from openai_frontend.text import Detokenizer, StopMatcher, TokenText
+from openai_frontend.text import StopMatcher, TokenText
 
 TEXTS = ["Hello world", "机器学习是人工智能的一个分支。", "Emoji 🙂 🚀 and café", "In-flight batching keeps"]
 
@@ -34,14 +34,14 @@ def test_pieces_concatenate_to_the_text_in_context(tokenizer):
             out = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))]
         else:
             out = tokenizer.encode(rng.choice(TEXTS) + rng.choice(TEXTS), add_special_tokens=False)
-        d = Detokenizer(tokenizer, prompt)
+        d = IncrementalDetokenizer(tokenizer, prompt_ids=prompt)
         pieces, i = [], 0
         while i < len(out):
             k = rng.randrange(1, 4)
             pieces.append(d.add(out[i : i + k]))
             i += k
         pieces.append(d.add([], final=True))
-        whole = Detokenizer(tokenizer, prompt).add(out, final=True)
+        whole = IncrementalDetokenizer(tokenizer, prompt_ids=prompt).add(out, final=True)
         assert "".join(pieces) == whole
         full, before = decode(tokenizer, prompt + out), decode(tokenizer, prompt)
         if full.startswith(before):
@@ -53,7 +53,7 @@ def test_first_token_keeps_its_leading_space(tokenizer):
     prompt = tokenizer.encode("In-flight")
     full = tokenizer.encode("In-flight batching", add_special_tokens=True)
     assert full[: len(prompt)] == prompt
-    assert Detokenizer(tokenizer, prompt).add(full[len(prompt) :], final=True) == " batching"
+    assert IncrementalDetokenizer(tokenizer, prompt_ids=prompt).add(full[len(prompt) :], final=True) == " batching"
 
 
 def test_token_bytes_add_up_to_the_text(tokenizer):

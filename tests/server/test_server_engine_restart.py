@@ -35,6 +35,7 @@ STREAMS = {
     "tensorrt_llm": {"input_ids": [1, 5, 6], "input_lengths": 3, "request_output_len": 240, "min_length": 240,
                      "streaming": True},
     "tensorrt_llm_bls": {"text_input": "hello", "max_tokens": 240, "min_length": 240, "stream": True},
+    "ensemble": {"text_input": "hello", "max_tokens": 240, "min_length": 240, "stream": True},
 }  # fmt: skip
 
 
