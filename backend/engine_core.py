@@ -489,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s trtllm engine %(process)d %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # Three threads share one GIL; the executor thread must get it back quickly when a step's GPU work ends
+    # (CPython hands the GIL over only after this interval, 5 ms by default: a whole decode step).
+    interval = os.environ.get("TRTLLM_SWITCH_INTERVAL_S")
+    if interval:
+        sys.setswitchinterval(float(interval))
     conn = wire.Connection(socket.socket(fileno=args.fd))
     frame = conn.recv()
     if frame is None or frame[0] != wire.CONFIG:

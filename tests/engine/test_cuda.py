@@ -1,6 +1,8 @@
 """On a GPU (the H100 machine): float16 engine on CUDA against Hugging Face float16 on the same weights.
 Skipped on CPU machines."""
 
+import copy
+
 import pytest
 import torch
 
@@ -53,8 +55,10 @@ def test_fp16_cuda_matches_hf(tmp_path, kv_heads):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_fp16_cuda_families_match_hf(tmp_path, name):
     """Every family's kernel options on the GPU (sliding window, soft-capping, Gemma's norm, GeLU-tanh,
-    QK-norm): prompt logits and greedy ids against Hugging Face float16, and CUDA graphs against eager."""
-    hf = make_family_model(name, tmp_path / "hf").half().cuda()
+    QK-norm): prompt logits against Hugging Face float32 (the oracle), no further from it than Hugging
+    Face's own float16 run, greedy ids equal to Hugging Face's, and CUDA graphs equal to eager."""
+    hf32 = make_family_model(name, tmp_path / "hf").float().cuda()
+    hf = copy.deepcopy(hf32).half()
     build_engine(tmp_path / "hf", tmp_path / "engine", dtype="float16")
     engine = Engine.from_dir(tmp_path / "engine", device="cuda")
     kv = engine.make_kv_cache(32)
@@ -62,19 +66,25 @@ def test_fp16_cuda_families_match_hf(tmp_path, name):
     prompt = torch.randint(4, 384, (40,)).tolist()  # longer than the families' 12-key windows
     ours = engine.forward(build_step_input([prompt], [0], [list(range(8))], 8, "cuda", all_logits=True), kv)
     with torch.no_grad():
-        ref = hf(torch.tensor([prompt], device="cuda")).logits[0].float()
+        ref = hf32(torch.tensor([prompt], device="cuda")).logits[0].float()
+        ref16 = hf(torch.tensor([prompt], device="cuda")).logits[0].float()
     rel = ((ours - ref).norm() / ref.norm()).item()
-    print(f"{name}: fp16 CUDA prompt logits relative error vs HF: {rel:.2e}")
-    assert rel < 5e-3
+    rel_hf = ((ref16 - ref).norm() / ref.norm()).item()
+    print(f"{name}: fp16 CUDA prompt logits relative error vs HF fp32: ours {rel:.2e}, HF fp16 {rel_hf:.2e}")
+    assert rel < max(5e-3, 1.5 * rel_hf)
     runner = ModelRunner(engine, 64)
     prompts = [torch.randint(4, 384, (n,)).tolist() for n in (7, 40, 19)]
     out = runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
     for i, p in enumerate(prompts):
-        with torch.no_grad():
-            r = hf.generate(
-                torch.tensor([p], device="cuda"), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
-            )
-        assert out[i, 0, : r.shape[1]].tolist() == r[0].tolist(), f"{name}: prompt {i} greedy ids differ from HF"
+        refs = []
+        for model in (hf, hf32):  # near-ties of a random model may break either way in float16
+            with torch.no_grad():
+                r = model.generate(
+                    torch.tensor([p], device="cuda"), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                    pad_token_id=0,
+                )  # fmt: skip
+            refs.append(r[0].tolist())
+        assert out[i, 0, : len(refs[0])].tolist() in refs, f"{name}: prompt {i} greedy ids differ from HF"
     eager = ModelRunner(engine, 64, cuda_graphs=False).generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
     assert torch.equal(eager, out)
 

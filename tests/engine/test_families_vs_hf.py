@@ -45,7 +45,11 @@ VOCAB = 384
 def make_family_model(name: str, out_dir):
     arch, overrides = FAMILIES[name]
     # norm weights perturbed too, so that (1 + w) against w and the QK-norm weights are checked
-    return make_tiny_model(out_dir, arch, with_tokenizer=False, vocab_size=VOCAB, norm_std=0.2, **overrides)
+    model = make_tiny_model(out_dir, arch, with_tokenizer=False, vocab_size=VOCAB, norm_std=0.2, **overrides)
+    # The oracle is the eager attention: on CUDA transformers (5.17) picks SDPA for Gemma-2, which drops
+    # the attention soft-capping without a word (seen on the H200: 1.7e-2 off, 1.2e-3 with eager).
+    model.set_attn_implementation("eager")
+    return model
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
