@@ -120,6 +120,8 @@ async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, lis
         now = time.perf_counter()
         if "output_ids" in event:
             new = len(torch.tensor(event["output_ids"]).flatten())  # one token comes as a bare number
+        elif "choices" in event:  # OpenAI: a chunk per engine step, or the last one with `usage` alone
+            new = 1 if event["choices"] else 0
         else:
             # Random weights over a small trained tokenizer: many ids decode to "" (outside its vocabulary),
             # so the event, not its text, is the token.
@@ -193,21 +195,26 @@ def median_run(runs: list[dict]) -> dict:
     return dict(ordered[len(ordered) // 2], runs=[round(r["output_token_throughput"]) for r in runs])
 
 
-def wait_ready(server: subprocess.Popen, work: Path, timeout: float = 300) -> None:
+def wait_ready(server: subprocess.Popen, work: Path, url: str = "http://localhost:18000/v2/health/ready") -> None:
     import urllib.request
 
-    deadline = time.time() + timeout
+    deadline = time.time() + 300
     while True:
         try:
-            urllib.request.urlopen("http://localhost:18000/v2/health/ready", timeout=2)
+            urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
             if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"server did not become ready; see {work / 'server.log'}") from None
+                raise RuntimeError(f"{url} did not answer; see {work / 'server.log'}") from None
             time.sleep(1)
 
 
 def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
+    if target == "openai":  # the OpenAI front end over the engine model; ignore_eos as min_length elsewhere
+        return [
+            {"model": "ensemble", "prompt": t, "max_tokens": n, "ignore_eos": True, "stream": True, "temperature": 0}
+            for t, n in zip(prompts, out_lens, strict=True)
+        ]
     if target == "core":  # token ids to the engine model itself, no tokenizer
         return [
             {"input_ids": x, "input_lengths": len(x), "request_output_len": n, "min_length": n, "streaming": True,
@@ -227,8 +234,9 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128, help="prompt words")
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--work", default="/tmp/bench_serving")
-    p.add_argument("--target", default="ensemble", choices=["ensemble", "core"],
-                   help="ensemble: text, tokenizer and detokenizer; core: token ids to tensorrt_llm")  # fmt: skip
+    p.add_argument("--target", default="ensemble", choices=["ensemble", "core", "openai"],
+                   help="ensemble: text, tokenizer and detokenizer; core: token ids to tensorrt_llm; "
+                        "openai: /v1/completions of the OpenAI front end (--openai_port)")  # fmt: skip
     p.add_argument("--server-python", default=sys.executable,
                    help="the Python that runs the launcher (and so the backend stubs): one with numpy < 2")  # fmt: skip
     p.add_argument("--instances", type=int, default=1, help="preprocessing and postprocessing instance count")
@@ -283,9 +291,10 @@ def main() -> None:
     env = dict(os.environ)
     if args.target == "core":  # the engine model alone: no tokenizer models to load
         env["TRTLLM_TRITONSERVER_ARGS"] = "--model-control-mode=explicit --load-model=tensorrt_llm"
+    openai = ["--openai_port", "18003"] if args.target == "openai" else []
     server = subprocess.Popen(
         [args.server_python, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo), "--no-mpi",
-         "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force"],
+         "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force", *openai],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     pool = client_pool()
@@ -293,6 +302,9 @@ def main() -> None:
         wait_ready(server, work)
         model = "tensorrt_llm" if args.target == "core" else "ensemble"
         url = f"http://localhost:18000/v2/models/{model}/generate_stream"
+        if args.target == "openai":
+            wait_ready(server, work, "http://localhost:18003/health")
+            url = "http://localhost:18003/v1/completions"
         for c in levels:
             # Each run long enough (seconds) that its ramp-up and ramp-down stay small next to it.
             prompts, out_lens = workload(max(32, args.requests * c), args.input_len, args.output_len)

@@ -86,8 +86,8 @@ def make_lengths(n: int, mean: int, stdev: float, rng: random.Random) -> list[in
 
 
 async def sse_events(session, url: str, body: dict):
-    """POSTs `body` to a generate_stream endpoint and yields each event as a dict. Raises RuntimeError
-    on an HTTP error or an error event (the message is the server's)."""
+    """POSTs `body` to a generate_stream (or OpenAI streaming) endpoint and yields each event as a dict.
+    Raises RuntimeError on an HTTP error or an error event (the message is the server's)."""
     async with session.post(url, json=body) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:200]}")
@@ -95,6 +95,8 @@ async def sse_events(session, url: str, body: dict):
             line = raw.decode().strip()
             if not line.startswith("data:"):
                 continue
+            if line[5:].strip() == "[DONE]":  # the OpenAI stream's end
+                return
             event = json.loads(line[5:])
             if "error" in event:
                 raise RuntimeError(event["error"])

@@ -1,12 +1,12 @@
 """Which models the front end serves, read from the running tritonserver's model repository.
 
 A served model is a Triton *text* model (one with a `text_input` input: `ensemble`, `tensorrt_llm_bls`),
-under its Triton name. Its requests go to the engine model it wraps (the ensemble's `tensorrt_llm` step, the
-BLS's `tensorrt_llm_model_name`), with the pre- and post-processing done here, with the same tokenizer and
-the same `add_special_tokens` / `skip_special_tokens` as its Triton models (read from their configs), so that
-the front end can count tokens, tell why generation ended, cut at stop strings, and cancel: Triton 2.51
-does not pass a cancellation through an ensemble, and the text models return neither token counts nor the
-reason generation ended. A repository without text models serves its engine models, given `--tokenizer_dir`.
+under its Triton name. Its requests go to the engine model it wraps (the `engine_model` of our `ensemble`,
+a Triton ensemble's engine step, the BLS's `tensorrt_llm_model_name`), with the pre- and post-processing
+done here, with the same tokenizer and the same `add_special_tokens` / `skip_special_tokens` as its Triton
+models (read from their configs), so that the front end can count tokens, tell why generation ended and
+cut at stop strings: the text models return neither token counts nor the reason generation ended.
+A repository without text models serves its engine models, given `--tokenizer_dir`.
 """
 
 from __future__ import annotations
@@ -112,6 +112,15 @@ class Discovery:
                 raise ValueError(f"no loaded engine model among its steps {steps}")
             pre_p = _params(configs[pre[0]]) if pre else None
             post_p = _params(configs[post[0]]) if post else None
+        elif _params(cfg).is_set("engine_model"):  # a text front of the native backend (our `ensemble`)
+            own = _params(cfg)
+            engines = [own.str("engine_model")]
+            if not _is_engine(configs.get(engines[0], {})):
+                raise ValueError(f"its engine model {engines[0]!r} is not loaded")
+            pre_name = own.str("preprocessing_model", "preprocessing")
+            post_name = own.str("postprocessing_model", "postprocessing")
+            pre_p = _params(configs[pre_name]) if pre_name in configs else None
+            post_p = _params(configs[post_name]) if post_name in configs else None
         else:  # the BLS: tokenizes itself (tokenizer_dir) or through the preprocessing model
             own = _params(cfg)
             engines = [own.str("tensorrt_llm_model_name", "tensorrt_llm") or "tensorrt_llm"]
