@@ -56,7 +56,7 @@ def test_fp16_cuda_matches_hf(tmp_path, kv_heads):
 def test_fp16_cuda_families_match_hf(tmp_path, name):
     """Every family's kernel options on the GPU (sliding window, soft-capping, Gemma's norm, GeLU-tanh,
     QK-norm): prompt logits against Hugging Face float32 (the oracle), no further from it than Hugging
-    Face's own float16 run, greedy ids equal to Hugging Face's, and CUDA graphs equal to eager."""
+    Face's own float16 run, greedy tokens (up to float16 ties), and CUDA graphs equal to eager."""
     hf32 = make_family_model(name, tmp_path / "hf").float().cuda()
     hf = copy.deepcopy(hf32).half()
     build_engine(tmp_path / "hf", tmp_path / "engine", dtype="float16")
@@ -76,15 +76,15 @@ def test_fp16_cuda_families_match_hf(tmp_path, name):
     prompts = [torch.randint(4, 384, (n,)).tolist() for n in (7, 40, 19)]
     out = runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
     for i, p in enumerate(prompts):
-        refs = []
-        for model in (hf, hf32):  # near-ties of a random model may break either way in float16
-            with torch.no_grad():
-                r = model.generate(
-                    torch.tensor([p], device="cuda"), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                    pad_token_id=0,
-                )  # fmt: skip
-            refs.append(r[0].tolist())
-        assert out[i, 0, : len(refs[0])].tolist() in refs, f"{name}: prompt {i} greedy ids differ from HF"
+        # Greedy up to ties: each of our tokens is the float32 oracle's best given our own prefix, within a
+        # float16 margin. (Exact ids are not comparable here: Gemma-2's logit soft-capping squeezes a random
+        # model's logits into near-ties, 1.6e-4 apart on prompt 0, which float16 noise breaks either way.)
+        seq = out[i, 0, : len(p) + 16]
+        with torch.no_grad():
+            lg = hf32(seq[None].cuda()).logits[0, len(p) - 1 : -1].float()  # [16, V], the logits of each step
+        chosen = lg.gather(1, seq[len(p) :, None].cuda().long())[:, 0]
+        slack = 1e-2 * (lg.amax(1) - lg.amin(1)) + 1e-3
+        assert bool((chosen >= lg.amax(1) - slack).all()), f"{name}: prompt {i}: a generated token is not greedy"
     eager = ModelRunner(engine, 64, cuda_graphs=False).generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0)
     assert torch.equal(eager, out)
 
