@@ -14,9 +14,11 @@ decoded text); no draft-model speculation or multimodal encoders (their inputs a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -140,6 +142,49 @@ def _text_output(texts: list[str]):
     return pb_utils.Tensor("text_output", np.array([s.encode("utf-8") for s in texts], dtype=object))
 
 
+class IteratorGraveyard:
+    """Keeps finished decoupled BLS response iterators alive until the stub has dropped its own reference.
+
+    Triton 2.51's Python stub keeps a second reference to each `exec(decoupled=True)` iterator in a map. When
+    the iterator yields its last response it queues a clean-up to the stub's stub-to-parent thread, which
+    erases the map entry there, without the GIL. If that erase drops the last reference (the model has already
+    let go of the iterator), the iterator is destroyed on that thread, and with it every response's numpy
+    arrays: Python objects freed without the GIL, which corrupts the interpreter's heap and kills the stub
+    with SIGSEGV some requests later. Abandoned streams make it likely (the model lets go of the iterators of
+    cancelled requests at once), so a storm of client disconnects killed the stub (docs/reliability.md).
+
+    That thread serves its queue in order, one message at a time, and a `request.is_cancelled()` call that
+    returns False went through that queue and waited for its answer (a True answer may be cached in the stub).
+    So an iterator retired before such a call began has been erased from the map once the call returns, and
+    dropping it then destroys it here, with the GIL. `retire` holds iterators; `ticket` / `flushed` bracket
+    each `is_cancelled()` call that returned False and release what was retired before it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tickets = 0
+        self._held: deque[tuple[int, tuple]] = deque()
+
+    def ticket(self) -> int:
+        with self._lock:
+            self._tickets += 1
+            return self._tickets
+
+    def retire(self, *objs) -> None:
+        with self._lock:
+            self._held.append((self._tickets, objs))
+
+    def flushed(self, ticket: int) -> None:
+        """A round trip through the stub-to-parent queue that began after `ticket` was issued has ended."""
+        released = []
+        with self._lock:
+            while self._held and self._held[0][0] < ticket:
+                released.append(self._held.popleft())
+        del released  # destroyed here, with the GIL, outside the lock
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 class BlsModel:
     def initialize(self, args: dict) -> None:
         self.logger = get_logger(__name__)
@@ -166,6 +211,16 @@ class BlsModel:
             )
         self.pool = ThreadPoolExecutor(max_workers=params.int("max_concurrent_requests", 256), thread_name_prefix="bls")
         self._closing = threading.Event()
+        self.graveyard = IteratorGraveyard()
+
+    def _is_cancelled(self, request) -> bool:
+        """`request.is_cancelled()`; when False, it also releases the iterators retired before it (see
+        `IteratorGraveyard`). Never after the request's final response: its addresses are gone by then."""
+        ticket = self.graveyard.ticket()
+        cancelled = request.is_cancelled()
+        if not cancelled:
+            self.graveyard.flushed(ticket)
+        return cancelled
 
     def execute(self, requests: list):
         if self.decoupled:
@@ -252,26 +307,49 @@ class BlsModel:
         )
         t = pb_utils.Tensor
         last = None
+        error = None
         stopped = False
-        for resp in engine_req.exec(decoupled=True):
-            if not stopped and request.is_cancelled():
-                # The client is gone: stop the engine request too (same id, stop=true), then drain.
-                self._stop_engine(engine_id)
-                stopped = True
-            if resp.has_error():
-                return self._fail(sender, resp.error().message())
-            outs = {o.name(): o.as_numpy() for o in resp.output_tensors()}
-            if "output_ids" not in outs:
-                continue  # the empty final response
-            ids, lens = outs["output_ids"], outs["sequence_length"]
-            if streaming:
-                final = _flag(outs.get("stream_final"))
-                delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist(), final=final)
-                piece = detok.text if self.accumulate else delta
-                extras = [t(n, outs[n]) for n in FORWARDED_OUTPUTS if n in outs]
-                if delta or self.accumulate:
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[_text_output([piece]), *extras]))
-            last = outs
+        responses = engine_req.exec(decoupled=True)
+        finished = [responses]  # the iterators to retire (IteratorGraveyard), run to their end or error
+        try:
+            for resp in responses:
+                if not stopped and self._is_cancelled(request):
+                    # The client is gone: stop the engine request too (same id, stop=true), then drain.
+                    finished.append(self._stop_engine(engine_id))
+                    stopped = True
+                if resp.has_error():
+                    # The engine's error is final, but Triton 2.51's stub marks no error as the last response:
+                    # waiting for the stream's end would wait for ever. (The unfinished iterator stays in the
+                    # stub's map, never cleaned up: a small leak per failed engine request, not a crash.)
+                    error = resp.error().message()
+                    break
+                outs = {o.name(): o.as_numpy() for o in resp.output_tensors()}
+                if "output_ids" not in outs:
+                    continue  # the empty final response
+                ids, lens = outs["output_ids"], outs["sequence_length"]
+                if streaming:
+                    final = _flag(outs.get("stream_final"))
+                    delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist(), final=final)
+                    piece = detok.text if self.accumulate else delta
+                    extras = [t(n, outs[n]) for n in FORWARDED_OUTPUTS if n in outs]
+                    if delta or self.accumulate:
+                        sender.send(pb_utils.InferenceResponse(output_tensors=[_text_output([piece]), *extras]))
+                last = outs
+        except BaseException:
+            # Stop the engine request and run its stream to the end before the error goes to the client.
+            with contextlib.suppress(Exception):
+                if not stopped:
+                    finished.append(self._stop_engine(engine_id))
+                for resp in responses:
+                    if resp.has_error():
+                        break
+            raise
+        finally:
+            self.graveyard.retire(*finished)
+            del finished, responses
+            self._is_cancelled(request)  # releases them at once, unless the request is cancelled
+        if error is not None:
+            return self._fail(sender, error)
         if streaming and not stopped and not (last is not None and _flag(last.get("stream_final"))):
             # The engine's stream ended without its last chunk: its error did not come through the BLS
             # stream (Triton 2.51's Python backend drops it), so the client must not get a clean end.
@@ -311,7 +389,8 @@ class BlsModel:
         sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    def _stop_engine(self, rid: str) -> None:
+    def _stop_engine(self, rid: str):
+        """Stops the engine request `rid`; returns the stop request's finished iterator, to retire."""
         t = pb_utils.Tensor
         stop = pb_utils.InferenceRequest(
             model_name=self.engine_model,
@@ -324,8 +403,11 @@ class BlsModel:
             requested_output_names=[],
             request_id=rid,
         )
-        for _ in stop.exec(decoupled=True):
-            pass
+        responses = stop.exec(decoupled=True)
+        for resp in responses:
+            if resp.has_error():
+                break  # no error is the last response (see _run)
+        return responses
 
     def finalize(self) -> None:
         self._closing.set()
