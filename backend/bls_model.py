@@ -27,6 +27,7 @@ from backend.detokenizer import IncrementalDetokenizer, decode
 from backend.interface import check_rejected, rejected_inputs, unsupported_parameter_warnings
 from backend.params import Params
 from backend.preprocessing_model import PreprocessingModel
+from backend.text_front import PASS_THROUGH
 from backend.triton_utils import InputError, error_response, get_logger, input_array, log_info, log_warn, pb_utils
 
 # The TensorRT-LLM BLS calls these by these names (lib/triton_decoder.py defaults; no config parameter).
@@ -43,33 +44,6 @@ PREPROCESSING_OUTPUTS = [
     "EMBEDDING_BIAS",
 ]
 
-# BLS input -> tensorrt_llm input, for the inputs passed on as they are (with renames).
-PASS_THROUGH = {
-    "top_k": "runtime_top_k",
-    "top_p": "runtime_top_p",
-    "length_penalty": "len_penalty",
-    "stream": "streaming",
-    "temperature": "temperature",
-    "repetition_penalty": "repetition_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "min_length": "min_length",
-    "beam_width": "beam_width",
-    "random_seed": "random_seed",
-    "return_log_probs": "return_log_probs",
-    "return_context_logits": "return_context_logits",
-    "return_generation_logits": "return_generation_logits",
-    "return_perf_metrics": "return_perf_metrics",
-    "exclude_input_in_output": "exclude_input_in_output",
-    "num_return_sequences": "num_return_sequences",
-    "prompt_embedding_table": "prompt_embedding_table",
-    "prompt_vocab_size": "prompt_vocab_size",
-    "lora_task_id": "lora_task_id",
-    "lora_weights": "lora_weights",
-    "lora_config": "lora_config",
-    "guided_decoding_guide_type": "guided_decoding_guide_type",
-    "guided_decoding_guide": "guided_decoding_guide",
-}
 TEXT_INPUTS = [
     "text_input",
     "max_tokens",

@@ -134,7 +134,7 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer, skip_special_tokens: bool = True, prompt_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = [int(i) for i in list(prompt_ids)[-CONTEXT_TOKENS:]] if len(prompt_ids) else []
+        self.ids: list[int] = [int(i) for i in list(prompt_ids)[-CONTEXT_TOKENS:]]
         self.prefix = 0
         self.read = len(self.ids)
         self.held = ""  # text emitted past `read` (a character completed, its token run not yet settled)
