@@ -113,15 +113,16 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
 
 async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, list[float], int]:
     """One streamed request; `n` tokens are asked for (min_length = max tokens). A core-model event counts
-    its `output_ids`; an ensemble event (text) counts as one token, which it is (no merging on this path:
-    the native backend sends one response per step), and the request as its `n` tokens."""
+    its `output_ids`, an OpenAI chunk the growth of its `usage`; an ensemble event (text) counts as one
+    token, which it is (no merging on this path: the native backend sends one response per step), and the
+    request as its `n` tokens."""
     t0, last, ttft, itl, count = time.perf_counter(), None, 0.0, [], 0
     async for event in sse_events(session, url, body):
         now = time.perf_counter()
         if "output_ids" in event:
             new = len(torch.tensor(event["output_ids"]).flatten())  # one token comes as a bare number
-        elif "choices" in event:  # OpenAI: a chunk per engine step, or the last one with `usage` alone
-            new = 1 if event["choices"] else 0
+        elif "choices" in event:  # OpenAI: every chunk's `usage` (continuous_usage_stats) counts its tokens
+            new = event["usage"]["completion_tokens"] - count
         else:
             # Random weights over a small trained tokenizer: many ids decode to "" (outside its vocabulary),
             # so the event, not its text, is the token.
@@ -133,7 +134,7 @@ async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, lis
         else:
             itl.extend(per_token_gaps(now - last, new))
         last, count = now, count + new
-    return ttft, itl, count if "input_ids" in body else n
+    return ttft, itl, n if "text_input" in body else count
 
 
 def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
@@ -189,6 +190,37 @@ def run_server(pool, url: str, bodies: list[dict], out_lens: list[int], concurre
     return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
 
 
+def run_guidellm(
+    python: str, work: Path, concurrency: int, n: int, prompt_tokens: int, output_tokens: int, port: int = 18003
+) -> dict:
+    """The same load from guidellm (a standard OpenAI-API load generator: its own synthetic prompts of
+    `prompt_tokens` tokens, `ignore_eos` to `output_tokens`, continuous usage counting the tokens), as a
+    cross-check of this script's client. None of its figures feed the ratio column."""
+    out = work / f"guidellm_c{concurrency}.json"
+    cmd = [python, "-m", "guidellm", "run", "--disable-console",
+           "--backend", f"kind=openai_http,target=http://localhost:{port},model=ensemble,request_format=/v1/completions",
+           "--profile", f"kind=concurrent,streams={concurrency}", "--constraint", f"kind=max_requests,count={n}",
+           "--data", f"kind=synthetic_text,prompt_tokens={prompt_tokens},output_tokens={output_tokens}",
+           "--tokenizer", f"kind=hf_auto,model={work / 'tokenizer'}", "--output", f"kind=json,path={out}"]  # fmt: skip
+    with open(work / "guidellm.log", "a") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=900)
+    bench = json.loads(out.read_text())["benchmarks"][0]
+    m = bench["metrics"]
+    dist = lambda k: m[k]["successful"]  # noqa: E731
+    return {
+        "output_token_throughput": dist("output_token_count")["total_sum"] / bench["duration"],
+        "ttft_ms": {
+            "p50": dist("time_to_first_token_ms")["median"],
+            "p99": dist("time_to_first_token_ms")["percentiles"]["p99"],
+        },
+        "itl_ms": {
+            "p50": dist("inter_token_latency_ms")["median"],
+            "p99": dist("inter_token_latency_ms")["percentiles"]["p99"],
+        },
+        "requests": m["request_totals"],
+    }
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run of median throughput (its latencies with it), and every run's throughput beside it."""
     ordered = sorted(runs, key=lambda r: r["output_token_throughput"])
@@ -212,7 +244,15 @@ def wait_ready(server: subprocess.Popen, work: Path, url: str = "http://localhos
 def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
     if target == "openai":  # the OpenAI front end over the engine model; ignore_eos as min_length elsewhere
         return [
-            {"model": "ensemble", "prompt": t, "max_tokens": n, "ignore_eos": True, "stream": True, "temperature": 0}
+            {
+                "model": "ensemble",
+                "prompt": t,
+                "max_tokens": n,
+                "ignore_eos": True,
+                "stream": True,
+                "temperature": 0,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            }
             for t, n in zip(prompts, out_lens, strict=True)
         ]
     if target == "core":  # token ids to the engine model itself, no tokenizer
@@ -244,8 +284,18 @@ def main() -> None:
     p.add_argument("--kv-cache-reuse", action="store_true", help="enable_kv_cache_reuse on both sides")
     p.add_argument("--requests", type=int, default=8, help="requests per run: this many per concurrency slot")
     p.add_argument("--repeats", type=int, default=3, help="alternated runs per side and concurrency (median kept)")
+    p.add_argument("--baseline", default="engine", choices=["engine", "core"],
+                   help="what the server target is divided by: engine, the executor in this process; core, the "
+                        "same server's engine model over generate_stream (for --target openai)")  # fmt: skip
+    p.add_argument("--openai-workers", type=int, default=1, help="the OpenAI front end's processes")
+    p.add_argument("--guidellm", default=None, metavar="PYTHON",
+                   help="also run guidellm (with this Python) on the OpenAI front end at each level")  # fmt: skip
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    if args.guidellm and args.target != "openai":
+        p.error("--guidellm needs --target openai")
+    if args.baseline == "core" and args.target == "ensemble":
+        p.error("--baseline core compares the OpenAI front end with the engine model it calls: use --target openai")
     from quickstart_server import make_model_repo
 
     from tensorrt_llm.builder import BuildConfig, build_engine
@@ -269,10 +319,12 @@ def main() -> None:
     # Both sides loaded at once, runs alternated (engine, server, engine, ...) and the median kept: on this
     # machine two runs of the same side differ by up to 15 % (GPU clocks, host noise), more than the gap
     # being measured when the two sides ran minutes apart.
-    engine = Engine.from_dir(work / "engine", device="cuda")
-    executor = Executor(
-        engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144, enable_kv_cache_reuse=args.kv_cache_reuse)
-    )
+    executor = None
+    if args.baseline == "engine":
+        engine = Engine.from_dir(work / "engine", device="cuda")
+        executor = Executor(
+            engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144, enable_kv_cache_reuse=args.kv_cache_reuse)
+        )
     # The executor's configuration on both sides: the same KV cache.
     repo = make_model_repo(
         work / "repo",
@@ -291,7 +343,7 @@ def main() -> None:
     env = dict(os.environ)
     if args.target == "core":  # the engine model alone: no tokenizer models to load
         env["TRTLLM_TRITONSERVER_ARGS"] = "--model-control-mode=explicit --load-model=tensorrt_llm"
-    openai = ["--openai_port", "18003"] if args.target == "openai" else []
+    openai = ["--openai_port", "18003", "--openai_workers", str(args.openai_workers)] if args.target == "openai" else []
     server = subprocess.Popen(
         [args.server_python, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo), "--no-mpi",
          "--http_port", "18000", "--grpc_port", "18001", "--metrics_port", "18002", "--force", *openai],
@@ -302,6 +354,7 @@ def main() -> None:
         wait_ready(server, work)
         model = "tensorrt_llm" if args.target == "core" else "ensemble"
         url = f"http://localhost:18000/v2/models/{model}/generate_stream"
+        core_url = "http://localhost:18000/v2/models/tensorrt_llm/generate_stream"
         if args.target == "openai":
             wait_ready(server, work, "http://localhost:18003/health")
             url = "http://localhost:18003/v1/completions"
@@ -311,18 +364,31 @@ def main() -> None:
             prompts = [prefix + p for p in prompts]
             ids = [tok.encode(t) for t in prompts]
             short = [16] * len(ids)
-            run_direct(executor, ids, short, c)  # warm-up: the same prompts and batch shapes
+
+            def base(lens: list[int], prompts=prompts, ids=ids, c=c) -> dict:
+                if executor is not None:
+                    return run_direct(executor, ids, lens, c)
+                return run_server(pool, core_url, request_bodies("core", prompts, ids, lens), lens, c)
+
+            base(short)  # warm-up: the same prompts and batch shapes
             run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
             runs = {"engine": [], "server": []}
             for _ in range(args.repeats):
-                runs["engine"].append(run_direct(executor, ids, out_lens, c))
+                runs["engine"].append(base(out_lens))
                 bodies = request_bodies(args.target, prompts, ids, out_lens)
                 runs["server"].append(run_server(pool, url, bodies, out_lens, c))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
+            if args.guidellm:
+                try:
+                    mean_prompt = round(statistics.fmean(len(x) for x in ids))
+                    rows[c]["guidellm"] = run_guidellm(args.guidellm, work, c, len(ids), mean_prompt, args.output_len)
+                except (subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
+                    print(f"guidellm at {c}: {e!r}; see {work / 'guidellm.log'}", flush=True)
             print(c, json.dumps(rows[c]), flush=True)
     finally:
         pool.shutdown()
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         server.terminate()
         server.wait(60)
 
@@ -331,20 +397,31 @@ def main() -> None:
         f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
         f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
         f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; runs alternated, "
-        f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line)",
+        f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line); baseline ('engine' "
+        f"columns): {'core, the same server over generate_stream' if executor is None else 'the executor in-process'}"
+        + (f"; OpenAI front-end workers: {args.openai_workers}" if args.target == "openai" else ""),
         f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
         f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
     ]
+    f = lambda d, k: f"{d[k]['p50']:.1f}/{d[k]['p99']:.1f} ms"  # noqa: E731
     for c, r in rows.items():
         e, s = r["engine"], r.get("server")
         if s is None:
             continue
-        f = lambda d, k: f"{d[k]['p50']:.1f}/{d[k]['p99']:.1f} ms"  # noqa: E731
         lines.append(
             f"{c:>4} {e['output_token_throughput']:>12.0f} {s['output_token_throughput']:>12.0f} "
             f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
             f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}   engine {e['runs']} server {s['runs']}"
         )
+    if any("guidellm" in r for r in rows.values()):
+        lines.append("guidellm on the same front end (its own prompts of as many tokens; one run):")
+        for c, r in rows.items():
+            if "guidellm" in r:
+                g = r["guidellm"]
+                lines.append(
+                    f"{c:>4} {g['output_token_throughput']:>12.0f} tok/s  TTFT p50/p99 {f(g, 'ttft_ms')}  "
+                    f"ITL p50/p99 {f(g, 'itl_ms')}  requests {g['requests']}"
+                )
     text = "\n".join(lines)
     print(text)
     tag = (
@@ -352,6 +429,7 @@ def main() -> None:
         if args.prefix_words or args.kv_cache_reuse
         else ""
     )
+    tag += "_vs_core" if args.baseline == "core" else ""
     Path(args.out, f"bench_serving_{args.model}_{args.target}{tag}.txt").write_text(text + "\n")
 
 

@@ -9,6 +9,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/cmake.log" && cmake --build build >> "$OUT/cmake.log"
 V=${SERVING_VENV:-/tmp/venv}
 bash benchmarks/serving_env.sh "$V" /tmp/whl
+# guidellm, for --target openai --guidellm /tmp/gvenv/bin/python: its wheels gathered in /tmp/gwhl, over the
+# base environment (torch, transformers, numpy 2) in a venv of their own.
+if [ -d /tmp/gwhl ] && [ ! -x /tmp/gvenv/bin/python ]; then
+  python3 -m venv --system-site-packages --without-pip /tmp/gvenv
+  gsite=$(/tmp/gvenv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for w in /tmp/gwhl/*.whl; do /tmp/gvenv/bin/python -m zipfile -e "$w" "$gsite"; done
+  /tmp/gvenv/bin/python -m guidellm --version
+fi
 python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python "$V/bin/python" ${EXTRA_ARGS:-} \
   --work "/tmp/bench_serving_$1" --out "$OUT" 2>&1 | tee "$OUT/bench_serving_$1_$2.log" | tail -12 || true
 cp "/tmp/bench_serving_$1/server.log" "$OUT/server_$1_$2.log" 2>/dev/null || true

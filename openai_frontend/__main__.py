@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -30,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=9000)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="front-end processes sharing the port (as vLLM's --api-server-count): one Python process parses, "
+        "detokenizes and streams a few thousand chunks a second at most",
+    )
     p.add_argument("--startup_timeout", type=float, default=300.0, help="seconds to wait for tritonserver to be ready")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -44,23 +52,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import uvicorn
+ARGS_ENV = "OPENAI_FRONTEND_ARGS"  # the parsed arguments, for each worker process's app_factory
+
+
+def app_factory():
+    """The app of one worker process, from the arguments its parent parsed (uvicorn starts the workers)."""
+    import json
 
     from openai_frontend.server import FrontEnd, create_app
 
+    args = argparse.Namespace(**json.loads(os.environ[ARGS_ENV]))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s openai_frontend %(levelname)s %(message)s")
     fe = FrontEnd(args.triton_grpc_url, args.triton_metrics_url, args.tokenizer_dir, args.default_max_tokens)
-    app = create_app(fe, args.startup_timeout)
-    # A stop (SIGTERM) waits at most this long for open streams before closing them.
+    return create_app(fe, args.startup_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    import uvicorn
+
+    args = parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: must be at least 1")
+    os.environ[ARGS_ENV] = json.dumps(vars(args))
+    # One code path for one or many workers: uvicorn calls the factory in each (in this process for one).
     uvicorn.run(
-        app,
+        "openai_frontend.__main__:app_factory",
+        factory=True,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5,  # a stop (SIGTERM) waits at most this long for open streams
     )
     return 0
 

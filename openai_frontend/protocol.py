@@ -141,6 +141,7 @@ class Generation:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
 
 
 def _check_unsupported(req: BaseModel) -> None:
@@ -185,7 +186,7 @@ def generation(req: CompletionRequest | ChatCompletionRequest) -> Generation:
     if opts and not req.stream:
         raise OpenAIError("stream_options is only allowed when stream is true", "stream_options")
     for key in opts:
-        if key != "include_usage":
+        if key not in ("include_usage", "continuous_usage_stats"):
             raise OpenAIError(f"stream_options.{key} is not supported", f"stream_options.{key}")
     seed = req.seed
     if seed is not None:
@@ -207,6 +208,7 @@ def generation(req: CompletionRequest | ChatCompletionRequest) -> Generation:
         n=n,
         stream=bool(req.stream),
         include_usage=bool(opts.get("include_usage")),
+        continuous_usage=bool(opts.get("include_usage")) and bool(opts.get("continuous_usage_stats")),
     )
 
 

@@ -230,6 +230,8 @@ class Endpoint:
         else:
             lp = _completion_logprobs(p.logprobs) if self.gen.logprobs else None
             choice = {"index": p.index, "text": p.text, "logprobs": lp, "finish_reason": p.finish_reason}
+        if self.gen.continuous_usage:
+            usage = {"usage": _usage(self.choices, self.gen.n)}
         return _sse({**self._head(obj), "choices": [choice], **usage})
 
     async def events(self, pieces: AsyncIterator[Piece], first: Piece | None) -> AsyncIterator[str]:

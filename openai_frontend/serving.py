@@ -164,8 +164,9 @@ class Generator:
                     text += stops.flush()
                     yield self._piece(choice, text, logprobs, self._finish_reason(choice, max_tokens))
                     return
-                if text or logprobs:
-                    yield self._piece(choice, text, logprobs)
+                # A chunk per engine response even when its text is held back (part of a character, or
+                # a token that decodes to nothing), as vLLM streams: clients time tokens by chunks.
+                yield self._piece(choice, text, logprobs)
 
     @staticmethod
     def _piece(choice: Choice, text: str, logprobs=None, finish_reason: str | None = None) -> Piece:

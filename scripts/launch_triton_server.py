@@ -353,6 +353,8 @@ def openai_command(args: argparse.Namespace) -> list[str]:
         args.openai_host,
         "--port",
         str(args.openai_port),
+        "--workers",
+        str(args.openai_workers),
     ]
 
 
@@ -422,6 +424,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "server (with --detach, left running too)",
     )
     p.add_argument("--openai_host", default="0.0.0.0", help="the OpenAI API's listening address")
+    p.add_argument(
+        "--openai_workers", type=int, default=1, help="OpenAI front-end processes (its --workers) sharing the port"
+    )
     p.add_argument(
         "--ready-timeout", dest="ready_timeout", type=float, default=600.0, help="seconds to wait for /v2/health/ready"
     )

@@ -72,7 +72,8 @@ def stack(tmp_path_factory):
     log = work / "launcher.log"
     cmd = [sys.executable, str(ROOT / "scripts" / "launch_triton_server.py"), "--model_repo", str(repo)]
     cmd += ["--http_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics)]
-    cmd += ["--openai_port", str(port), "--force", "--ready-timeout", "300"]
+    # Two front-end processes on one port (uvicorn workers): every test below goes through either.
+    cmd += ["--openai_port", str(port), "--openai_workers", "2", "--force", "--ready-timeout", "300"]
     cmd += ["--backend-directory", str(work / "backends")]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TRTLLM_DEVICE": "cpu"})
@@ -149,6 +150,20 @@ def test_stream_concatenates_to_the_whole_text(stack, chat):
     assert texts[0] == text and text
     assert finish[0] == whole.choices[0].finish_reason
     assert usage == whole.usage
+
+
+def test_continuous_usage_counts_every_token(stack):
+    """vLLM's `continuous_usage_stats`: each chunk's usage is the tokens so far, so a client (a benchmark)
+    counts tokens exactly, even those whose text is held back (a chunk per engine response)."""
+    kw = dict(model="ensemble", prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    counts = [
+        (len(chunk.choices), chunk.usage.completion_tokens)
+        for chunk in stack.client.completions.create(**kw, stream=True, stream_options=opts)
+    ]
+    assert [n for _, n in counts] == sorted(n for _, n in counts) and counts[-1] == (0, 24)
+    chunks = [n for c, n in counts if c]
+    assert len(chunks) > 1 and chunks[0] >= 1 and chunks[-1] == 24  # streamed, not one last chunk
 
 
 def test_chat_template_and_usage(stack):
