@@ -12,9 +12,11 @@ bash benchmarks/serving_env.sh "$V" /tmp/whl
 # guidellm, for --target openai --guidellm /tmp/gvenv/bin/python: its wheels gathered in /tmp/gwhl, over the
 # base environment (torch, transformers, numpy 2) in a venv of their own.
 if [ -d /tmp/gwhl ] && [ ! -x /tmp/gvenv/bin/python ]; then
-  python3 -m venv --system-site-packages --without-pip /tmp/gvenv
+  python3 -m venv --without-pip /tmp/gvenv  # python3 may itself be a venv: link its packages, as serving_env.sh
   gsite=$(/tmp/gvenv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  base=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   for w in /tmp/gwhl/*.whl; do /tmp/gvenv/bin/python -m zipfile -e "$w" "$gsite"; done
+  for p in "$base"/*; do [ -e "$gsite/$(basename "$p")" ] || ln -s "$p" "$gsite/"; done
   /tmp/gvenv/bin/python -m guidellm --version
 fi
 python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python "$V/bin/python" ${EXTRA_ARGS:-} \
