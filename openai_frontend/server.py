@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from tritonclient.utils import InferenceServerException
 
 from openai_frontend.discovery import Discovery, ServedModel
 from openai_frontend.engine import EngineError, TritonEngine
@@ -32,6 +34,8 @@ from openai_frontend.protocol import (
 from openai_frontend.serving import Choice, Generator, Piece, check_prompt, encode_prompt, make_choices, merged
 
 log = logging.getLogger("openai_frontend")
+# The models of TensorRT-LLM's repository, by the names its templates give them.
+CONVENTIONAL_MODELS = ("ensemble", "tensorrt_llm_bls", "tensorrt_llm", "preprocessing", "postprocessing")
 OWNER = "tensorrt_llm_triton"
 
 
@@ -54,6 +58,10 @@ class FrontEnd:
         self.engine: TritonEngine | None = None
         self._refresh_lock = asyncio.Lock()
         self._refreshed = 0.0
+        # The launcher restricts tritonserver's repository API to a key of its own (a gRPC "header=value" in
+        # the environment it starts this front end with; scripts/stub_watchdog.py); none for other servers.
+        key = os.environ.get("TRTLLM_REPOSITORY_KEY", "")
+        self.repository_headers = dict([key.split("=", 1)]) if "=" in key else None
 
     async def start(self, timeout: float = 300.0) -> None:
         self.control = grpcclient.InferenceServerClient(self.grpc_url)
@@ -86,8 +94,15 @@ class FrontEnd:
             if time.monotonic() - self._refreshed < min_interval:
                 return
             self._refreshed = time.monotonic()
-            index = await self.control.get_model_repository_index(as_json=True)
-            ready = [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+            try:
+                index = await self.control.get_model_repository_index(headers=self.repository_headers, as_json=True)
+                ready = [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+            except InferenceServerException as e:
+                if "restricted" not in str(e):
+                    raise
+                # A launcher's server keeps its repository API to itself (a front end started on its own has
+                # not its key): the repository's models under their conventional names, those that are ready.
+                ready = [m for m in CONVENTIONAL_MODELS if await self.control.is_model_ready(m)]
             configs = {}
             for name in ready:
                 configs[name] = (await self.control.get_model_config(name, as_json=True))["config"]

@@ -35,6 +35,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from stub_watchdog import GRPC_KEY_HEADER, KEY_ENV, StubWatchdog, new_key, repository_flags
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = ROOT / "all_models" / "inflight_batcher_llm"
 
@@ -212,6 +214,8 @@ def rank_command(args: argparse.Namespace, tritonserver: Path, rank: int, extra:
     ]
     if rank == 0 and args.log:
         cmd += ["--log-verbose=3", f"--log-file={args.log_file}"]
+    if rank == 0 and getattr(args, "repository_key", None) and not _sets_control_mode(extra):
+        cmd += repository_flags(args.repository_key)  # so that the stub watchdog can reload a model
     if rank != 0:
         # Workers load only the engine model; they block in its initialize and never serve.
         cmd += ["--model-control-mode=explicit"]
@@ -219,6 +223,10 @@ def rank_command(args: argparse.Namespace, tritonserver: Path, rank: int, extra:
     if rank == 0 and args.multimodal_gpu0_cuda_mem_pool_bytes:
         cmd += [f"--cuda-memory-pool-byte-size=0:{args.multimodal_gpu0_cuda_mem_pool_bytes}"]
     return cmd
+
+
+def _sets_control_mode(extra: list[str]) -> bool:
+    return any(a.startswith("--model-control-mode") for a in extra)
 
 
 def build_command(args: argparse.Namespace, tritonserver: Path, extra: list[str]) -> list[str]:
@@ -425,6 +433,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--openai_host", default="0.0.0.0", help="the OpenAI API's listening address")
     p.add_argument(
+        "--max_restarts",
+        type=int,
+        default=5,
+        help="times a crashed or killed server (any rank) is started again, every rank, before giving up",
+    )
+    p.add_argument(
         "--openai_workers", type=int, default=1, help="OpenAI front-end processes (its --workers) sharing the port"
     )
     p.add_argument(
@@ -466,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.multi_model:
         env["TRTLLM_ORCHESTRATOR"] = "1"
         env["TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES"] = "0" if args.disable_spawn_processes else "1"
+    args.repository_key = new_key()
+    user_flags = extra + os.environ.get("TRTLLM_TRITONSERVER_ARGS", "").split()
+    if not _sets_control_mode(user_flags):
+        env[KEY_ENV] = f"{GRPC_KEY_HEADER}={args.repository_key}"  # the OpenAI front end lists the repository
+    # Models can be reloaded when the launcher chose the control mode, or the user chose explicit.
+    reloadable = KEY_ENV in env or "--model-control-mode=explicit" in user_flags
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", str(_free_port()))
     processes = rank_processes(args, tritonserver, extra)
@@ -484,24 +504,37 @@ def main(argv: list[str] | None = None) -> int:
     # Own process group: signals reach mpirun / tritonserver and their stubs together.
     quiet = not gpu_present() and not args.detach  # a detached server outlives the reader of its pipe
     out = subprocess.PIPE if quiet else None
-    procs = [
-        subprocess.Popen(cmd, env={**env, **add}, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
-        for cmd, add in processes
-    ]
-    proc = procs[0]  # mpirun, or rank 0's server: the one that serves
-    if quiet:
-        for p in procs:
-            threading.Thread(target=_forward_output, args=(p.stdout, sys.stdout.buffer), daemon=True).start()
+
+    def start_ranks() -> list[subprocess.Popen]:
+        started = [
+            subprocess.Popen(cmd, env={**env, **add}, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+            for cmd, add in processes
+        ]
+        if quiet:
+            for p in started:
+                threading.Thread(target=_forward_output, args=(p.stdout, sys.stdout.buffer), daemon=True).start()
+        return started
+
+    def start_watchdog() -> StubWatchdog | None:
+        if not reloadable or args.detach:
+            return None
+        w = StubWatchdog(args.http_port, args.repository_key, log=lambda m: print(m, flush=True))
+        w.start()
+        return w
+
+    procs = start_ranks()  # procs[0]: mpirun, or rank 0's server: the one that serves
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     frontend: list[subprocess.Popen] = []  # the OpenAI front end, once started: stopped first
+    watchdog = None
     try:
         wait_ready(procs, args.http_port, args.ready_timeout)
+        watchdog = start_watchdog()
         print(
-            f"tritonserver ready (pid {proc.pid}): HTTP localhost:{args.http_port}, "
+            f"tritonserver ready (pid {procs[0].pid}): HTTP localhost:{args.http_port}, "
             f"gRPC localhost:{args.grpc_port}, metrics localhost:{args.metrics_port}/metrics, "
             f"model repository {args.model_repo}",
             flush=True,
@@ -511,36 +544,63 @@ def main(argv: list[str] | None = None) -> int:
             print(f"OpenAI API ready (pid {frontend[0].pid}): http://localhost:{args.openai_port}/v1", flush=True)
         if args.detach:
             return 0
-        if not frontend:
-            code = proc.wait()
-        else:
-            # Either one ending ends both: a server without its front end (or the reverse) is not the service.
-            while proc.poll() is None and frontend[0].poll() is None:
-                time.sleep(0.5)
-            code = proc.returncode if proc.returncode is not None else 1
-            if frontend[0].returncode is not None:
+        restarts = 0
+        while True:
+            if frontend and frontend[0].poll() is not None:
+                # A server without its front end is not the service asked for: end both.
                 print(f"error: the OpenAI front end exited with code {frontend[0].returncode}", file=sys.stderr)
-        stop_all(procs, frontend)
-        return code
+                stop_all(procs, frontend, watchdog)
+                return 1
+            ended = [(rank, p) for rank, p in enumerate(procs) if p.poll() is not None]
+            if ended and all(p.returncode == 0 for _, p in ended):  # stopped on purpose (a signal to it)
+                stop_all(procs, frontend, watchdog)
+                return 0
+            if ended:
+                # A crash, or a killed rank: the others cannot go on without it (the leader's collectives
+                # fail or hang), so every rank starts again; the front end stays and reconnects.
+                rank, p = ended[0]
+                what = "mpirun" if not args.no_mpi and not args.spawn_ranks else f"rank {rank}'s tritonserver"
+                if restarts >= args.max_restarts:
+                    print(f"error: {what} (pid {p.pid}) exited with code {p.returncode}; "
+                          f"{restarts} restarts already: giving up", file=sys.stderr, flush=True)  # fmt: skip
+                    stop_all(procs, frontend, watchdog)
+                    return 1
+                restarts += 1
+                print(f"{what} (pid {p.pid}) exited with code {p.returncode}: restarting every rank "
+                      f"({restarts}/{args.max_restarts})", flush=True)  # fmt: skip
+                stop_all(procs, watchdog=watchdog, timeout=5.0)  # broken already: no drain
+                procs = start_ranks()
+                wait_ready(procs, args.http_port, args.ready_timeout)
+                watchdog = start_watchdog()
+                print(f"tritonserver restarted and ready (pid {procs[0].pid})", flush=True)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping tritonserver ...", flush=True)
-        stop_all(procs, frontend)
+        stop_all(procs, frontend, watchdog)
         return 0
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
-        stop_all(procs, frontend)
+        stop_all(procs, frontend, watchdog)
         return 1
 
 
-def stop_all(procs: list[subprocess.Popen], frontend: list[subprocess.Popen] = ()) -> None:
-    """In order: the OpenAI front end (if any) first, then rank 0 (its full drain time), whose engine's
-    shutdown releases the followers, whose servers then end by themselves; then the shared-memory regions
-    a killed server or stub left (a clean exit leaves none)."""
+def stop_all(
+    procs: list[subprocess.Popen],
+    frontend: list[subprocess.Popen] = (),
+    watchdog: StubWatchdog | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """In order: the stub watchdog (stubs end now: not to be replaced), the OpenAI front end (if any), then
+    rank 0 (its drain time, `timeout`), whose engine's shutdown releases the followers, whose servers then
+    end by themselves; then the shared-memory regions a killed server or stub left (a clean exit leaves
+    none)."""
+    if watchdog is not None:
+        watchdog.stopping.set()
     for f in frontend:
         stop(f, timeout=10.0)
-    stop(procs[0])
+    stop(procs[0], timeout=timeout)
     for p in procs[1:]:
-        stop(p, timeout=15.0)
+        stop(p, timeout=min(timeout, 15.0))
     removed = remove_orphan_shm(min_age_s=0.0)
     if removed:
         print(f"removed {len(removed)} shared-memory regions left in /dev/shm", flush=True)

@@ -62,6 +62,19 @@ def _args(**kw):
     return argparse.Namespace(**{**base, **kw})
 
 
+def test_launcher_owns_the_repository_api_unless_the_user_chose_a_mode():
+    """With a key, rank 0 runs in explicit mode with every model loaded and the repository API (load, unload,
+    index) restricted to that key: the stub watchdog can reload a model, clients cannot unload one."""
+    cmd = launcher.rank_command(_args(repository_key="k3y"), Path("/bin/tritonserver"), 0, [])
+    assert "--model-control-mode=explicit" in cmd and "--load-model=*" in cmd
+    assert "--http-restricted-api=model-repository:triton-launcher-key=k3y" in cmd
+    assert "--grpc-restricted-protocol=model-repository:triton-launcher-key=k3y" in cmd
+    own = launcher.rank_command(
+        _args(repository_key="k3y"), Path("/bin/tritonserver"), 0, ["--model-control-mode=poll"]
+    )
+    assert not any("restricted" in a or a == "--model-control-mode=explicit" for a in own)
+
+
 def test_launcher_mpmd_command():
     cmd = launcher.build_command(_args(), Path("/bin/tritonserver"), ["--backend-directory=/b"])
     assert cmd[:3] == ["mpirun", "--allow-run-as-root", "--oversubscribe"]
@@ -71,7 +84,7 @@ def test_launcher_mpmd_command():
     assert "--backend-config=python,shm-region-prefix-name=prefix0_" in rank0
     assert "--backend-config=python,shm-region-prefix-name=prefix1_" in rank1
     assert "--log-verbose=3" in rank0 and "--log-verbose=3" not in rank1
-    assert "--model-control-mode=explicit" in rank1 and "--model-control-mode=explicit" not in rank0
+    assert "--model-control-mode=explicit" in rank1 and "--model-control-mode=explicit" not in rank0  # no key
     assert "--load-model=tensorrt_llm" in rank1 and "--load-model=other" in rank1
     for r in (rank0, rank1):  # every rank gets the same ports (only rank 0 ever serves)
         assert "--http-port=8000" in r and "--grpc-port=8001" in r and "--metrics-port=8002" in r

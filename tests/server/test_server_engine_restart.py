@@ -1,5 +1,6 @@
 """A killed engine process: its requests in flight get a final error at once (no client waits for ever), the
-backend starts a new one and says so in the log, and requests succeed again without anyone acting."""
+backend starts a new one and says so in the log, and requests succeed again without anyone acting. A killed
+Python-model stub: the launcher's watchdog reloads its model (Triton 2.51 never restarts a stub)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ def restart_server(tiny_model, tmp_path_factory):
     yield from start_server(tiny_model, tmp_path_factory.mktemp("restart"), decoupled=True)
 
 
-def _engine_pid(server) -> int:
-    """The engine process whose parent is this test's tritonserver (other servers may be running)."""
+def _children(server) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is this test's tritonserver (others may run)."""
     rows = [line.split(None, 2) for line in subprocess.run(
         ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
     ).stdout.splitlines()]  # fmt: skip
     servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={server.http_port}" in args}
-    (pid,) = [int(p) for p, pp, args in rows if int(pp) in servers and "backend.engine_core" in args]
+    return [(int(p), args) for p, pp, args in rows if int(pp) in servers]
+
+
+def _engine_pid(server) -> int:
+    (pid,) = [p for p, args in _children(server) if "backend.engine_core" in args]
     return pid
 
 
@@ -79,3 +84,43 @@ def test_killed_engine_process_fails_its_requests_and_is_replaced(restart_server
     assert out["text_output"] == before["text_output"]  # the same greedy answer from the new process
     assert _engine_pid(restart_server) != old
     assert restart_server.log.read_text().count("restarted for model tensorrt_llm") >= 1
+
+
+def _stub_pid(server, model: str) -> int:
+    (pid,) = [p for p, args in _children(server) if "triton_python_backend_stub" in args and f"/{model}/1/" in args]
+    return pid
+
+
+PY_MODEL_REQUESTS = {
+    "tensorrt_llm_bls": ("generate", {"text_input": "hello", "max_tokens": 6}),
+    "preprocessing": ("generate", {"QUERY": "hello", "REQUEST_OUTPUT_LEN": 6}),
+}
+
+
+@pytest.mark.parametrize("model", list(PY_MODEL_REQUESTS))
+def test_killed_python_stub_is_replaced_by_the_launcher(restart_server, model):
+    endpoint, body = PY_MODEL_REQUESTS[model]
+    url = f"{restart_server.http_url}/v2/models/{model}/{endpoint}"
+    status, before = post(url, body)
+    assert status == 200, before
+    old = _stub_pid(restart_server, model)
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    while True:  # Triton alone answers 400 "Stub process ... is not healthy" from now on, for ever
+        status, out = post(url, body)
+        if status == 200 and _stub_pid(restart_server, model) != old:
+            break
+        assert time.monotonic() - t0 < 60, f"{model} not back within 60 s: {status} {out}"
+        time.sleep(0.25)
+    assert out == before  # the same answer from the new stub
+    log = restart_server.log.read_text()
+    assert f"the Python stub of model '{model}' (pid [{old}]) died; reloading it" in log
+    assert f"model '{model}' reloaded in" in log
+
+
+def test_clients_cannot_use_the_repository_api(restart_server):
+    """Explicit model control (for the watchdog) must not let any client unload a model."""
+    status, out = post(f"{restart_server.http_url}/v2/repository/models/tensorrt_llm/unload", {})
+    assert status in (401, 403), (status, out)
+    status, out = post(f"{restart_server.http_url}/v2/models/ensemble/generate", {"text_input": "hi", "max_tokens": 2})
+    assert status == 200, out

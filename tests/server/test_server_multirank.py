@@ -45,3 +45,32 @@ def test_one_server_serves(tp2_server):
     log = tp2_server.log.read_text()
     assert "follows rank 0" in log
     assert log.count("Started HTTPService") == 1
+
+
+def test_killed_rank_restarts_every_rank(tp2_server, reference):
+    """Rank 1 killed: rank 0 cannot go on without it, so the launcher starts every rank again and says so;
+    requests then succeed with the same tokens, without anyone acting. (Last in this module: it restarts
+    the module's server.)"""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    rows = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    mine = [
+        line for line in rows.splitlines() if "tritonserver" in line and f"--http-port={tp2_server.http_port}" in line
+    ]
+    (rank1,) = [int(line.split(None, 1)[0]) for line in mine if "prefix1_" in line]
+    os.kill(rank1, signal.SIGKILL)
+    deadline = time.monotonic() + 240
+    while "tritonserver restarted and ready" not in tp2_server.log.read_text():
+        assert time.monotonic() < deadline, tp2_server.log.read_text()[-3000:]
+        time.sleep(0.5)
+    log = tp2_server.log.read_text()
+    assert f"rank 1's tritonserver (pid {rank1}) exited with code -9: restarting every rank (1/5)" in log
+    status, out = post(
+        f"{tp2_server.http_url}/v2/models/ensemble/generate",
+        {"text_input": PROMPTS[1], "max_tokens": 12, "exclude_input_in_output": True},
+    )
+    assert status == 200, out
+    assert out["text_output"] == decode(reference.tokenizer, reference(PROMPTS[1], 12))
