@@ -40,9 +40,10 @@ FAMILIES = [
     (
         "nv_trt_llm_request_outcome_metrics",
         "c",
-        "Requests ended, by outcome (completed, cancelled, failed, rejected at arrival) and preemptions",
+        "Requests ended, by outcome (completed, cancelled, failed, rejected at arrival), preemptions, and steps "
+        "that failed (then run one request at a time)",
         "outcome",
-        ["completed", "cancelled", "failed", "rejected", "preemptions"],
+        ["completed", "cancelled", "failed", "rejected", "preemptions", "failed_steps"],
     ),
     ("nv_llm_input_token_len", "h", "TRT LLM response input token length", "response_metric_type", []),
     ("nv_llm_output_token_len", "h", "TRT LLM response output token length", "response_metric_type", []),
@@ -98,7 +99,14 @@ class EngineMetrics:
             ],
             "nv_trt_llm_inflight_batcher_metrics": [s.context_tokens, s.generation_requests, s.paused],
             "nv_trt_llm_general_metrics": [s.timestamp, s.iteration],
-            "nv_trt_llm_request_outcome_metrics": [s.completed, s.cancelled, s.failed, rejected, s.preemptions],
+            "nv_trt_llm_request_outcome_metrics": [
+                s.completed,
+                s.cancelled,
+                s.failed,
+                rejected,
+                s.preemptions,
+                s.failed_steps,
+            ],
         }
         out = []
         for name, kind, _, key, labels in FAMILIES:

@@ -79,6 +79,7 @@ class IterationStats:
     cancelled: int = 0
     failed: int = 0
     preemptions: int = 0
+    failed_steps: int = 0  # steps whose forward pass or sampling raised (then run one request at a time)
 
 
 class Executor:
@@ -144,7 +145,7 @@ class Executor:
         self._ids = itertools.count(1)
         self._stopping = False  # the loop ends at its next iteration
         self._closed = False  # enqueue refuses new requests (set first by shutdown)
-        self._counts = {"completed": 0, "cancelled": 0, "failed": 0, "preemptions": 0}
+        self._counts = {"completed": 0, "cancelled": 0, "failed": 0, "preemptions": 0, "failed_steps": 0}
         self._stats = IterationStats(
             max_batch_size=self.max_batch_size,
             max_num_tokens=self.max_num_tokens,
@@ -327,17 +328,17 @@ class Executor:
         self._counts["preemptions"] += len(plan.preempted)
         launched = None
         if plan:
+            computed = [(r, r.num_computed_tokens) for r in plan.requests]
             try:
                 launched = self._launch(plan, prev)
             except Exception as e:
-                # The forward pass or sampling failed: the requests of this step fail, the loop goes on.
-                log.exception("forward step failed")
-                msg = f"{type(e).__name__}: {e}"
-                if prev is not None:  # its tokens are good: keep them
+                log.exception("forward step failed; again one request at a time")
+                for r, n in computed:  # the launch may have counted the step's tokens before it failed
+                    r.num_computed_tokens = n
+                if prev is not None:  # its tokens are good: keep them (and no placeholder is left)
                     outputs += self._resolve(prev)
                     prev = None
-                failed = [r for r in plan.requests if not r.status.finished]
-                outputs += [self._finish(r, RequestStatus.FINISHED_ERROR, msg) for r in failed]
+                outputs += self._isolate(plan, e)
         elif prev is None:
             time.sleep(0.001)  # nothing schedulable yet (should not happen: check_fits refuses those)
         if prev is not None:
@@ -351,6 +352,30 @@ class Executor:
             self._update_stats(plan, (time.perf_counter() - t0) * 1e3, bool(plan))
         except Exception:  # stats must never cost the step's outputs (finals would be lost)
             log.exception("statistics update failed")
+        return outputs
+
+    def _isolate(self, plan: SchedulerOutput, error: Exception) -> list[tuple[Request, Output]]:
+        """The step that failed, again one request at a time: only a request whose own step fails ends
+        with an error, so one poison request never takes the others down (a passing failure costs
+        nothing). A few single-request steps in place of one: rare, and cheap next to failing them all."""
+        self._counts["failed_steps"] += 1
+        if self.world_size > 1:  # the followers ran the failed step in lockstep: no retry of part of it
+            msg = f"{type(error).__name__}: {error}"
+            return [self._finish(r, RequestStatus.FINISHED_ERROR, msg) for r in plan.requests if not r.status.finished]
+        outputs: list[tuple[Request, Output]] = []
+        for r in plan.requests:
+            if r.status.finished:
+                continue
+            alone = SchedulerOutput(
+                [s for s in plan.context if s.request is r], [s for s in plan.generation if s.request is r]
+            )
+            computed = r.num_computed_tokens
+            try:
+                outputs += self._resolve(self._launch(alone, None))
+            except Exception as e:
+                r.num_computed_tokens = computed
+                log.warning("request %s fails its step alone: %s: %s", r.request_id, type(e).__name__, e)
+                outputs.append(self._finish(r, RequestStatus.FINISHED_ERROR, f"{type(e).__name__}: {e}"))
         return outputs
 
     @torch.inference_mode()

@@ -173,7 +173,7 @@ def test_streaming_one_callback_per_step_and_one_final(make_executor):
     assert len(outs) == 1 and outs[0].finished and len(outs[0].tokens[0]) == 7
 
 
-def test_exception_in_step_fails_that_batch_and_loop_goes_on(make_executor, solo):
+def test_a_passing_step_failure_is_retried_alone(make_executor, solo):
     ex = make_executor()
     real = ex.engine.forward
     calls = {"n": 0}
@@ -187,12 +187,39 @@ def test_exception_in_step_fails_that_batch_and_loop_goes_on(make_executor, solo
     ex.engine.forward = flaky
     try:
         out = ex.generate([Request([5, 6], max_new_tokens=10, end_id=-1)])[0]
-        assert out.finish_reason == "error" and "RuntimeError: boom" in out.error
-        assert out.tokens[0] == solo(Request([5, 6], max_new_tokens=2, end_id=-1)).tokens[0]
-        ok = ex.generate([Request([5, 6], max_new_tokens=10, end_id=-1)])[0]
-        assert ok.finish_reason == "length" and len(ok.tokens[0]) == 10
     finally:
         ex.engine.forward = real
+    assert out.tokens == solo(Request([5, 6], max_new_tokens=10, end_id=-1)).tokens  # not a token lost or doubled
+    assert ex.stats().failed_steps == 1 and ex.stats().failed == 0
+
+
+def test_a_poison_request_fails_alone_and_the_loop_goes_on(make_executor, solo):
+    """A step that raises whenever one request is in it: that request fails, the others of the same steps
+    get exactly their solo tokens (the step is run again one request at a time), and later requests pass."""
+    ex = make_executor()
+    real = ex.engine.forward
+
+    def poisoned(step, kv):
+        if 77 in step.input_ids.tolist():
+            raise RuntimeError("boom")
+        return real(step, kv)
+
+    ex.engine.forward = poisoned
+    try:
+        reqs = [Request([6, 7], max_new_tokens=6, end_id=-1), Request([77, 5], max_new_tokens=6, end_id=-1)]
+        reqs += [Request([8, 9, 10], max_new_tokens=6, end_id=-1)]
+        good1, bad, good2 = ex.generate(reqs)
+    finally:
+        ex.engine.forward = real
+    assert bad.finish_reason == "error" and "RuntimeError: boom" in bad.error
+    assert good1.tokens == solo(Request([6, 7], max_new_tokens=6, end_id=-1)).tokens
+    assert good2.tokens == solo(Request([8, 9, 10], max_new_tokens=6, end_id=-1)).tokens
+    st = ex.stats()
+    assert st.failed == 1 and st.failed_steps >= 1
+    ok = ex.generate([Request([5, 6], max_new_tokens=10, end_id=-1)])[0]
+    assert ok.finish_reason == "length" and len(ok.tokens[0]) == 10
+    _wait_idle(ex)
+    ex.block_manager.check([])
 
 
 def test_nan_logits_fail_only_that_request(make_executor, solo):
