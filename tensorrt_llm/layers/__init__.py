@@ -2,6 +2,7 @@ from tensorrt_llm.layers.attention import Attention, AttentionParams
 from tensorrt_llm.layers.embedding import Embedding
 from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
 from tensorrt_llm.layers.mlp import GatedMLP
+from tensorrt_llm.layers.moe import MoeMLP
 from tensorrt_llm.layers.normalization import LayerNorm, RmsNorm
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Embedding",
     "GatedMLP",
     "LayerNorm",
+    "MoeMLP",
     "RmsNorm",
     "RowLinear",
 ]

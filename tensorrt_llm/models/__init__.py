@@ -5,7 +5,7 @@ weights for one rank, and the `CausalLM` module the runtime builds. Families tha
 share one module (`decoder.DecoderForCausalLM`) and state their differences in their own file.
 """
 
-from tensorrt_llm.models import gemma, llama, mistral, phi3, qwen
+from tensorrt_llm.models import gemma, llama, mistral, mixtral, phi3, qwen
 from tensorrt_llm.models.base import CausalLM, ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
 
@@ -20,7 +20,10 @@ def register(family: ModelFamily) -> None:
         MODEL_REGISTRY[arch] = family
 
 
-for _family in (llama.FAMILY, mistral.FAMILY, qwen.QWEN2, qwen.QWEN3, gemma.FAMILY, gemma.GEMMA2, phi3.FAMILY):
+for _family in (
+    llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN3_MOE, gemma.FAMILY, gemma.GEMMA2,
+    phi3.FAMILY,
+):  # fmt: skip
     register(_family)
 
 

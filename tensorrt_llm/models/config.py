@@ -51,6 +51,15 @@ class ModelConfig:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     sandwich_norm: bool = False
+    # Mixture of experts (Mixtral, Qwen3-MoE): `num_experts` gated MLPs of `moe_intermediate_size` each
+    # (`intermediate_size` when None), the `num_experts_per_tok` most probable running per token, weighted
+    # by their router probabilities (renormalised over the chosen ones with `norm_topk_prob`); the layers in
+    # `dense_layers` keep a dense MLP of `intermediate_size`. 0 experts: dense everywhere.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = True
+    dense_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -63,6 +72,12 @@ class ModelConfig:
             )
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
+        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
+        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"model config: num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and "
+                f"num_experts ({self.num_experts})"
+            )
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list on reading
             if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
@@ -70,6 +85,9 @@ class ModelConfig:
                     f"model config: layer_types must name one of {LAYER_TYPES} for each of the "
                     f"{self.num_hidden_layers} layers, got {list(self.layer_types)}"
                 )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer not in self.dense_layers
 
     def attention_window(self, layer: int) -> int:
         """Keys a query of `layer` attends to, itself included; 0: all of them (full causal attention)."""

@@ -77,17 +77,22 @@ class TensorParallelSlicer:
     def __init__(self, cfg: ModelConfig, mapping: Mapping) -> None:
         tp = mapping.tp_size
         Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        for what, n in (("num_attention_heads", Hq), ("intermediate_size", cfg.intermediate_size),
-                        ("vocab_size", cfg.vocab_size)):  # fmt: skip
+        sizes = [
+            ("num_attention_heads", Hq),
+            ("intermediate_size", cfg.intermediate_size),
+            ("moe_intermediate_size", cfg.moe_intermediate_size or tp),
+            ("vocab_size", cfg.vocab_size),
+        ]
+        for what, n in sizes:
             if n % tp:
                 raise ValueError(f"{what} ({n}) is not divisible by tp_size ({tp})")
         if Hkv % tp and tp % Hkv:
             raise ValueError(f"num_key_value_heads ({Hkv}) and tp_size ({tp}) must divide one another")
         self.tp, self.rank, self.head_dim, self.kv_heads = tp, mapping.tp_rank, cfg.head_dim, Hkv
 
-    def rows(self, t: torch.Tensor) -> torch.Tensor:
+    def rows(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """This rank's slice of the output features (column-parallel weights and their biases)."""
-        return t.chunk(self.tp, dim=0)[self.rank]
+        return t.chunk(self.tp, dim=dim)[self.rank]
 
     def kv_rows(self, t: torch.Tensor) -> torch.Tensor:
         if self.kv_heads >= self.tp:
@@ -96,9 +101,24 @@ class TensorParallelSlicer:
         head, D = self.rank * self.kv_heads // self.tp, self.head_dim
         return t[head * D : (head + 1) * D]
 
-    def cols(self, t: torch.Tensor) -> torch.Tensor:
+    def cols(self, t: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """This rank's slice of the input features (row-parallel weights)."""
-        return t.chunk(self.tp, dim=1)[self.rank]
+        return t.chunk(self.tp, dim=dim)[self.rank]
+
+
+def _experts(get: WeightGetter, mlp: str, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gate [E, Ie, H], up [E, Ie, H] and down [E, H, Ie] of a mixture-of-experts layer: one tensor per
+    expert (`{mlp}experts.{e}.gate_proj.weight`, the checkpoints' layout), or the three-dimensional
+    tensors transformers 5 holds in memory (`experts.gate_up_proj` [E, 2 Ie, H], `experts.down_proj`)."""
+    try:
+        gate = torch.stack([get(f"{mlp}experts.{e}.gate_proj.weight") for e in range(num_experts)])
+    except KeyError:
+        gate_up, down = get(f"{mlp}experts.gate_up_proj"), get(f"{mlp}experts.down_proj")
+        gate, up = gate_up.chunk(2, dim=1)
+        return gate, up, down
+    up = torch.stack([get(f"{mlp}experts.{e}.up_proj.weight") for e in range(num_experts)])
+    down = torch.stack([get(f"{mlp}experts.{e}.down_proj.weight") for e in range(num_experts)])
+    return gate, up, down
 
 
 def convert_decoder(
@@ -127,6 +147,12 @@ def convert_decoder(
         out[en + "attention.dense.weight"] = tp.cols(get(att + "o_proj.weight"))
         if cfg.attention_bias:
             out[en + "attention.dense.bias"] = get(att + "o_proj.bias")
+        if cfg.is_moe_layer(i):
+            out[en + "mlp.router.weight"] = get(mlp + "gate.weight")
+            gate, up, down = _experts(get, mlp, cfg.num_experts)  # [E, Ie, H] twice, [E, H, Ie]
+            out[en + "mlp.gate_up"] = torch.cat([tp.rows(gate, dim=1), tp.rows(up, dim=1)], dim=1)
+            out[en + "mlp.down"] = tp.cols(down, dim=2)
+            continue
         for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
             gate, up = get(f"{mlp}gate_proj.{kind}"), get(f"{mlp}up_proj.{kind}")
             out[f"{en}mlp.gate_up.{kind}"] = torch.cat([tp.rows(gate), tp.rows(up)])

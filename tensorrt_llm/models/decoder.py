@@ -1,5 +1,6 @@
-"""The pre-norm rotary decoder that Llama, Mistral, Qwen2/2.5/3, Gemma/Gemma-2 and Phi-3 all are: one
-module, the families' differences are `ModelConfig` options resolved here, at construction.
+"""The pre-norm rotary decoder that Llama, Mistral, Mixtral, Qwen2/2.5/3, Qwen3-MoE, Gemma/Gemma-2 and
+Phi-3 all are: one module, the families' differences are `ModelConfig` options resolved here, at
+construction.
 
     h = embed(ids)                      (Gemma's sqrt(hidden) scale is already in the table)
     per layer:  h = h + attn(norm(h))   (QKV biases, QK-norm, sliding window, soft-capped scores: per layer)
@@ -17,6 +18,10 @@ Engine weight names (per rank):
     layers.{i}.attention_out_norm.weight    [H]                         (sandwich_norm; mlp_out_norm likewise)
     layers.{i}.mlp.gate_up.weight           [2 I / tp, H]               rows: gate | up of this rank
     layers.{i}.mlp.down.weight              [H, I / tp]
+    (a mixture-of-experts layer instead:)
+    layers.{i}.mlp.router.weight            [E, H]
+    layers.{i}.mlp.gate_up                  [E, 2 Ie / tp, H]           each expert's rows: gate | up of this rank
+    layers.{i}.mlp.down                     [E, H, Ie / tp]
     ln_f.weight                             [H]
     lm_head.weight                          [V / tp, H]
 """
@@ -27,7 +32,7 @@ import torch
 from torch import nn
 
 from tensorrt_llm import functional as tf
-from tensorrt_llm.layers import Attention, AttentionParams, ColumnLinear, Embedding, GatedMLP, RmsNorm
+from tensorrt_llm.layers import Attention, AttentionParams, ColumnLinear, Embedding, GatedMLP, MoeMLP, RmsNorm
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import CausalLM
 from tensorrt_llm.models.config import ModelConfig
@@ -56,7 +61,13 @@ class DecoderLayer(nn.Module):
             softcap=cfg.attn_logit_softcapping or 0.0,
         )
         self.post_layernorm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
-        self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
+        if cfg.is_moe_layer(layer):
+            inter = cfg.moe_intermediate_size or cfg.intermediate_size
+            self.mlp = MoeMLP(
+                H, inter, cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, mapping, cfg.hidden_act
+            )
+        else:
+            self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
         self.attention_out_norm = self.mlp_out_norm = None
         if cfg.sandwich_norm:
             self.attention_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)

@@ -1,4 +1,5 @@
-"""Qwen2 / Qwen2.5 (biases on q/k/v) and Qwen3 (RMSNorm over head_dim of q and k), both with optional
+"""Qwen2 / Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm over head_dim of q and k) and Qwen3-MoE (Qwen3 with
+mixture-of-experts layers; the checkpoints' expert names are the decoder's own), all with optional
 sliding-window layers (`use_sliding_window`: the layers from `max_window_layers` on, or `layer_types`)."""
 
 from tensorrt_llm.models.base import ModelFamily
@@ -27,5 +28,28 @@ def qwen3_config_from_hf(hf: dict) -> ModelConfig:
     return decoder_config_from_hf(hf, "Qwen3ForCausalLM", qk_norm=True, **_windows(hf))
 
 
+def qwen3_moe_config_from_hf(hf: dict) -> ModelConfig:
+    """Qwen3 with a mixture of experts in the layers that are not in `mlp_only_layers` and fall on every
+    `decoder_sparse_step`-th layer (as transformers builds them)."""
+    try:
+        # num_experts in the checkpoints' config.json; transformers 5 writes num_local_experts
+        n = hf["num_experts"] if "num_experts" in hf else hf["num_local_experts"]
+        step = hf.get("decoder_sparse_step", 1)
+        dense_only = set(hf.get("mlp_only_layers") or [])
+        experts = dict(
+            num_experts=n,
+            num_experts_per_tok=hf["num_experts_per_tok"],
+            moe_intermediate_size=hf["moe_intermediate_size"],
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+            dense_layers=tuple(
+                i for i in range(hf["num_hidden_layers"]) if i in dense_only or not (n > 0 and (i + 1) % step == 0)
+            ),
+        )
+    except KeyError as e:
+        raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
+    return decoder_config_from_hf(hf, "Qwen3MoeForCausalLM", qk_norm=True, **experts, **_windows(hf))
+
+
 QWEN2 = ModelFamily(("Qwen2ForCausalLM",), qwen2_config_from_hf, convert_decoder, DecoderForCausalLM)
 QWEN3 = ModelFamily(("Qwen3ForCausalLM",), qwen3_config_from_hf, convert_decoder, DecoderForCausalLM)
+QWEN3_MOE = ModelFamily(("Qwen3MoeForCausalLM",), qwen3_moe_config_from_hf, convert_decoder, DecoderForCausalLM)

@@ -24,6 +24,23 @@ FAMILIES = {
     "gemma": ("GemmaForCausalLM", dict(num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)),
     # fused qkv_proj / gate_up_proj, windowed
     "phi3": ("Phi3ForCausalLM", dict(num_key_value_heads=2, sliding_window=12)),
+    # mixture of experts: 4 experts, top 2, renormalised; windowed
+    "mixtral": (
+        "MixtralForCausalLM",
+        dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=12),
+    ),
+    # experts of their own size, top-2 probabilities not renormalised, layer 1 dense; QK-norm
+    "qwen3_moe": (
+        "Qwen3MoeForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=48,
+            norm_topk_prob=False,
+            mlp_only_layers=[1],
+        ),
+    ),  # fmt: skip
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (

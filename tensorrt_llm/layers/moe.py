@@ -1,0 +1,66 @@
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tensorrt_llm import functional as tf
+from tensorrt_llm.mapping import Mapping
+
+
+class MoeMLP(nn.Module):
+    """Mixture of experts (Mixtral, Qwen3-MoE): a router scores `num_experts` gated MLPs per token, the
+    `top_k` most probable run, their outputs weighted by those probabilities (renormalised over the chosen
+    ones with `norm_topk_prob`), as Hugging Face routes: softmax over the router logits in float32, then top-k.
+
+    Weights (per rank): `router.weight` [E, H] whole on every rank; `gate_up` [E, 2I/tp, H] (rows of each
+    expert: gate | up of this rank), `down` [E, H, I/tp], each expert split as the dense MLP is, with one
+    all-reduce after the experts' sum.
+
+    Every expert runs on every token of the step, weighted by its routing weight (0 for the ones not
+    chosen): shapes and work fixed by the step alone, so CUDA graphs capture it, and a decode step reads
+    each expert's weights once, as a grouped kernel would. Prefill pays num_experts / top_k times the
+    MLP arithmetic; a grouped GEMM over the routed tokens is the faster path not built yet."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int,
+        top_k: int,
+        norm_topk_prob: bool,
+        dtype: torch.dtype = torch.float32,
+        mapping: Mapping = Mapping(),
+        act: str = "silu",
+    ) -> None:
+        super().__init__()
+        if act not in tf.GATED_ACTIVATIONS:
+            raise ValueError(f"unsupported gated activation {act!r}: supported are {sorted(tf.GATED_ACTIVATIONS)}")
+        if intermediate_size % mapping.tp_size:
+            raise ValueError(f"expert intermediate_size ({intermediate_size}) is not divisible by tp_size")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"num_experts_per_tok ({top_k}) must be between 1 and num_experts ({num_experts})")
+        self.mapping, self.top_k, self.norm_topk_prob = mapping, top_k, norm_topk_prob
+        self.act_and_mul = tf.GATED_ACTIVATIONS[act]
+        inter = intermediate_size // mapping.tp_size
+        self.router = nn.Linear(hidden_size, num_experts, bias=False, dtype=dtype)
+        self.router.weight.requires_grad_(False)
+        self.gate_up = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden_size, dtype=dtype), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(num_experts, hidden_size, inter, dtype=dtype), requires_grad=False)
+
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        """Each token's weight per expert, [T, E] float32, zero outside its top k."""
+        probs = torch.softmax(tf.linear(x, self.router.weight).float(), dim=-1)  # [T, E]
+        top, idx = torch.topk(probs, self.top_k, dim=-1)  # [T, k]
+        if self.norm_topk_prob:
+            top = top / top.sum(dim=-1, keepdim=True)
+        return torch.zeros_like(probs).scatter_(1, idx, top)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.routing(x)  # [T, E]
+        out = torch.zeros(x.shape[0], self.down.shape[1], dtype=torch.float32, device=x.device)  # [T, H]
+        for e in range(self.gate_up.shape[0]):
+            y = tf.linear(self.act_and_mul(tf.linear(x, self.gate_up[e])), self.down[e])  # [T, H]
+            out += weights[:, e : e + 1] * y
+        out = out.to(x.dtype)
+        if self.mapping.tp_size > 1:
+            dist.all_reduce(out)
+        return out
