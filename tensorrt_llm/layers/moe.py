@@ -3,17 +3,19 @@ import torch.distributed as dist
 from torch import nn
 
 from tensorrt_llm import functional as tf
+from tensorrt_llm.layers.mlp import GatedMLP
 from tensorrt_llm.mapping import Mapping
 
 
 class MoeMLP(nn.Module):
-    """Mixture of experts (Mixtral, Qwen3-MoE): a router scores `num_experts` gated MLPs per token, the
+    """Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): a router scores `num_experts` gated MLPs per token, the
     `top_k` most probable run, their outputs weighted by those probabilities (renormalised over the chosen
     ones with `norm_topk_prob`), as Hugging Face routes: softmax over the router logits in float32, then top-k.
 
     Weights (per rank): `router.weight` [E, H] whole on every rank; `gate_up` [E, 2I/tp, H] (rows of each
     expert: gate | up of this rank), `down` [E, H, I/tp], each expert split as the dense MLP is, with one
-    all-reduce after the experts' sum.
+    all-reduce after the experts' sum. With `shared_intermediate_size`, a shared expert (`shared`, a
+    GatedMLP) runs on every token, weighted by sigmoid(`shared_gate.weight` [1, H] · x) (Qwen2-MoE).
 
     Every expert runs on every token of the step, weighted by its routing weight (0 for the ones not
     chosen): shapes and work fixed by the step alone, so CUDA graphs capture it, and a decode step reads
@@ -30,6 +32,7 @@ class MoeMLP(nn.Module):
         dtype: torch.dtype = torch.float32,
         mapping: Mapping = Mapping(),
         act: str = "silu",
+        shared_intermediate_size: int = 0,
     ) -> None:
         super().__init__()
         if act not in tf.GATED_ACTIVATIONS:
@@ -45,6 +48,11 @@ class MoeMLP(nn.Module):
         self.router.weight.requires_grad_(False)
         self.gate_up = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden_size, dtype=dtype), requires_grad=False)
         self.down = nn.Parameter(torch.empty(num_experts, hidden_size, inter, dtype=dtype), requires_grad=False)
+        self.shared = self.shared_gate = None
+        if shared_intermediate_size:  # Qwen2-MoE: split like a dense MLP (it reduces itself), gate whole
+            self.shared = GatedMLP(hidden_size, shared_intermediate_size, False, dtype, mapping, act)
+            self.shared_gate = nn.Linear(hidden_size, 1, bias=False, dtype=dtype)
+            self.shared_gate.weight.requires_grad_(False)
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """Each token's weight per expert, [T, E] float32, zero outside its top k."""
@@ -63,4 +71,6 @@ class MoeMLP(nn.Module):
         out = out.to(x.dtype)
         if self.mapping.tp_size > 1:
             dist.all_reduce(out)
+        if self.shared is not None:
+            out = out + torch.sigmoid(tf.linear(x, self.shared_gate.weight)) * self.shared(x)
         return out

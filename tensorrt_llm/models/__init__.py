@@ -21,8 +21,8 @@ def register(family: ModelFamily) -> None:
 
 
 for _family in (
-    llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN3_MOE, gemma.FAMILY, gemma.GEMMA2,
-    phi3.FAMILY,
+    llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
+    gemma.FAMILY, gemma.GEMMA2, phi3.FAMILY,
 ):  # fmt: skip
     register(_family)
 

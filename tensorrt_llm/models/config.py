@@ -60,6 +60,9 @@ class ModelConfig:
     moe_intermediate_size: int | None = None
     norm_topk_prob: bool = True
     dense_layers: tuple[int, ...] = ()
+    # Qwen2-MoE: a shared expert (a gated MLP of this size) on every token of an experts layer, its output
+    # weighted by sigmoid(shared_gate(x)) and added to the routed experts'. 0: none.
+    shared_expert_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):

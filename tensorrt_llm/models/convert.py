@@ -82,6 +82,7 @@ class TensorParallelSlicer:
             ("intermediate_size", cfg.intermediate_size),
             ("moe_intermediate_size", cfg.moe_intermediate_size or tp),
             ("vocab_size", cfg.vocab_size),
+            ("shared_expert_intermediate_size", cfg.shared_expert_intermediate_size),
         ]
         for what, n in sizes:
             if n % tp:
@@ -152,6 +153,13 @@ def convert_decoder(
             gate, up, down = _experts(get, mlp, cfg.num_experts)  # [E, Ie, H] twice, [E, H, Ie]
             out[en + "mlp.gate_up"] = torch.cat([tp.rows(gate, dim=1), tp.rows(up, dim=1)], dim=1)
             out[en + "mlp.down"] = tp.cols(down, dim=2)
+            if cfg.shared_expert_intermediate_size:
+                sh = mlp + "shared_expert."
+                out[en + "mlp.shared.gate_up.weight"] = torch.cat(
+                    [tp.rows(get(sh + "gate_proj.weight")), tp.rows(get(sh + "up_proj.weight"))]
+                )
+                out[en + "mlp.shared.down.weight"] = tp.cols(get(sh + "down_proj.weight"))
+                out[en + "mlp.shared_gate.weight"] = get(mlp + "shared_expert_gate.weight")
             continue
         for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
             gate, up = get(f"{mlp}gate_proj.{kind}"), get(f"{mlp}up_proj.{kind}")

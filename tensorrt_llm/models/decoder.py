@@ -1,4 +1,4 @@
-"""The pre-norm rotary decoder that Llama, Mistral, Mixtral, Qwen2/2.5/3, Qwen3-MoE, Gemma/Gemma-2 and
+"""The pre-norm rotary decoder that Llama, Mistral, Mixtral, Qwen2/2.5/3, Qwen2/3-MoE, Gemma/Gemma-2 and
 Phi-3 all are: one module, the families' differences are `ModelConfig` options resolved here, at
 construction.
 
@@ -22,6 +22,8 @@ Engine weight names (per rank):
     layers.{i}.mlp.router.weight            [E, H]
     layers.{i}.mlp.gate_up                  [E, 2 Ie / tp, H]           each expert's rows: gate | up of this rank
     layers.{i}.mlp.down                     [E, H, Ie / tp]
+    layers.{i}.mlp.shared.gate_up.weight    [2 Is / tp, H]              (a shared expert; .down.weight likewise)
+    layers.{i}.mlp.shared_gate.weight       [1, H]
     ln_f.weight                             [H]
     lm_head.weight                          [V / tp, H]
 """
@@ -64,8 +66,9 @@ class DecoderLayer(nn.Module):
         if cfg.is_moe_layer(layer):
             inter = cfg.moe_intermediate_size or cfg.intermediate_size
             self.mlp = MoeMLP(
-                H, inter, cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, mapping, cfg.hidden_act
-            )
+                H, inter, cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, mapping, cfg.hidden_act,
+                cfg.shared_expert_intermediate_size,
+            )  # fmt: skip
         else:
             self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
         self.attention_out_norm = self.mlp_out_norm = None

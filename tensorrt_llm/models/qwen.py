@@ -1,5 +1,6 @@
-"""Qwen2 / Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm over head_dim of q and k) and Qwen3-MoE (Qwen3 with
-mixture-of-experts layers; the checkpoints' expert names are the decoder's own), all with optional
+"""Qwen2 / Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm over head_dim of q and k), and their mixtures of
+experts Qwen2-MoE (with a shared expert) and Qwen3-MoE (the checkpoints' expert names are the decoder's
+own), all with optional
 sliding-window layers (`use_sliding_window`: the layers from `max_window_layers` on, or `layer_types`)."""
 
 from tensorrt_llm.models.base import ModelFamily
@@ -28,15 +29,15 @@ def qwen3_config_from_hf(hf: dict) -> ModelConfig:
     return decoder_config_from_hf(hf, "Qwen3ForCausalLM", qk_norm=True, **_windows(hf))
 
 
-def qwen3_moe_config_from_hf(hf: dict) -> ModelConfig:
-    """Qwen3 with a mixture of experts in the layers that are not in `mlp_only_layers` and fall on every
-    `decoder_sparse_step`-th layer (as transformers builds them)."""
+def _moe_options(hf: dict) -> dict:
+    """Mixture-of-experts options of Qwen2-MoE and Qwen3-MoE: experts in the layers that are not in
+    `mlp_only_layers` and fall on every `decoder_sparse_step`-th layer (as transformers builds them)."""
     try:
         # num_experts in the checkpoints' config.json; transformers 5 writes num_local_experts
         n = hf["num_experts"] if "num_experts" in hf else hf["num_local_experts"]
         step = hf.get("decoder_sparse_step", 1)
         dense_only = set(hf.get("mlp_only_layers") or [])
-        experts = dict(
+        return dict(
             num_experts=n,
             num_experts_per_tok=hf["num_experts_per_tok"],
             moe_intermediate_size=hf["moe_intermediate_size"],
@@ -47,9 +48,21 @@ def qwen3_moe_config_from_hf(hf: dict) -> ModelConfig:
         )
     except KeyError as e:
         raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
-    return decoder_config_from_hf(hf, "Qwen3MoeForCausalLM", qk_norm=True, **experts, **_windows(hf))
+
+
+def qwen2_moe_config_from_hf(hf: dict) -> ModelConfig:
+    """Qwen2's attention; routed experts plus one shared expert, weighted by a sigmoid gate."""
+    shared = dict(shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size") or 0)
+    return decoder_config_from_hf(
+        hf, "Qwen2MoeForCausalLM", qkv_bias=True, attention_bias=False, **_moe_options(hf), **shared, **_windows(hf)
+    )
+
+
+def qwen3_moe_config_from_hf(hf: dict) -> ModelConfig:
+    return decoder_config_from_hf(hf, "Qwen3MoeForCausalLM", qk_norm=True, **_moe_options(hf), **_windows(hf))
 
 
 QWEN2 = ModelFamily(("Qwen2ForCausalLM",), qwen2_config_from_hf, convert_decoder, DecoderForCausalLM)
 QWEN3 = ModelFamily(("Qwen3ForCausalLM",), qwen3_config_from_hf, convert_decoder, DecoderForCausalLM)
+QWEN2_MOE = ModelFamily(("Qwen2MoeForCausalLM",), qwen2_moe_config_from_hf, convert_decoder, DecoderForCausalLM)
 QWEN3_MOE = ModelFamily(("Qwen3MoeForCausalLM",), qwen3_moe_config_from_hf, convert_decoder, DecoderForCausalLM)

@@ -41,6 +41,19 @@ FAMILIES = {
             mlp_only_layers=[1],
         ),
     ),  # fmt: skip
+    # routed experts plus a sigmoid-gated shared expert; q/k/v biases; layer 0 dense
+    "qwen2_moe": (
+        "Qwen2MoeForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=96,
+            norm_topk_prob=True,
+            mlp_only_layers=[0],
+        ),
+    ),  # fmt: skip
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
