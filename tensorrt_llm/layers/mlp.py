@@ -1,4 +1,7 @@
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tensorrt_llm import functional as tf
@@ -28,3 +31,35 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act_and_mul(self.gate_up(x)))
+
+
+# Activations of the plain MLP, by Hugging Face's names (gelu_new is GPT-2's name for the tanh form).
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": functools.partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """Plain MLP, proj(act(fc(x))) with biases (GPT-2, GPT-BigCode): `fc` [I/tp, H], `proj` [H, I/tp]."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        bias: bool = True,
+        dtype: torch.dtype = torch.float32,
+        mapping: Mapping = Mapping(),
+        act: str = "gelu_new",
+    ) -> None:
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unsupported activation {act!r}: supported are {sorted(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[act]
+        self.fc = ColumnLinear(hidden_size, intermediate_size, bias, dtype, mapping)
+        self.proj = RowLinear(intermediate_size, hidden_size, bias, dtype, mapping)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))

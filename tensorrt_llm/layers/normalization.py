@@ -31,5 +31,11 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(hidden_size, dtype=dtype), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tf.layer_norm(x, self.weight, self.bias, self.eps)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """As RmsNorm: with `residual`, returns (norm(x + residual), x + residual)."""
+        if residual is None:
+            return tf.layer_norm(x, self.weight, self.bias, self.eps)
+        x = x + residual
+        return tf.layer_norm(x, self.weight, self.bias, self.eps), x

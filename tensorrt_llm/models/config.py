@@ -63,6 +63,12 @@ class ModelConfig:
     # Qwen2-MoE: a shared expert (a gated MLP of this size) on every token of an experts layer, its output
     # weighted by sigmoid(shared_gate(x)) and added to the routed experts'. 0: none.
     shared_expert_intermediate_size: int = 0
+    # GPT-2 and GPT-BigCode (StarCoder): LayerNorm with bias (`norm_type` "layer", eps `rms_norm_eps`),
+    # a learned absolute position table added to the embeddings instead of rotary (`position_embedding`
+    # "learned"), and a plain MLP act(fc(x)) -> proj with biases (`mlp_type` "plain").
+    norm_type: str = "rms"
+    position_embedding: str = "rope"
+    mlp_type: str = "gated"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -76,6 +82,10 @@ class ModelConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
         object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
+        for name, allowed in (("norm_type", ("rms", "layer")), ("position_embedding", ("rope", "learned")),
+                              ("mlp_type", ("gated", "plain"))):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model config: {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
                 f"model config: num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and "

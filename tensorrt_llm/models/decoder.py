@@ -24,7 +24,9 @@ Engine weight names (per rank):
     layers.{i}.mlp.down                     [E, H, Ie / tp]
     layers.{i}.mlp.shared.gate_up.weight    [2 Is / tp, H]              (a shared expert; .down.weight likewise)
     layers.{i}.mlp.shared_gate.weight       [1, H]
-    ln_f.weight                             [H]
+    ln_f.weight                             [H]                         (LayerNorm: + .bias, and so every norm)
+    position_embedding.weight               [max_pos, H]                (learned positions, GPT-2)
+    layers.{i}.mlp.fc.weight                [I / tp, H]                 (plain MLP, + .bias; proj [H, I / tp])
     lm_head.weight                          [V / tp, H]
 """
 
@@ -34,7 +36,17 @@ import torch
 from torch import nn
 
 from tensorrt_llm import functional as tf
-from tensorrt_llm.layers import Attention, AttentionParams, ColumnLinear, Embedding, GatedMLP, MoeMLP, RmsNorm
+from tensorrt_llm.layers import (
+    MLP,
+    Attention,
+    AttentionParams,
+    ColumnLinear,
+    Embedding,
+    GatedMLP,
+    LayerNorm,
+    MoeMLP,
+    RmsNorm,
+)
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import CausalLM
 from tensorrt_llm.models.config import ModelConfig
@@ -43,11 +55,17 @@ if TYPE_CHECKING:
     from tensorrt_llm.runtime.step import StepInput
 
 
+def _norm(cfg: ModelConfig, dtype: torch.dtype) -> RmsNorm | LayerNorm:
+    if cfg.norm_type == "layer":
+        return LayerNorm(cfg.hidden_size, cfg.rms_norm_eps, True, dtype)
+    return RmsNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.norm_unit_offset)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, mapping: Mapping) -> None:
         super().__init__()
         H, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.input_layernorm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
+        self.input_layernorm = _norm(cfg, dtype)
         self.attention = Attention(
             H,
             cfg.num_attention_heads,
@@ -62,8 +80,10 @@ class DecoderLayer(nn.Module):
             scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
             softcap=cfg.attn_logit_softcapping or 0.0,
         )
-        self.post_layernorm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
-        if cfg.is_moe_layer(layer):
+        self.post_layernorm = _norm(cfg, dtype)
+        if cfg.mlp_type == "plain":
+            self.mlp = MLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
+        elif cfg.is_moe_layer(layer):
             inter = cfg.moe_intermediate_size or cfg.intermediate_size
             self.mlp = MoeMLP(
                 H, inter, cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, mapping, cfg.hidden_act,
@@ -106,14 +126,24 @@ class DecoderForCausalLM(CausalLM):
         self.cfg = cfg
         self.vocab_embedding = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, mapping) for i in range(cfg.num_hidden_layers))
-        self.ln_f = RmsNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.norm_unit_offset)
+        self.position_embedding = None
+        if cfg.position_embedding == "learned":  # GPT-2: replicated on every rank, as the token table
+            self.position_embedding = Embedding(cfg.max_position_embeddings, cfg.hidden_size, dtype)
+        self.ln_f = _norm(cfg, dtype)
         # Vocabulary-parallel head: each rank scores a slice of the vocabulary, gathered at the end.
         self.lm_head = ColumnLinear(cfg.hidden_size, cfg.vocab_size, False, dtype, mapping, gather_output=True)
         self.init_buffers(None)
 
     def init_buffers(self, device: torch.device | None) -> None:
         cfg = self.cfg
-        cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        if cfg.position_embedding == "learned":
+            # No rotary: cos 1, sin 0 turn the fused rotary-and-cache-write kernel into the cache write alone.
+            half = cfg.head_dim // 2
+            cache = torch.cat(
+                [torch.ones(cfg.max_position_embeddings, half), torch.zeros(cfg.max_position_embeddings, half)], -1
+            )
+        else:
+            cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)
 
     def hidden(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
@@ -129,6 +159,8 @@ class DecoderForCausalLM(CausalLM):
             num_decode_tail=step.num_decode_tail,
         )
         h = self.vocab_embedding(step.input_ids)  # [T, hidden]
+        if self.position_embedding is not None:
+            h = h + self.position_embedding(step.positions)
         residual = None
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
             h, residual = layer(h, residual, p, k_cache, v_cache)

@@ -54,6 +54,12 @@ FAMILIES = {
             mlp_only_layers=[0],
         ),
     ),  # fmt: skip
+    # LayerNorm, learned positions, GeLU-tanh MLP with biases, Conv1D weights, tied head
+    "gpt2": ("GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512)),
+    # GPT-2's, with Linear weights and one K/V head (multi_query)
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, multi_query=True)),
+    # ReLU, separate q/k/v, positions 2 rows into the table
+    "opt": ("OPTForCausalLM", dict(ffn_dim=128, word_embed_proj_dim=64)),
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
