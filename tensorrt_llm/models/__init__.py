@@ -22,7 +22,7 @@ def register(family: ModelFamily) -> None:
 
 for _family in (
     llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
-    gemma.FAMILY, gemma.GEMMA2, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
+    gemma.FAMILY, gemma.GEMMA2, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT, gpt.NEOX,
 ):  # fmt: skip
     register(_family)
 

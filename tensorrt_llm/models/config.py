@@ -69,6 +69,11 @@ class ModelConfig:
     norm_type: str = "rms"
     position_embedding: str = "rope"
     mlp_type: str = "gated"
+    # GPT-NeoX: rotary on the first `rotary_dim` of each head only (rotate-half within them; the engine's
+    # q/k rows are permuted at conversion so that the kernel's rotate-half over head_dim computes it), and
+    # attention and MLP side by side on the same input (`parallel_residual`: h + attn(ln1 h) + mlp(ln2 h)).
+    rotary_dim: int | None = None
+    parallel_residual: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -91,6 +96,8 @@ class ModelConfig:
                 f"model config: num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and "
                 f"num_experts ({self.num_experts})"
             )
+        if self.rotary_dim is not None and not (0 < self.rotary_dim < self.head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"model config: rotary_dim must be even and below head_dim, got {self.rotary_dim}")
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list on reading
             if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):

@@ -107,6 +107,15 @@ class TensorParallelSlicer:
         return t.chunk(self.tp, dim=dim)[self.rank]
 
 
+def rotary_permutation(head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """Order of a head's q/k dims under which partial rotary (rotate-half within the first `rotary_dim`,
+    pairs (j, j + R/2)) is the full rotate-half the kernels compute (pairs (j, j + D/2)): the rotated
+    halves go first in each half, the passed-through dims after. q . k is unchanged (both permuted alike)."""
+    R, D = rotary_dim, head_dim
+    half, rest = torch.arange(R // 2), torch.arange((D - R) // 2)
+    return torch.cat([half, R + rest, R // 2 + half, R + (D - R) // 2 + rest])
+
+
 def _experts(get: WeightGetter, mlp: str, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """gate [E, Ie, H], up [E, Ie, H] and down [E, H, Ie] of a mixture-of-experts layer: one tensor per
     expert (`{mlp}experts.{e}.gate_proj.weight`, the checkpoints' layout), or the three-dimensional

@@ -91,6 +91,7 @@ class DecoderLayer(nn.Module):
             )  # fmt: skip
         else:
             self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
+        self.parallel_residual = cfg.parallel_residual
         self.attention_out_norm = self.mlp_out_norm = None
         if cfg.sandwich_norm:
             self.attention_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
@@ -105,6 +106,9 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual stream is carried separately so that each add is fused into the next norm.
+        if self.parallel_residual:  # GPT-NeoX: attention and MLP read the same input; both add to it
+            x, residual = (self.input_layernorm(h), h) if residual is None else self.input_layernorm(h, residual)
+            return self.attention(x, p, k_cache, v_cache) + self.mlp(self.post_layernorm(residual)), residual
         if residual is None:
             residual = h
             h = self.input_layernorm(h)
@@ -142,6 +146,13 @@ class DecoderForCausalLM(CausalLM):
             cache = torch.cat(
                 [torch.ones(cfg.max_position_embeddings, half), torch.zeros(cfg.max_position_embeddings, half)], -1
             )
+        elif cfg.rotary_dim is not None:
+            # Partial rotary (conversion permuted q/k so that the rotated pairs are (j, j + D/2)): the first
+            # rotary_dim/2 frequencies of a rotary_dim-wide table, then frequency 0 (cos 1, sin 0) for the rest.
+            part = tf.rope_cos_sin_cache(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+            cos, sin = part.chunk(2, dim=-1)  # [max_pos, R/2] each
+            rest = (cfg.max_position_embeddings, (cfg.head_dim - cfg.rotary_dim) // 2)
+            cache = torch.cat([cos, torch.ones(rest), sin, torch.zeros(rest)], -1)  # [max_pos, D] = cos | sin
         else:
             cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)

@@ -1,9 +1,14 @@
-"""GPT-2, GPT-BigCode (StarCoder / SantaCoder) and OPT: the decoder with LayerNorm (bias), learned absolute
-positions and a plain MLP with biases. GPT-2 stores its projections as Conv1D ([in, out], transposed against
-a Linear) and has full multi-head attention; GPT-BigCode uses Linear layers and, with `multi_query`, one
-K/V head. Both tie the head to the token embeddings. Checkpoint names: `transformer.h.{i}.attn.c_attn`
-(fused q | k | v), `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`, `ln_1`, `ln_2`, `transformer.wte` / `wpe` / `ln_f`
-(the oldest GPT-2 checkpoints lack the `transformer.` prefix)."""
+"""The GPT lineage on the one decoder, with LayerNorm (bias) and a plain MLP with biases:
+- GPT-2 and GPT-BigCode (StarCoder / SantaCoder): learned absolute positions. GPT-2 stores projections as
+  Conv1D ([in, out], transposed against a Linear); GPT-BigCode uses Linear layers and, with `multi_query`,
+  one K/V head. Names: `transformer.h.{i}.attn.c_attn` (fused q | k | v), `attn.c_proj`, `mlp.c_fc`,
+  `mlp.c_proj`, `ln_1`, `ln_2`, `transformer.wte` / `wpe` / `ln_f` (the oldest GPT-2 checkpoints lack the
+  `transformer.` prefix). Both tie the head to the token embeddings.
+- OPT: learned positions (2 rows into its table), ReLU, separate q/k/v (`model.decoder.*`).
+- GPT-NeoX (Pythia): partial rotary, attention and MLP in parallel, q | k | v interleaved per head.
+"""
+
+import functools
 
 import torch
 
@@ -11,53 +16,130 @@ from tensorrt_llm.layers.mlp import ACTIVATIONS
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
-from tensorrt_llm.models.convert import TensorParallelSlicer
+from tensorrt_llm.models.convert import TensorParallelSlicer, rotary_permutation
 from tensorrt_llm.models.decoder import DecoderForCausalLM
 
 
-def _config(hf: dict, architecture: str, kv_heads: int) -> ModelConfig:
-    try:
-        H, heads = hf["n_embd"], hf["n_head"]
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"{architecture}: activation_function {act!r} is not supported ({sorted(ACTIVATIONS)})")
-        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-            if hf.get(flag):
-                raise ValueError(f"{architecture}: {flag} is not supported")
-        if not hf.get("scale_attn_weights", True):
-            raise ValueError(f"{architecture}: scale_attn_weights false is not supported")
-        return ModelConfig(
-            architecture=(hf.get("architectures") or [architecture])[0],
-            vocab_size=hf["vocab_size"],
-            hidden_size=H,
-            intermediate_size=hf.get("n_inner") or 4 * H,
-            num_hidden_layers=hf["n_layer"],
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads or heads,
-            head_dim=H // heads,
-            max_position_embeddings=hf.get("n_positions", 1024),
-            rms_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            hidden_act=act,
-            attention_bias=True,
-            mlp_bias=True,
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            norm_type="layer",
-            position_embedding="learned",
-            mlp_type="plain",
-        )
-    except KeyError as e:
-        raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
+def _reads_hf(fn):
+    """A config reader whose missing config.json field is a ValueError naming it."""
+
+    @functools.wraps(fn)
+    def read(hf: dict) -> ModelConfig:
+        try:
+            return fn(hf)
+        except KeyError as e:
+            raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
+
+    return read
 
 
+def _gpt_config(hf: dict, architecture: str, act: str, H: int, heads: int, **fields) -> ModelConfig:
+    """The fields the lineage shares (LayerNorm, plain MLP, biases, token ids); `fields` the rest."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{architecture}: activation {act!r} is not supported (supported: {sorted(ACTIVATIONS)})")
+    shared = dict(
+        architecture=(hf.get("architectures") or [architecture])[0],
+        vocab_size=hf["vocab_size"],
+        hidden_size=H,
+        num_attention_heads=heads,
+        head_dim=H // heads,
+        hidden_act=act,
+        attention_bias=True,
+        mlp_bias=True,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+        norm_type="layer",
+        mlp_type="plain",
+    )
+    return ModelConfig(**{"num_key_value_heads": heads, **shared, **fields})
+
+
+def _gpt2_like(hf: dict, architecture: str, kv_heads: int | None) -> ModelConfig:
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        if hf.get(flag):
+            raise ValueError(f"{architecture}: {flag} is not supported")
+    if not hf.get("scale_attn_weights", True):
+        raise ValueError(f"{architecture}: scale_attn_weights false is not supported")
+    H, heads = hf["n_embd"], hf["n_head"]
+    return _gpt_config(
+        hf, architecture, hf.get("activation_function", "gelu_new"), H, heads,
+        num_key_value_heads=kv_heads or heads, intermediate_size=hf.get("n_inner") or 4 * H,
+        num_hidden_layers=hf["n_layer"], max_position_embeddings=hf.get("n_positions", 1024),
+        rms_norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        position_embedding="learned",
+    )  # fmt: skip
+
+
+@_reads_hf
 def gpt2_config_from_hf(hf: dict) -> ModelConfig:
-    return _config(hf, "GPT2LMHeadModel", 0)
+    return _gpt2_like(hf, "GPT2LMHeadModel", None)
 
 
+@_reads_hf
 def bigcode_config_from_hf(hf: dict) -> ModelConfig:
-    return _config(hf, "GPTBigCodeForCausalLM", 1 if hf.get("multi_query", True) else 0)
+    return _gpt2_like(hf, "GPTBigCodeForCausalLM", 1 if hf.get("multi_query", True) else None)
+
+
+@_reads_hf
+def opt_config_from_hf(hf: dict) -> ModelConfig:
+    """OPT-125M and OPT-1.3B up; OPT-350M's post-norm and projected embeddings are refused."""
+    H = hf["hidden_size"]
+    if not hf.get("do_layer_norm_before", True):
+        raise ValueError("OPTForCausalLM: do_layer_norm_before false (OPT-350M's post-norm) is not supported")
+    if hf.get("word_embed_proj_dim", H) != H:
+        raise ValueError("OPTForCausalLM: word_embed_proj_dim != hidden_size (projected embeddings) is not supported")
+    if not hf.get("enable_bias", True) or not hf.get("layer_norm_elementwise_affine", True):
+        raise ValueError("OPTForCausalLM: enable_bias / layer_norm_elementwise_affine false are not supported")
+    return _gpt_config(
+        hf, "OPTForCausalLM", hf.get("activation_function", "relu"), H, hf["num_attention_heads"],
+        intermediate_size=hf["ffn_dim"], num_hidden_layers=hf["num_hidden_layers"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        rms_norm_eps=1e-5,  # OPT's LayerNorms keep torch's default
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)), position_embedding="learned",
+    )  # fmt: skip
+
+
+@_reads_hf
+def neox_config_from_hf(hf: dict) -> ModelConfig:
+    """GPT-NeoX: partial rotary (`rotary_pct`), parallel attention + MLP (`use_parallel_residual`), untied head."""
+    H, heads = hf["hidden_size"], hf["num_attention_heads"]
+    rope = hf.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+        raise ValueError("GPTNeoXForCausalLM: rope scaling is not supported")
+    D = H // heads
+    R = int(D * hf.get("rotary_pct", rope.get("partial_rotary_factor", 1.0)))
+    return _gpt_config(
+        hf, "GPTNeoXForCausalLM", hf.get("hidden_act", "gelu"), H, heads,
+        intermediate_size=hf["intermediate_size"], num_hidden_layers=hf["num_hidden_layers"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048), rms_norm_eps=hf.get("layer_norm_eps", 1e-5),
+        rope_theta=float(hf.get("rotary_emb_base", rope.get("rope_theta", 10000.0))),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=bool(hf.get("attention_bias", True)), rotary_dim=R if R < D else None,
+        parallel_residual=bool(hf.get("use_parallel_residual", True)),
+    )  # fmt: skip
+
+
+def _finish(out: dict, get: WeightGetter, cfg: ModelConfig, tp: TensorParallelSlicer, dtype: torch.dtype, ln_f: str,
+            embed: str, heads: tuple[str, ...] = ("lm_head.weight",)) -> dict:  # fmt: skip
+    """The final norm, the head (tied, or the first of `heads` the checkpoint has) and the embeddings;
+    every tensor cast to `dtype`."""
+    out["ln_f.weight"], out["ln_f.bias"] = get(ln_f + ".weight"), get(ln_f + ".bias")
+    table = get(embed)
+    if cfg.tie_word_embeddings:
+        head = table
+    else:
+        for name in heads:
+            try:
+                head = get(name)
+                break
+            except KeyError:
+                if name == heads[-1]:
+                    raise
+    out["lm_head.weight"] = tp.rows(head)
+    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    out["vocab_embedding.weight"] = table.to(dtype).clone().contiguous()  # its own memory: the head may share it
+    return out
 
 
 def _prefixed(get: WeightGetter) -> WeightGetter:
@@ -92,61 +174,14 @@ def _converter(conv1d: bool):
             out[en + "mlp.fc.bias"] = tp.rows(get(hf + "mlp.c_fc.bias"))
             out[en + "mlp.proj.weight"] = tp.cols(w(hf + "mlp.c_proj.weight"))
             out[en + "mlp.proj.bias"] = get(hf + "mlp.c_proj.bias")
-        out["ln_f.weight"], out["ln_f.bias"] = get("transformer.ln_f.weight"), get("transformer.ln_f.bias")
-        embed = get("transformer.wte.weight")
-        out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))
         out["position_embedding.weight"] = get("transformer.wpe.weight")
-        out = {k: v.to(dtype).contiguous() for k, v in out.items()}
-        out["vocab_embedding.weight"] = embed.to(dtype).clone().contiguous()  # its own memory: the head may share
-        return out
+        return _finish(out, get, cfg, tp, dtype, "transformer.ln_f", "transformer.wte.weight")
 
     return convert
 
 
 GPT2 = ModelFamily(("GPT2LMHeadModel",), gpt2_config_from_hf, _converter(conv1d=True), DecoderForCausalLM)
 BIGCODE = ModelFamily(("GPTBigCodeForCausalLM",), bigcode_config_from_hf, _converter(conv1d=False), DecoderForCausalLM)
-
-
-def opt_config_from_hf(hf: dict) -> ModelConfig:
-    """OPT (pre-norm sizes, 125M and 1.3B up): the GPT options with ReLU and separate q/k/v projections.
-    OPT-350M's post-norm and projected embeddings (`word_embed_proj_dim`) are refused."""
-    try:
-        H = hf["hidden_size"]
-        if not hf.get("do_layer_norm_before", True):
-            raise ValueError("OPTForCausalLM: do_layer_norm_before false (OPT-350M's post-norm) is not supported")
-        if hf.get("word_embed_proj_dim", H) != H:
-            raise ValueError(
-                "OPTForCausalLM: word_embed_proj_dim != hidden_size (projected embeddings) is not supported"
-            )
-        if not hf.get("enable_bias", True) or not hf.get("layer_norm_elementwise_affine", True):
-            raise ValueError("OPTForCausalLM: enable_bias / layer_norm_elementwise_affine false are not supported")
-        act = hf.get("activation_function", "relu")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"OPTForCausalLM: activation_function {act!r} is not supported ({sorted(ACTIVATIONS)})")
-        return ModelConfig(
-            architecture=(hf.get("architectures") or ["OPTForCausalLM"])[0],
-            vocab_size=hf["vocab_size"],
-            hidden_size=H,
-            intermediate_size=hf["ffn_dim"],
-            num_hidden_layers=hf["num_hidden_layers"],
-            num_attention_heads=hf["num_attention_heads"],
-            num_key_value_heads=hf["num_attention_heads"],
-            head_dim=H // hf["num_attention_heads"],
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            rms_norm_eps=1e-5,  # OPT's LayerNorms use torch's default
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            hidden_act=act,
-            attention_bias=True,
-            mlp_bias=True,
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            norm_type="layer",
-            position_embedding="learned",
-            mlp_type="plain",
-        )
-    except KeyError as e:
-        raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
 
 
 OPT_POSITION_OFFSET = 2  # OPT's position table starts 2 rows in (fairseq's padding offset)
@@ -170,14 +205,39 @@ def convert_opt(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: to
             tp.rows(get(hf + "fc1.bias")),
         )
         out[en + "mlp.proj.weight"], out[en + "mlp.proj.bias"] = tp.cols(get(hf + "fc2.weight")), get(hf + "fc2.bias")
-    out["ln_f.weight"] = get("model.decoder.final_layer_norm.weight")
-    out["ln_f.bias"] = get("model.decoder.final_layer_norm.bias")
-    embed = get("model.decoder.embed_tokens.weight")
-    out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))
     out["position_embedding.weight"] = get("model.decoder.embed_positions.weight")[OPT_POSITION_OFFSET:]
-    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
-    out["vocab_embedding.weight"] = embed.to(dtype).clone().contiguous()
-    return out
+    return _finish(out, get, cfg, tp, dtype, "model.decoder.final_layer_norm", "model.decoder.embed_tokens.weight")
 
 
 OPT = ModelFamily(("OPTForCausalLM",), opt_config_from_hf, convert_opt, DecoderForCausalLM)
+
+
+def convert_neox(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
+    tp = TensorParallelSlicer(cfg, mapping)
+    Hn, D = cfg.num_attention_heads, cfg.head_dim
+    perm = rotary_permutation(D, cfg.rotary_dim) if cfg.rotary_dim else torch.arange(D)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(cfg.num_hidden_layers):
+        hf, en = f"gpt_neox.layers.{i}.", f"layers.{i}."
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            dst = "input_layernorm" if name == "input_layernorm" else "post_layernorm"
+            out[f"{en}{dst}.weight"], out[f"{en}{dst}.bias"] = get(f"{hf}{name}.weight"), get(f"{hf}{name}.bias")
+        kinds = ("weight", "bias") if cfg.attention_bias else ("weight",)
+        for kind in kinds:
+            t = get(f"{hf}attention.query_key_value.{kind}")  # rows per head: q | k | v, D each
+            t = t.reshape(Hn, 3, D, *t.shape[1:])
+            q, k, v = t[:, 0, perm], t[:, 1, perm], t[:, 2]  # [Hn, D, ...], rotary dims reordered in q and k
+            q, k, v = (x.reshape(Hn * D, *t.shape[3:]) for x in (q, k, v))
+            out[f"{en}attention.qkv.{kind}"] = torch.cat([tp.rows(q), tp.kv_rows(k), tp.kv_rows(v)])
+            dense = get(f"{hf}attention.dense.{kind}")
+            out[f"{en}attention.dense.{kind}"] = tp.cols(dense) if kind == "weight" else dense
+        out[en + "mlp.fc.weight"] = tp.rows(get(hf + "mlp.dense_h_to_4h.weight"))
+        out[en + "mlp.fc.bias"] = tp.rows(get(hf + "mlp.dense_h_to_4h.bias"))
+        out[en + "mlp.proj.weight"] = tp.cols(get(hf + "mlp.dense_4h_to_h.weight"))
+        out[en + "mlp.proj.bias"] = get(hf + "mlp.dense_4h_to_h.bias")
+    # the head: embed_out in checkpoints, lm_head in the model transformers 5 builds in memory
+    heads = ("embed_out.weight", "lm_head.weight")
+    return _finish(out, get, cfg, tp, dtype, "gpt_neox.final_layer_norm", "gpt_neox.embed_in.weight", heads)
+
+
+NEOX = ModelFamily(("GPTNeoXForCausalLM",), neox_config_from_hf, convert_neox, DecoderForCausalLM)

@@ -60,6 +60,8 @@ FAMILIES = {
     "gpt_bigcode": ("GPTBigCodeForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, multi_query=True)),
     # ReLU, separate q/k/v, positions 2 rows into the table
     "opt": ("OPTForCausalLM", dict(ffn_dim=128, word_embed_proj_dim=64)),
+    # rotary on a quarter of each head, attention and MLP in parallel, untied head, exact GeLU
+    "gpt_neox": ("GPTNeoXForCausalLM", dict(rotary_pct=0.25, use_parallel_residual=True)),
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
