@@ -74,6 +74,10 @@ class ModelConfig:
     # attention and MLP side by side on the same input (`parallel_residual`: h + attn(ln1 h) + mlp(ln2 h)).
     rotary_dim: int | None = None
     parallel_residual: bool = False
+    # GPT-J and Falcon-7B: in parallel blocks, one norm feeds both attention and MLP (no post_layernorm).
+    parallel_shared_norm: bool = False
+    # GPT-J: a bias on the head.
+    lm_head_bias: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):

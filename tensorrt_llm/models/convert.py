@@ -6,6 +6,7 @@ import torch
 
 from tensorrt_llm.functional import GATED_ACTIVATIONS
 from tensorrt_llm.kernels.rotary import rope_inv_freq
+from tensorrt_llm.layers.mlp import ACTIVATIONS
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import WeightGetter
 from tensorrt_llm.models.config import ModelConfig
@@ -49,10 +50,11 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
     partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         raise ValueError(f"partial rotary embeddings (partial_rotary_factor {partial}) are not supported yet")
-    if fields["hidden_act"] not in GATED_ACTIVATIONS:
+    allowed = ACTIVATIONS if fields.get("mlp_type") == "plain" else GATED_ACTIVATIONS
+    if fields["hidden_act"] not in allowed:
         raise ValueError(
             f"{fields['architecture']}: hidden_act {fields['hidden_act']!r} is not supported "
-            f"(supported: {', '.join(sorted(GATED_ACTIVATIONS))})"
+            f"(supported: {', '.join(sorted(allowed))})"
         )
     rope_inv_freq(fields["head_dim"], fields["rope_theta"], scaling)  # an unsupported rope type fails here
     return ModelConfig(**fields)
@@ -107,13 +109,16 @@ class TensorParallelSlicer:
         return t.chunk(self.tp, dim=dim)[self.rank]
 
 
-def rotary_permutation(head_dim: int, rotary_dim: int) -> torch.Tensor:
-    """Order of a head's q/k dims under which partial rotary (rotate-half within the first `rotary_dim`,
-    pairs (j, j + R/2)) is the full rotate-half the kernels compute (pairs (j, j + D/2)): the rotated
-    halves go first in each half, the passed-through dims after. q . k is unchanged (both permuted alike)."""
+def rotary_permutation(head_dim: int, rotary_dim: int, interleaved: bool = False) -> torch.Tensor:
+    """Order of a head's q/k dims under which a model's rotary is the full rotate-half the kernels compute
+    (pairs (j, j + D/2)): partial rotary over the first `rotary_dim` dims, paired (j, j + R/2) (NeoX) or
+    (2j, 2j + 1) (GPT-J, `interleaved`). Each pair's first dims go first in the first half, its second in
+    the second half, the passed-through dims after them. q . k is unchanged (both permuted alike)."""
     R, D = rotary_dim, head_dim
-    half, rest = torch.arange(R // 2), torch.arange((D - R) // 2)
-    return torch.cat([half, R + rest, R // 2 + half, R + (D - R) // 2 + rest])
+    rest = torch.arange((D - R) // 2)
+    first, second = (torch.arange(0, R, 2), torch.arange(1, R, 2)) if interleaved else (
+        torch.arange(R // 2), R // 2 + torch.arange(R // 2))  # fmt: skip
+    return torch.cat([first, R + rest, second, R + (D - R) // 2 + rest])
 
 
 def _experts(get: WeightGetter, mlp: str, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,13 +146,16 @@ def convert_decoder(
     for i in range(cfg.num_hidden_layers):
         hf, en = f"model.layers.{i}.", f"layers.{i}."
         att, mlp = hf + "self_attn.", hf + "mlp."
-        out[en + "input_layernorm.weight"] = get(hf + "input_layernorm.weight")
+        norms = ("weight", "bias") if cfg.norm_type == "layer" else ("weight",)
+        for kind in norms:
+            out[f"{en}input_layernorm.{kind}"] = get(f"{hf}input_layernorm.{kind}")
         if cfg.sandwich_norm:  # Gemma-2 names its attention output's norm post_attention_layernorm
             out[en + "attention_out_norm.weight"] = get(hf + "post_attention_layernorm.weight")
             out[en + "post_layernorm.weight"] = get(hf + "pre_feedforward_layernorm.weight")
             out[en + "mlp_out_norm.weight"] = get(hf + "post_feedforward_layernorm.weight")
         else:
-            out[en + "post_layernorm.weight"] = get(hf + "post_attention_layernorm.weight")
+            for kind in norms:
+                out[f"{en}post_layernorm.{kind}"] = get(f"{hf}post_attention_layernorm.{kind}")
         for kind in ("weight", "bias") if cfg.attention_bias or cfg.qkv_bias else ("weight",):
             q, k, v = (get(f"{att}{n}_proj.{kind}") for n in "qkv")
             out[f"{en}attention.qkv.{kind}"] = torch.cat([tp.rows(q), tp.kv_rows(k), tp.kv_rows(v)])
@@ -170,13 +178,21 @@ def convert_decoder(
                 out[en + "mlp.shared.down.weight"] = tp.cols(get(sh + "down_proj.weight"))
                 out[en + "mlp.shared_gate.weight"] = get(mlp + "shared_expert_gate.weight")
             continue
+        if cfg.mlp_type == "plain":  # StarCoder2's names: c_fc, c_proj
+            for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
+                out[f"{en}mlp.fc.{kind}"] = tp.rows(get(f"{mlp}c_fc.{kind}"))
+            out[en + "mlp.proj.weight"] = tp.cols(get(mlp + "c_proj.weight"))
+            if cfg.mlp_bias:
+                out[en + "mlp.proj.bias"] = get(mlp + "c_proj.bias")
+            continue
         for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
             gate, up = get(f"{mlp}gate_proj.{kind}"), get(f"{mlp}up_proj.{kind}")
             out[f"{en}mlp.gate_up.{kind}"] = torch.cat([tp.rows(gate), tp.rows(up)])
         out[en + "mlp.down.weight"] = tp.cols(get(mlp + "down_proj.weight"))
         if cfg.mlp_bias:
             out[en + "mlp.down.bias"] = get(mlp + "down_proj.bias")
-    out["ln_f.weight"] = get("model.norm.weight")
+    for kind in ("weight", "bias") if cfg.norm_type == "layer" else ("weight",):
+        out[f"ln_f.{kind}"] = get(f"model.norm.{kind}")
     embed = get("model.embed_tokens.weight")
     out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))
     out = {k: v.to(dtype).contiguous() for k, v in out.items()}

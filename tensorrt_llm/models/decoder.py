@@ -80,7 +80,7 @@ class DecoderLayer(nn.Module):
             scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
             softcap=cfg.attn_logit_softcapping or 0.0,
         )
-        self.post_layernorm = _norm(cfg, dtype)
+        self.post_layernorm = None if cfg.parallel_residual and cfg.parallel_shared_norm else _norm(cfg, dtype)
         if cfg.mlp_type == "plain":
             self.mlp = MLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
         elif cfg.is_moe_layer(layer):
@@ -108,7 +108,8 @@ class DecoderLayer(nn.Module):
         # The residual stream is carried separately so that each add is fused into the next norm.
         if self.parallel_residual:  # GPT-NeoX: attention and MLP read the same input; both add to it
             x, residual = (self.input_layernorm(h), h) if residual is None else self.input_layernorm(h, residual)
-            return self.attention(x, p, k_cache, v_cache) + self.mlp(self.post_layernorm(residual)), residual
+            m = x if self.post_layernorm is None else self.post_layernorm(residual)  # GPT-J, Falcon-7B: one norm
+            return self.attention(x, p, k_cache, v_cache) + self.mlp(m), residual
         if residual is None:
             residual = h
             h = self.input_layernorm(h)
@@ -135,7 +136,9 @@ class DecoderForCausalLM(CausalLM):
             self.position_embedding = Embedding(cfg.max_position_embeddings, cfg.hidden_size, dtype)
         self.ln_f = _norm(cfg, dtype)
         # Vocabulary-parallel head: each rank scores a slice of the vocabulary, gathered at the end.
-        self.lm_head = ColumnLinear(cfg.hidden_size, cfg.vocab_size, False, dtype, mapping, gather_output=True)
+        self.lm_head = ColumnLinear(
+            cfg.hidden_size, cfg.vocab_size, cfg.lm_head_bias, dtype, mapping, gather_output=True
+        )
         self.init_buffers(None)
 
     def init_buffers(self, device: torch.device | None) -> None:

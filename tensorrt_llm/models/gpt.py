@@ -241,3 +241,109 @@ def convert_neox(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: t
 
 
 NEOX = ModelFamily(("GPTNeoXForCausalLM",), neox_config_from_hf, convert_neox, DecoderForCausalLM)
+
+
+@_reads_hf
+def gptj_config_from_hf(hf: dict) -> ModelConfig:
+    """GPT-J: interleaved rotary on the first `rotary_dim` of each head, attention and MLP in parallel on one
+    norm, no attention biases, a biased untied head."""
+    H, heads = hf["n_embd"], hf["n_head"]
+    R = hf.get("rotary_dim") or H // heads
+    return _gpt_config(
+        hf, "GPTJForCausalLM", hf.get("activation_function", "gelu_new"), H, heads,
+        intermediate_size=hf.get("n_inner") or 4 * H, num_hidden_layers=hf["n_layer"],
+        max_position_embeddings=hf.get("n_positions", 2048), rms_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), attention_bias=False,
+        rotary_dim=R if R < H // heads else None, parallel_residual=True, parallel_shared_norm=True, lm_head_bias=True,
+    )  # fmt: skip
+
+
+def convert_gptj(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
+    tp = TensorParallelSlicer(cfg, mapping)
+    Hn, D = cfg.num_attention_heads, cfg.head_dim
+    perm = rotary_permutation(D, cfg.rotary_dim or D, interleaved=True)
+
+    def rotary_rows(w: torch.Tensor) -> torch.Tensor:  # [Hn D, H], each head's rows reordered
+        return w.reshape(Hn, D, -1)[:, perm].reshape(Hn * D, -1)
+
+    out: dict[str, torch.Tensor] = {}
+    for i in range(cfg.num_hidden_layers):
+        hf, en = f"transformer.h.{i}.", f"layers.{i}."
+        out[en + "input_layernorm.weight"], out[en + "input_layernorm.bias"] = (
+            get(hf + "ln_1.weight"),
+            get(hf + "ln_1.bias"),
+        )
+        q, k = (rotary_rows(get(f"{hf}attn.{n}_proj.weight")) for n in "qk")
+        out[en + "attention.qkv.weight"] = torch.cat(
+            [tp.rows(q), tp.kv_rows(k), tp.kv_rows(get(hf + "attn.v_proj.weight"))]
+        )
+        out[en + "attention.dense.weight"] = tp.cols(get(hf + "attn.out_proj.weight"))
+        out[en + "mlp.fc.weight"], out[en + "mlp.fc.bias"] = (
+            tp.rows(get(hf + "mlp.fc_in.weight")),
+            tp.rows(get(hf + "mlp.fc_in.bias")),
+        )
+        out[en + "mlp.proj.weight"], out[en + "mlp.proj.bias"] = (
+            tp.cols(get(hf + "mlp.fc_out.weight")),
+            get(hf + "mlp.fc_out.bias"),
+        )
+    out["lm_head.bias"] = tp.rows(get("lm_head.bias"))
+    return _finish(out, get, cfg, tp, dtype, "transformer.ln_f", "transformer.wte.weight")
+
+
+GPTJ = ModelFamily(("GPTJForCausalLM",), gptj_config_from_hf, convert_gptj, DecoderForCausalLM)
+
+
+@_reads_hf
+def falcon_config_from_hf(hf: dict) -> ModelConfig:
+    """Falcon: rotary, no biases, GeLU MLP, a tied head; the 7B layout (multi-query, attention and MLP in
+    parallel on one norm), the 40B / 180B one (`new_decoder_architecture`: grouped K/V heads, one norm each
+    for attention and MLP), and the sequential one (`parallel_attn` false). ALiBi and biases are refused."""
+    H, heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("alibi"):
+        raise ValueError("FalconForCausalLM: alibi is not supported")
+    if hf.get("bias"):
+        raise ValueError("FalconForCausalLM: bias is not supported")
+    new = bool(hf.get("new_decoder_architecture", False))
+    kv = (hf.get("num_kv_heads") or heads) if new or not hf.get("multi_query", True) else 1
+    parallel = new or bool(hf.get("parallel_attn", True))
+    norms = hf.get("num_ln_in_parallel_attn") or (2 if new else 1)
+    rope = hf.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+        raise ValueError("FalconForCausalLM: rope scaling is not supported")
+    theta = float(hf.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    return _gpt_config(
+        hf, "FalconForCausalLM", hf.get("activation", "gelu"), H, heads, num_key_value_heads=kv,
+        intermediate_size=hf.get("ffn_hidden_size") or 4 * H, num_hidden_layers=hf["num_hidden_layers"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        rms_norm_eps=hf.get("layer_norm_epsilon", 1e-5), rope_theta=theta,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)), attention_bias=False, mlp_bias=False,
+        parallel_residual=parallel, parallel_shared_norm=parallel and norms == 1,
+    )  # fmt: skip
+
+
+def convert_falcon(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
+    tp = TensorParallelSlicer(cfg, mapping)
+    kv, D = cfg.num_key_value_heads, cfg.head_dim
+    per = cfg.num_attention_heads // kv  # query heads per K/V head
+    out: dict[str, torch.Tensor] = {}
+    for i in range(cfg.num_hidden_layers):
+        hf, en = f"transformer.h.{i}.", f"layers.{i}."
+        if cfg.parallel_residual and not cfg.parallel_shared_norm:
+            norms = (("ln_attn", "input_layernorm"), ("ln_mlp", "post_layernorm"))
+        elif cfg.parallel_residual:
+            norms = (("input_layernorm", "input_layernorm"),)
+        else:
+            norms = (("input_layernorm", "input_layernorm"), ("post_attention_layernorm", "post_layernorm"))
+        for src, dst in norms:
+            out[f"{en}{dst}.weight"], out[f"{en}{dst}.bias"] = get(f"{hf}{src}.weight"), get(f"{hf}{src}.bias")
+        # query_key_value rows: per K/V group, its `per` query heads, then its k, then its v (D rows each)
+        t = get(hf + "self_attention.query_key_value.weight").reshape(kv, per + 2, D, -1)
+        q, k, v = (x.reshape(-1, t.shape[-1]) for x in (t[:, :per], t[:, per], t[:, per + 1]))
+        out[en + "attention.qkv.weight"] = torch.cat([tp.rows(q), tp.kv_rows(k), tp.kv_rows(v)])
+        out[en + "attention.dense.weight"] = tp.cols(get(hf + "self_attention.dense.weight"))
+        out[en + "mlp.fc.weight"] = tp.rows(get(hf + "mlp.dense_h_to_4h.weight"))
+        out[en + "mlp.proj.weight"] = tp.cols(get(hf + "mlp.dense_4h_to_h.weight"))
+    return _finish(out, get, cfg, tp, dtype, "transformer.ln_f", "transformer.word_embeddings.weight")
+
+
+FALCON = ModelFamily(("FalconForCausalLM",), falcon_config_from_hf, convert_falcon, DecoderForCausalLM)

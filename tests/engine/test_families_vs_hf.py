@@ -62,6 +62,17 @@ FAMILIES = {
     "opt": ("OPTForCausalLM", dict(ffn_dim=128, word_embed_proj_dim=64)),
     # rotary on a quarter of each head, attention and MLP in parallel, untied head, exact GeLU
     "gpt_neox": ("GPTNeoXForCausalLM", dict(rotary_pct=0.25, use_parallel_residual=True)),
+    # Llama's layout with biases, LayerNorm, plain GeLU-tanh MLP, GQA, windowed, tied head
+    "starcoder2": (
+        "Starcoder2ForCausalLM",
+        dict(num_key_value_heads=2, sliding_window=12, max_position_embeddings=512),
+    ),
+    # interleaved rotary on a quarter of each head, attention and MLP in parallel on one norm, biased head
+    "gptj": ("GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, rotary_dim=4)),
+    # Falcon-7B's layout: multi-query, attention and MLP in parallel on one norm
+    "falcon": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, new_decoder_architecture=False)),
+    # the 40B / 180B layout: grouped K/V (2 heads), one norm each for attention and MLP
+    "falcon_new": ("FalconForCausalLM", dict(new_decoder_architecture=True, num_kv_heads=2)),
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
