@@ -48,7 +48,7 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
         raise ValueError(f"Hugging Face config.json lacks the field {e.args[0]!r}") from None
     fields.update(options)
     partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if partial != 1.0:
+    if partial != 1.0 and "rotary_dim" not in options:  # a family that permutes q/k for it says so
         raise ValueError(f"partial rotary embeddings (partial_rotary_factor {partial}) are not supported yet")
     allowed = ACTIVATIONS if fields.get("mlp_type") == "plain" else GATED_ACTIVATIONS
     if fields["hidden_act"] not in allowed:

@@ -16,14 +16,17 @@ def config_from_hf(hf: dict) -> ModelConfig:
     return decoder_config_from_hf(hf, "Phi3ForCausalLM", **window_options(hf, hf.get("sliding_window")))
 
 
-def unfused(get: WeightGetter, cfg: ModelConfig) -> WeightGetter:
+def unfused(get: WeightGetter, cfg: ModelConfig, qkv: bool = True) -> WeightGetter:
     """A getter answering Llama's tensor names from Phi-3's: q/k/v_proj are row ranges of qkv_proj
-    [(Hq + 2 Hkv) D, H], gate/up_proj the halves of gate_up_proj [2 I, H]."""
+    [(Hq + 2 Hkv) D, H] (unless `qkv` is false: GLM keeps them apart), gate/up_proj the halves of
+    gate_up_proj [2 I, H]."""
     q, kv, inter = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, cfg.intermediate_size
     parts = {
         "q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
         "gate_proj": ("gate_up_proj", 0, inter), "up_proj": ("gate_up_proj", inter, inter),
     }  # fmt: skip
+    if not qkv:
+        parts = {k: v for k, v in parts.items() if v[0] != "qkv_proj"}
     fused = functools.lru_cache(maxsize=1)(get)  # q, k and v of a layer are asked for one after another
 
     def get_unfused(name: str) -> torch.Tensor:

@@ -73,6 +73,10 @@ FAMILIES = {
     "falcon": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, new_decoder_architecture=False)),
     # the 40B / 180B layout: grouped K/V (2 heads), one norm each for attention and MLP
     "falcon_new": ("FalconForCausalLM", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    # q/k/v biases, fused gate_up_proj, interleaved rotary on half of each head
+    "glm": ("GlmForCausalLM", dict(num_key_value_heads=2, head_dim=16)),
+    # GLM's, with norms after attention and after the MLP
+    "glm4": ("Glm4ForCausalLM", dict(num_key_value_heads=2, head_dim=16)),
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
