@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from inflight_batcher.block_manager import BlockManager
+from inflight_batcher.block_manager import RELEASED, BlockManager
 from inflight_batcher.config import ExecutorConfig
 from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
 from inflight_batcher.sampler import (
@@ -137,6 +137,10 @@ class Executor:
             self.max_num_tokens,
             config.enable_chunked_context,
         )
+        model = engine.config.model
+        windows = [model.attention_window(i) for i in range(model.num_hidden_layers)]
+        if all(windows):  # every layer windowed (Mistral, Phi-3, StarCoder2 ...): out-of-window blocks go back
+            self.scheduler.window = max(windows)
 
         self._lock = threading.Condition()
         self._incoming: deque[Request] = deque()
@@ -476,10 +480,14 @@ class Executor:
     def _step_input(self, plan: SchedulerOutput, device: torch.device | str) -> StepInput:
         """The plan as a `StepInput` on `device` (the host when it must be broadcast to followers)."""
         seqs = plan.seqs
+        tables = [s.block_table for s in seqs]
+        if self.scheduler.window:  # handed-back blocks read as the scratch block (always masked out)
+            scratch = self.kv.scratch_block
+            tables = [[scratch if b == RELEASED else b for b in t] for t in tables]
         return build_step_input(
             [s.seq.tokens[s.start : s.start + s.num_new] for s in seqs],
             [s.start for s in seqs],
-            [s.block_table for s in seqs],
+            tables,
             self.block_manager.tokens_per_block,
             device=device,
         )

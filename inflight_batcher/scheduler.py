@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from inflight_batcher.block_manager import BlockManager
+from inflight_batcher.block_manager import RELEASED, BlockManager
 from inflight_batcher.request import Request, RequestStatus, Sequence
 
 
@@ -104,6 +104,9 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.enable_chunked_context = enable_chunked_context
+        # Keys a query attends to on every layer (sliding window), 0: all. With a window, blocks wholly
+        # before the window of a request's next query are handed back (`release_out_of_window`).
+        self.window = 0
         self.waiting: deque[Request] = deque()  # paused requests at the head, then arrivals in order
         self.running: list[Request] = []  # in admission order; the newest is paused first
 
@@ -116,6 +119,9 @@ class Scheduler:
         (its copy of the prompt's partial last block plus the generated tokens)."""
         total = req.prompt_len + req.max_new_tokens
         if not req.is_beam_search:
+            if self.window:  # the prompt's blocks at first, then a window's (+1: it straddles blocks)
+                windowed = max(self.bm.blocks_for(req.prompt_len), self.bm.blocks_for(self.window) + 1)
+                return min(self.bm.blocks_for(total), windowed)
             return self.bm.blocks_for(total)
         return self.bm.blocks_for(req.prompt_len) + req.beam_width * (self.bm.blocks_for(req.max_new_tokens) + 1)
 
@@ -132,8 +138,21 @@ class Scheduler:
     @staticmethod
     def _held(req: Request) -> int:
         if len(req.seqs) == 1:
-            return len(req.seqs[0].block_table)
-        return len({b for s in req.seqs for b in s.block_table})  # beams share blocks: count each once
+            return sum(b != RELEASED for b in req.seqs[0].block_table)
+        return len({b for s in req.seqs for b in s.block_table} - {RELEASED})  # beams share blocks: once each
+
+    def release_out_of_window(self) -> None:
+        """With a window W, a running request's next query (position num_computed_tokens) and every later
+        one read keys from num_computed_tokens - W + 1 on: the blocks wholly before go back to the pool.
+        (A step already launched reads them before any later step can write them: one stream.)"""
+        if not self.window:
+            return
+        tpb = self.bm.tokens_per_block
+        for req in self.running:
+            upto = max(0, req.num_computed_tokens - self.window + 1) // tpb
+            if upto:
+                for s in req.seqs:
+                    self.bm.release(s.block_table, upto)
 
     def _outstanding(self) -> int:
         return sum(max(0, self.reserve_blocks(r) - self._held(r)) for r in self.running if self.reserves(r))
@@ -157,6 +176,7 @@ class Scheduler:
 
     # -- planning --
     def schedule(self) -> SchedulerOutput:
+        self.release_out_of_window()
         out = SchedulerOutput()
         budget = _Budget(
             tokens=self.max_num_tokens,
