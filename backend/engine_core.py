@@ -157,7 +157,8 @@ class EngineCore:
         if world > 1:
             init_distributed(world, rank)
         log.info("rank %d/%d: loading engine %s on %s (%s)", rank, world, engine_dir, device, self.exec_config)
-        engine = Engine.from_dir(engine_dir, device=device, rank=rank)
+        window = params.int("max_attention_window_size", None)
+        engine = Engine.from_dir(engine_dir, device=device, rank=rank, attention_window=window)
         on_gpu = str(engine.device).startswith("cuda")
         # Memory the engine holds on its GPU (weights, KV cache, graphs), as PyTorch's allocator reserved it.
         self.metrics = EngineMetrics((lambda: float(torch.cuda.memory_reserved(engine.device))) if on_gpu else None)

@@ -1,4 +1,4 @@
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -112,6 +112,18 @@ class ModelConfig:
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers
+
+    def with_attention_window(self, window: int) -> "ModelConfig":
+        """This model with every layer attending to at most the last `window` keys (TensorRT-LLM's
+        `max_attention_window_size`); a layer's own narrower window stays."""
+        if window < 1:
+            raise ValueError(f"attention window must be positive, got {window}")
+        if self.layer_types is not None and window > (self.sliding_window or 0):
+            raise ValueError(
+                f"an attention window of {window} over a model whose layers differ ({self.sliding_window}-key "
+                "windows and full layers) would give the full layers a window the others do not have: not supported"
+            )
+        return replace(self, sliding_window=min(window, self.sliding_window or window), layer_types=None)
 
     def attention_window(self, layer: int) -> int:
         """Keys a query of `layer` attends to, itself included; 0: all of them (full causal attention)."""

@@ -1,5 +1,6 @@
 """Loading an engine directory and running forward steps on it."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,8 +43,18 @@ class Engine:
         self.graphs: StepGraphs | None = None
 
     @classmethod
-    def from_dir(cls, engine_dir: Path | str, device: str | torch.device | None = None, rank: int = 0) -> "Engine":
+    def from_dir(
+        cls,
+        engine_dir: Path | str,
+        device: str | torch.device | None = None,
+        rank: int = 0,
+        attention_window: int | None = None,
+    ) -> "Engine":
+        """`attention_window` (TensorRT-LLM's `max_attention_window_size`): every layer attends to at most
+        that many of the latest keys (none when it covers `max_seq_len`)."""
         config = read_engine_config(engine_dir, rank)
+        if attention_window and attention_window < config.build.max_seq_len:
+            config = dataclasses.replace(config, model=config.model.with_attention_window(attention_window))
         if config.mapping.world_size > 1 and not torch.distributed.is_initialized():
             raise RuntimeError(
                 f"engine has world_size {config.mapping.world_size}: start one process per rank "

@@ -142,3 +142,28 @@ def test_every_eos_id_of_the_checkpoint_ends_a_sequence(built):
     out = runner.generate([prompt], max_new_tokens=12, return_dict=True)  # end_id from the checkpoint
     n = int(out["sequence_lengths"][0, 0])
     assert out["output_ids"][0, 0, len(prompt) : n].tolist() == gen[: gen.index(gen[3])]
+
+
+def test_max_attention_window_size_is_mistrals_sliding_window(built):
+    """A Llama engine loaded with `attention_window` W (max_attention_window_size) computes what Hugging
+    Face's Mistral computes with the same weights and sliding_window W; a window covering max_seq_len is none."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    hf, engine_dir = built
+    window = 12
+    cfg = {k: v for k, v in hf.config.to_dict().items() if k not in ("model_type", "architectures")}
+    mistral = MistralForCausalLM(MistralConfig(**{**cfg, "sliding_window": window})).eval()
+    mistral.load_state_dict(hf.state_dict())
+    mistral.set_attn_implementation("eager")
+    engine = Engine.from_dir(engine_dir, device="cpu", attention_window=window)
+    assert engine.config.model.sliding_window == window
+    assert Engine.from_dir(engine_dir, device="cpu", attention_window=100000).config.model.sliding_window is None
+    kv = engine.make_kv_cache(16)
+    torch.manual_seed(4)
+    prompt = torch.randint(4, 384, (29,)).tolist()
+    ours = engine.forward(build_step_input([prompt], [0], [list(range(8))], 8, all_logits=True), kv)
+    with torch.no_grad():
+        ref = mistral(torch.tensor([prompt])).logits[0]
+        full = hf(torch.tensor([prompt])).logits[0]
+    assert _rel_err(ours, ref) <= 1e-4
+    assert _rel_err(ours[window:], full[window:]) > 1e-2  # the window changed something
