@@ -42,7 +42,7 @@ def repository_flags(key: str) -> list[str]:
 
 
 def _proc_rows() -> list[tuple[int, int, str, list[str]]]:
-    """(pid, ppid, comm, argv) of every process."""
+    """(pid, ppid, comm, argv) of every live process (a zombie, dead but not yet reaped, is left out)."""
     rows = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -50,10 +50,21 @@ def _proc_rows() -> list[tuple[int, int, str, list[str]]]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             stat = (d / "stat").read_text()
             comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if state in ("Z", "X"):
+                continue
             argv = (d / "cmdline").read_bytes().split(b"\0")
-            rows.append((int(d.name), ppid, comm, [a.decode(errors="replace") for a in argv if a]))
+            rows.append((int(d.name), int(ppid), comm, [a.decode(errors="replace") for a in argv if a]))
     return rows
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie): a second look before acting on one scan's absence."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def stubs_of(http_port: int) -> dict[int, str]:
@@ -100,7 +111,7 @@ class StubWatchdog(threading.Thread):
         known = stubs_of(self.http_port)
         while not self.stopping.wait(self.interval):
             now = stubs_of(self.http_port)
-            dead = {(pid, model) for pid, model in known.items() if pid not in now}
+            dead = {(pid, model) for pid, model in known.items() if pid not in now and not _alive(pid)}
             for model in sorted({m for _, m in dead}):
                 # Not ready: unloaded on purpose, or the server is stopping; only a model that still
                 # claims to be ready without its stub is broken.
