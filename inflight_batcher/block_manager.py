@@ -24,11 +24,6 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 
-RELEASED = -1
-"""A block-table entry whose block was handed back: every key in it is outside the attention window of
-every query still to come (sliding window). Positions keep their index; the step maps it to the pool's
-scratch block, which attention never sees unmasked."""
-
 
 class NoFreeBlocksError(RuntimeError):
     """Raised by `allocate` when the pool is exhausted; the scheduler checks first, so it is a bug."""
@@ -48,6 +43,9 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
         self.enable_reuse = enable_reuse
+        # A block-table entry whose block was handed back (sliding window: no query to come reads its keys):
+        # the pool's scratch block (KVCachePool: index num_blocks), so the step reads it as it is, masked.
+        self.released = num_blocks
         self.ref_counts = [0] * num_blocks
         # FIFO: freed blocks go to the back, so a just-freed block is reused last (helps debugging:
         # stale reads of a freed block show old data rather than a neighbour's new data).
@@ -108,7 +106,7 @@ class BlockManager:
     def fork(self, table: list[int]) -> list[int]:
         """A new table sharing every block of `table` (ref counts + 1)."""
         for b in table:
-            if b != RELEASED:
+            if b != self.released:
                 assert self.ref_counts[b] > 0, f"fork of free block {b}"
                 self.ref_counts[b] += 1
         return list(table)
@@ -126,20 +124,17 @@ class BlockManager:
         """Drop one reference to each block of `table` and empty it; blocks at 0 become free (cached when
         keyed, the table's last blocks first in eviction order: a prefix outlives its continuations)."""
         for b in reversed(table):
-            if b != RELEASED:
+            if b != self.released:
                 self._unref(b)
         table.clear()
 
-    def release(self, table: list[int], upto: int) -> int:
+    def release(self, table: list[int], upto: int) -> None:
         """Hand back the blocks `table[:upto]` (sliding window: no query to come reads them), leaving
-        RELEASED in their place; returns how many were let go."""
-        n = 0
+        `released` in their place."""
         for i in range(min(upto, len(table))):
-            if table[i] != RELEASED:
+            if table[i] != self.released:
                 self._unref(table[i])
-                table[i] = RELEASED
-                n += 1
-        return n
+                table[i] = self.released
 
     # -- prefix reuse --
     def keys(self, tokens: Sequence[int], start: int = 0, prev: int | None = None) -> list[int]:
@@ -183,7 +178,7 @@ class BlockManager:
         tpb = self.tokens_per_block
         for i, k in enumerate(keys, start):
             b = table[i]
-            if b != RELEASED and self.key_of[b] is None and k not in self.block_of:
+            if b != self.released and self.key_of[b] is None and k not in self.block_of:
                 self.key_of[b] = k
                 self.block_of[k] = b
                 self.made_of[k] = (prev, tuple(tokens[i * tpb : (i + 1) * tpb]))
@@ -205,6 +200,6 @@ class BlockManager:
         assert len(self.block_of) == sum(k is not None for k in self.key_of), "key index out of step"
         assert self.made_of.keys() == self.block_of.keys(), "key contents out of step"
         if tables is not None:
-            seen = Counter(b for t in tables for b in t if b != RELEASED)
+            seen = Counter(b for t in tables for b in t if b != self.released)
             for b, rc in enumerate(self.ref_counts):
                 assert seen.get(b, 0) == rc, f"block {b}: ref count {rc} but {seen.get(b, 0)} tables hold it"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from inflight_batcher.block_manager import RELEASED, BlockManager
+from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.config import ExecutorConfig
 from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
 from inflight_batcher.sampler import (
@@ -130,6 +130,7 @@ class Executor:
             engine.capture_cuda_graphs(self.kv, self.max_batch_size)
         self._pending_copies: list[tuple[int, int]] = []  # KV block copies the followers have not seen
         self.block_manager = BlockManager(num_blocks, b.tokens_per_block, config.enable_kv_cache_reuse)
+        assert self.block_manager.released == self.kv.scratch_block  # handed-back entries read the scratch block
         self.scheduler = Scheduler(
             self.block_manager,
             config.batch_scheduler_policy,
@@ -480,14 +481,10 @@ class Executor:
     def _step_input(self, plan: SchedulerOutput, device: torch.device | str) -> StepInput:
         """The plan as a `StepInput` on `device` (the host when it must be broadcast to followers)."""
         seqs = plan.seqs
-        tables = [s.block_table for s in seqs]
-        if self.scheduler.window:  # handed-back blocks read as the scratch block (always masked out)
-            scratch = self.kv.scratch_block
-            tables = [[scratch if b == RELEASED else b for b in t] for t in tables]
         return build_step_input(
             [s.seq.tokens[s.start : s.start + s.num_new] for s in seqs],
             [s.start for s in seqs],
-            tables,
+            [s.block_table for s in seqs],
             self.block_manager.tokens_per_block,
             device=device,
         )

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from inflight_batcher.block_manager import RELEASED, BlockManager
+from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.request import Request, RequestStatus, Sequence
 
 
@@ -135,11 +135,12 @@ class Scheduler:
                 f"{self.bm.tokens_per_block} tokens"
             )
 
-    @staticmethod
-    def _held(req: Request) -> int:
+    def _held(self, req: Request) -> int:
+        released = self.bm.released
         if len(req.seqs) == 1:
-            return sum(b != RELEASED for b in req.seqs[0].block_table)
-        return len({b for s in req.seqs for b in s.block_table} - {RELEASED})  # beams share blocks: once each
+            table = req.seqs[0].block_table
+            return len(table) - table.count(released) if self.window else len(table)
+        return len({b for s in req.seqs for b in s.block_table} - {released})  # beams share blocks: once each
 
     def release_out_of_window(self) -> None:
         """With a window W, a running request's next query (position num_computed_tokens) and every later

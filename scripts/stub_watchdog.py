@@ -41,30 +41,34 @@ def repository_flags(key: str) -> list[str]:
     ]
 
 
+def _stat(pid: int | str) -> tuple[str, str, int]:
+    """(comm, state, ppid) of a process, from /proc/PID/stat (OSError when it is gone)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+    return stat[stat.index("(") + 1 : stat.rindex(")")], state, int(ppid)
+
+
+def _alive(pid: int | str) -> bool:
+    """Whether `pid` runs: a zombie (dead, not yet reaped) does not."""
+    try:
+        return _stat(pid)[1] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _proc_rows() -> list[tuple[int, int, str, list[str]]]:
-    """(pid, ppid, comm, argv) of every live process (a zombie, dead but not yet reaped, is left out)."""
+    """(pid, ppid, comm, argv) of every live process."""
     rows = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (d / "stat").read_text()
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            comm, state, ppid = _stat(d.name)
             if state in ("Z", "X"):
                 continue
             argv = (d / "cmdline").read_bytes().split(b"\0")
-            rows.append((int(d.name), int(ppid), comm, [a.decode(errors="replace") for a in argv if a]))
+            rows.append((int(d.name), ppid, comm, [a.decode(errors="replace") for a in argv if a]))
     return rows
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (not a zombie): a second look before acting on one scan's absence."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def stubs_of(http_port: int) -> dict[int, str]:
@@ -82,7 +86,6 @@ class StubWatchdog(threading.Thread):
         self.url = f"http://localhost:{http_port}"
         self.http_port, self.key, self.interval, self.log = http_port, key, interval, log
         self.stopping = threading.Event()
-        self.reloads = 0
 
     def _call(self, method: str, path: str, timeout: float) -> int:
         req = urllib.request.Request(self.url + path, method=method, headers={KEY_HEADER: self.key})
@@ -94,18 +97,16 @@ class StubWatchdog(threading.Thread):
         except (urllib.error.URLError, OSError):
             return 0
 
-    def reload(self, model: str) -> bool:
+    def reload(self, model: str) -> None:
         t0 = time.monotonic()
         # A load of a loaded model whose files did not change does nothing: unload first. The unload
         # waits for the model's requests in flight; a dead stub's requests have already ended.
         if self._call("POST", f"/v2/repository/models/{model}/unload", timeout=120) != 200:
             self.log(f"stub watchdog: could not unload '{model}'")
-            return False
+            return
         ok = self._call("POST", f"/v2/repository/models/{model}/load", timeout=600) == 200
         took = time.monotonic() - t0
         self.log(f"stub watchdog: model '{model}' {'reloaded' if ok else 'failed to reload'} in {took:.1f} s")
-        self.reloads += ok
-        return ok
 
     def run(self) -> None:
         known = stubs_of(self.http_port)

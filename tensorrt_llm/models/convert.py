@@ -82,7 +82,7 @@ class TensorParallelSlicer:
         sizes = [
             ("num_attention_heads", Hq),
             ("intermediate_size", cfg.intermediate_size),
-            ("moe_intermediate_size", cfg.moe_intermediate_size or tp),
+            ("moe_intermediate_size", cfg.moe_intermediate_size or 0),
             ("vocab_size", cfg.vocab_size),
             ("shared_expert_intermediate_size", cfg.shared_expert_intermediate_size),
         ]

@@ -8,6 +8,7 @@
 - GPT-NeoX (Pythia): partial rotary, attention and MLP in parallel, q | k | v interleaved per head.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -120,36 +121,29 @@ def neox_config_from_hf(hf: dict) -> ModelConfig:
     )  # fmt: skip
 
 
+def _first(get: WeightGetter, names: tuple[str, ...]) -> torch.Tensor:
+    """The first of `names` the checkpoint has."""
+    for name in names[:-1]:
+        with contextlib.suppress(KeyError):
+            return get(name)
+    return get(names[-1])
+
+
 def _finish(out: dict, get: WeightGetter, cfg: ModelConfig, tp: TensorParallelSlicer, dtype: torch.dtype, ln_f: str,
             embed: str, heads: tuple[str, ...] = ("lm_head.weight",)) -> dict:  # fmt: skip
     """The final norm, the head (tied, or the first of `heads` the checkpoint has) and the embeddings;
     every tensor cast to `dtype`."""
     out["ln_f.weight"], out["ln_f.bias"] = get(ln_f + ".weight"), get(ln_f + ".bias")
     table = get(embed)
-    if cfg.tie_word_embeddings:
-        head = table
-    else:
-        for name in heads:
-            try:
-                head = get(name)
-                break
-            except KeyError:
-                if name == heads[-1]:
-                    raise
-    out["lm_head.weight"] = tp.rows(head)
+    out["lm_head.weight"] = tp.rows(table if cfg.tie_word_embeddings else _first(get, heads))
     out = {k: v.to(dtype).contiguous() for k, v in out.items()}
     out["vocab_embedding.weight"] = table.to(dtype).clone().contiguous()  # its own memory: the head may share it
     return out
 
 
 def _prefixed(get: WeightGetter) -> WeightGetter:
-    def get_any(name: str) -> torch.Tensor:
-        try:
-            return get(name)
-        except KeyError:
-            return get(name.removeprefix("transformer."))
-
-    return get_any
+    """The oldest GPT-2 checkpoints name their tensors without the `transformer.` prefix."""
+    return lambda name: _first(get, (name, name.removeprefix("transformer.")))
 
 
 def _converter(conv1d: bool):

@@ -42,8 +42,12 @@ def test_greedy_tokens_are_hugging_faces_and_kv_stays_a_window(mistral):
     ex = _executor(engine_dir, release=True)
     held = []  # blocks the long request holds after each of its steps
     try:
-        long = Request([7, 8, 9], max_new_tokens=100, end_id=-1, streaming=True,
-                       callback=lambda o: held.append(sum(b >= 0 for b in long.seqs[0].block_table)))  # fmt: skip
+
+        def held_blocks(_out) -> None:
+            table = long.seqs[0].block_table
+            held.append(len(table) - table.count(ex.block_manager.released))
+
+        long = Request([7, 8, 9], max_new_tokens=100, end_id=-1, streaming=True, callback=held_blocks)
         outs = ex.generate([long] + [Request(p, max_new_tokens=40, end_id=-1) for p in _prompts()])
         for req, out in zip([long.input_ids, *_prompts()], outs, strict=True):
             with torch.no_grad():
