@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=1,
-        help="front-end processes sharing the port (as vLLM's --api-server-count): one Python process parses, "
-        "detokenizes and streams a few thousand chunks a second at most",
+        help="front-end processes sharing the port (as vLLM's --api-server-count): one Python process "
+        "streamed ~7,000 tokens/s at most (H200, 256 streams), 88 %% of the engine",
     )
     p.add_argument("--startup_timeout", type=float, default=300.0, help="seconds to wait for tritonserver to be ready")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
