@@ -92,6 +92,7 @@ def executor_config_kwargs(params: Params) -> dict:
         max_beam_width=params.int("max_beam_width", 1),
         enable_chunked_context=params.bool("enable_chunked_context", False),
         enable_kv_cache_reuse=params.bool("enable_kv_cache_reuse", False),
+        kv_cache_host_memory_bytes=params.int("kv_cache_host_memory_bytes", 0) or 0,
         cuda_graphs=params.bool("cuda_graph_mode", True),
     )
     # Not in the TensorRT-LLM key set but useful on CPU: cap the batch below the engine's build value.
@@ -100,6 +101,22 @@ def executor_config_kwargs(params: Params) -> dict:
         if v is not None and v > 0:
             kw[key] = v
     return kw
+
+
+def attention_window_kwargs(params: Params) -> dict:
+    """Engine.from_dir's `attention_window` and `sink_tokens` (attention sinks) from max_attention_window_size
+    and sink_token_length. Sinks need a window longer than them: this one, or the model's own sliding window
+    (Engine.from_dir refuses sinks on a model whose layers then attend to every key)."""
+    window = params.int("max_attention_window_size", None)
+    sinks = params.int("sink_token_length", None) or 0
+    if sinks < 0:
+        raise ValueError(f"sink_token_length must be >= 0 (0: no attention sinks), got {sinks}")
+    if sinks and window and sinks >= window:
+        raise ValueError(
+            f"sink_token_length ({sinks}) must be fewer than max_attention_window_size ({window}): the sink "
+            "tokens stay visible besides the window of the latest keys"
+        )
+    return dict(attention_window=window, sink_tokens=sinks)
 
 
 class EngineCore:
@@ -157,8 +174,7 @@ class EngineCore:
         if world > 1:
             init_distributed(world, rank)
         log.info("rank %d/%d: loading engine %s on %s (%s)", rank, world, engine_dir, device, self.exec_config)
-        window = params.int("max_attention_window_size", None)
-        engine = Engine.from_dir(engine_dir, device=device, rank=rank, attention_window=window)
+        engine = Engine.from_dir(engine_dir, device=device, rank=rank, **attention_window_kwargs(params))
         on_gpu = str(engine.device).startswith("cuda")
         # Memory the engine holds on its GPU (weights, KV cache, graphs), as PyTorch's allocator reserved it.
         self.metrics = EngineMetrics((lambda: float(torch.cuda.memory_reserved(engine.device))) if on_gpu else None)

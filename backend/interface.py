@@ -130,7 +130,9 @@ PARAMETERS: dict[str, Entry] = {
             "stats_check_period_ms",
             "enable_chunked_context",
             "enable_kv_cache_reuse",
+            "kv_cache_host_memory_bytes",
             "max_attention_window_size",
+            "sink_token_length",
             "gpu_device_ids",
             "cuda_graph_mode",
             "max_batch_size",
@@ -154,9 +156,9 @@ PARAMETERS: dict[str, Entry] = {
         "beam_search",
         "",
     ),  # fmt: skip
-    "kv_cache_host_memory_bytes": _unsupported("no KV cache host offload yet", "0", issue="#14"),
-    "kv_cache_onboard_blocks": _unsupported("no KV cache host offload yet", "true", issue="#14"),
-    "sink_token_length": _unsupported("no attention sinks (the window, if any, is the only limit)", "0", issue="#14"),
+    "kv_cache_onboard_blocks": _unsupported(
+        "offloaded KV blocks are always brought back on a prefix hit (kv_cache_host_memory_bytes)", "true"
+    ),
     "cuda_graph_cache_size": _unsupported("graphs are captured once per batch-size bucket at load", "0"),
     "encoder_model_path": _unsupported("encoder-decoder models are not supported"),
     "cross_kv_cache_fraction": _unsupported("encoder-decoder models are not supported"),

@@ -27,7 +27,7 @@ FAMILIES = [
         "g",
         "TRT LLM KV cache block metrics",
         "kv_cache_block_type",
-        ["max", "free", "used", "tokens_per", "reused", "fraction"],
+        ["max", "free", "used", "tokens_per", "reused", "fraction", "host", "offloaded", "onboarded"],
     ),
     (
         "nv_trt_llm_inflight_batcher_metrics",
@@ -96,6 +96,9 @@ class EngineMetrics:
                 s.tokens_per_block,
                 s.reused_blocks,  # since start (TensorRT-LLM's reusedBlocks); prefix reuse
                 s.used_blocks / s.max_blocks if s.max_blocks else 0.0,
+                # Host offload (kv_cache_host_memory_bytes): blocks held in the host pool; since start, blocks
+                # copied there on eviction and back for a request. Left out without a host pool.
+                *((s.host_blocks, s.offloaded_blocks, s.onboarded_blocks) if s.max_host_blocks else (None,) * 3),
             ],
             "nv_trt_llm_inflight_batcher_metrics": [s.context_tokens, s.generation_requests, s.paused],
             "nv_trt_llm_general_metrics": [s.timestamp, s.iteration],

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tensorrt_llm._utils import str_to_dtype  # noqa: E402
 from tensorrt_llm.builder import BuildConfig, convert_in_memory, tune_kernels  # noqa: E402
+from tensorrt_llm.quantization import QuantConfig  # noqa: E402
 from tensorrt_llm.runtime import Engine, ModelRunner  # noqa: E402
 
 SHAPES = {
@@ -82,8 +83,15 @@ def main() -> None:
     p.add_argument("--hf", action="store_true", help="also time Hugging Face generate on the same weights")
     p.add_argument("--build-time", action="store_true", help="time trtllm-build and loading (writes to disk)")
     p.add_argument("--tune", action="store_true", help="tune kernel choices on this GPU, as trtllm-build --device cuda")
+    p.add_argument("--quant_algo", default=None, help="as trtllm-build: W8A16, W4A16, FP8, ...")
+    p.add_argument("--kv_cache_quant_algo", default=None, help="as trtllm-build: INT8 or FP8")
+    p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    quant = QuantConfig(args.quant_algo, args.kv_cache_quant_algo, args.group_size)
+    qname = "".join(
+        f"_{a.lower()}" for a in (args.quant_algo, args.kv_cache_quant_algo and f"{args.kv_cache_quant_algo}kv") if a
+    )
     rows: list[tuple[str, str]] = []
     gpu = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -109,9 +117,9 @@ def main() -> None:
             torch.cuda.empty_cache()
             shutil.rmtree(f"{tmp}/engine", ignore_errors=True)
 
-    cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda")
+    cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda", quant=quant)
     if args.tune:  # attention launch configs and the GEMV's linear shapes, applied at load as from an engine
-        kernels = tune_kernels(cfg.model, cfg.mapping, build, str_to_dtype(args.dtype), "cuda")
+        kernels = tune_kernels(cfg.model, cfg.mapping, build, str_to_dtype(args.dtype), "cuda", quant)
         cfg = dataclasses.replace(cfg, kernels=kernels)
         rows.append(("tuned: linear shapes on the Triton GEMV", str(kernels.get("linear_gemv", {}).get("shapes", []))))
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
@@ -154,11 +162,11 @@ def main() -> None:
         rows.append(("Hugging Face generate, same shape", f"{args.new / t:.1f} tokens/s"))
 
     width = max(len(k) for k, _ in rows)
-    lines = [f"GPU: {gpu}; model shape {args.model}, {args.dtype}, torch {torch.__version__}"]
+    lines = [f"GPU: {gpu}; model shape {args.model}, {args.dtype}{qname}, torch {torch.__version__}"]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     text = "\n".join(lines)
     print(text)
-    Path(args.out, f"bench_engine_{args.model}.txt").write_text(text + "\n")
+    Path(args.out, f"bench_engine_{args.model}{qname}.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

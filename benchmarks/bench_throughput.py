@@ -21,10 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
 from tensorrt_llm.builder import BuildConfig, convert_in_memory  # noqa: E402
+from tensorrt_llm.quantization import QuantConfig  # noqa: E402
 from tensorrt_llm.runtime import Engine  # noqa: E402
 
 # TensorRT-LLM v0.14 performance overview, H100 SXM float16, Llama-3.1-8B (output tokens/s).
 PUBLISHED = {(128, 128): 15572, (128, 2048): 9151, (2048, 128): 1904, (2048, 2048): 4160}
+# The best TensorRT-LLM H200 FP8 figures published (Llama-3.1-8B, output tokens/s): issue 12's targets.
+PUBLISHED_H200_FP8 = {(128, 128): 29526, (128, 2048): 26221, (2048, 128): 3794, (2048, 2048): 12194}
 
 
 class StepLog:
@@ -94,13 +97,20 @@ def main() -> None:
         choices=["on", "off", "both"],
         help="overlapped scheduling (ExecutorConfig.overlap_scheduling); both: each case twice",
     )
+    p.add_argument("--quant_algo", default=None, help="as trtllm-build: W8A16, W4A16, FP8, ...")
+    p.add_argument("--kv_cache_quant_algo", default=None, help="as trtllm-build: INT8 or FP8")
+    p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    quant = QuantConfig(args.quant_algo, args.kv_cache_quant_algo, args.group_size)
+    qname = "".join(
+        f"_{a.lower()}" for a in (args.quant_algo, args.kv_cache_quant_algo and f"{args.kv_cache_quant_algo}kv") if a
+    )
     hf_cfg = SHAPES[args.model]
     build = BuildConfig(
         max_batch_size=args.max_batch_size, max_input_len=2048, max_seq_len=4096, max_num_tokens=args.max_num_tokens
     )
-    cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda")
+    cfg, weights = convert_in_memory(hf_cfg, args.dtype, build, "cuda", quant=quant)
     engine = Engine.from_weights(cfg, weights, torch.device("cuda"))
     del weights
     t0 = time.perf_counter()
@@ -123,7 +133,7 @@ def main() -> None:
             steps.rows.clear()
             tps, elapsed = run_case(executor, hf_cfg["vocab_size"], isl, osl, num)
             after = executor.stats()
-            ref = PUBLISHED.get((isl, osl))
+            ref = (PUBLISHED_H200_FP8 if quant.quant_algo else PUBLISHED).get((isl, osl))
             rows.append((f"{isl}/{osl}", "on" if overlap else "off", num, f"{elapsed:.1f}", f"{tps:,.0f}",
                          f"{ref:,}" if ref else "-", f"{tps / ref:.0%}" if ref else "-"))  # fmt: skip
             notes.append(
@@ -134,7 +144,7 @@ def main() -> None:
     executor.shutdown()
     s = executor.stats()
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}; {args.model} shape, {args.dtype}; max_batch_size "
+        f"GPU: {torch.cuda.get_device_name()}; {args.model} shape, {args.dtype}{qname}; max_batch_size "
         f"{args.max_batch_size}, max_num_tokens {args.max_num_tokens}; KV cache {s.max_blocks} blocks of "
         f"{s.tokens_per_block} tokens; executor setup {setup:.1f} s",
         f"{'in/out':>10} {'overlap':>7} {'requests':>9} {'seconds':>8} {'out tok/s':>10} {'TRT-LLM':>8} {'ratio':>6}",
@@ -143,7 +153,7 @@ def main() -> None:
     lines += notes
     text = "\n".join(lines)
     print(text)
-    Path(args.out, f"bench_throughput_{args.model}.txt").write_text(text + "\n")
+    Path(args.out, f"bench_throughput_{args.model}{qname}.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

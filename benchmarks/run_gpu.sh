@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the H100 machine (no network): run from the project root; results land in $OUT (default ./out).
 #   bash benchmarks/run_gpu.sh [tests] [batcher] [kernels] [kernels_new] [engine] [engine8b] [throughput] [serving]
+#                              [quant_tests] [quant_kernels] [quant_engine] [quant_throughput]
 # serving needs .whl/ (../shared/tools/stage_wheels.sh and a numpy 1.26 cp312 wheel): see serving_env.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -15,6 +16,20 @@ for what in "$@"; do
     engine) python benchmarks/bench_engine.py --hf --out "$OUT" 2>&1 | tee "$OUT/bench_engine.log" | tail -20 ;;
     engine8b) python benchmarks/bench_engine.py --model llama3-8b --build-time --out "$OUT" 2>&1 | tail -20 ;;
     throughput) python benchmarks/bench_throughput.py --overlap on --out "$OUT" 2>&1 | tee "$OUT/bench_throughput.log" | tail -20 ;;
+    quant_tests) python -m pytest -q tests/kernels/test_quant.py tests/kernels/test_attention.py \
+                   tests/engine/test_kv_quant.py tests/engine/test_quant.py 2>&1 | tee "$OUT/gpu_quant_tests.log" | tail -30 ;;
+    quant_kernels) python benchmarks/bench_quant_kernels.py ${SWEEP:+--sweep} --out "$OUT" 2>&1 | tee "$OUT/quant_kernels.log" | tail -40 ;;
+    quant_engine)  # batch-1 decode and first token per quantization mode, 8B shape, fp16 first
+      IFS=';' read -ra modes <<< "${QUANT_MODES:-;W8A16;W4A16;FP8;FP8 FP8}"
+      for m in "${modes[@]}"; do
+        read -r qa kv <<< "$m"
+        python benchmarks/bench_engine.py --model llama3-8b ${qa:+--quant_algo $qa} ${kv:+--kv_cache_quant_algo $kv} \
+          --out "$OUT" 2>&1 | tee -a "$OUT/quant_engine.log" | tail -12
+      done ;;
+    quant_throughput)  # offline throughput, fp16 and FP8 + FP8 KV cache, in one run
+      for q in "" "--quant_algo FP8 --kv_cache_quant_algo FP8"; do
+        python benchmarks/bench_throughput.py --overlap on --budget_s ${BUDGET_S:-20} ${CASES:+--cases $CASES} $q --out "$OUT" 2>&1 | tee -a "$OUT/quant_throughput.log" | tail -8
+      done ;;
     batcher) BATCHER_TEST_DEVICE=cuda python -m pytest -q -x tests/batcher 2>&1 | tee "$OUT/gpu_batcher_tests.log" | tail -5 ;;
     serving) bash benchmarks/serving_env.sh /tmp/venv && python benchmarks/bench_serving.py --target core \
                --server-python /tmp/venv/bin/python --out "$OUT" 2>&1 | tee "$OUT/bench_serving.log" | tail -8 ;;

@@ -1,4 +1,5 @@
-"""The in-flight batcher: requests, KV block manager, scheduler, sampler and the executor loop.
+"""The in-flight batcher: requests, KV block manager, scheduler, sampler, the executor loop, and
+`ModelRunner` (TensorRT-LLM's offline interface, over the executor).
 
     Request --enqueue--> Executor loop: Scheduler.schedule() -> Engine.forward() -> sampler -> callbacks
                                         (BlockManager: which KV blocks each sequence owns)
@@ -8,8 +9,9 @@ Never imports Triton; the backend (`backend/`) adapts Triton requests to `Reques
 
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.config import ExecutorConfig
-from inflight_batcher.executor import Executor, IterationStats, QueueFullError, run_follower
+from inflight_batcher.executor import Executor, IterationStats, QueueFullError, make_kv_cache, run_follower
 from inflight_batcher.request import Output, Request, RequestStatus, SamplingParams, parse_word_list
+from inflight_batcher.runner import ModelRunner
 from inflight_batcher.scheduler import Scheduler, SchedulerOutput
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "Executor",
     "ExecutorConfig",
     "IterationStats",
+    "ModelRunner",
     "Output",
     "QueueFullError",
     "Request",
@@ -24,6 +27,7 @@ __all__ = [
     "SamplingParams",
     "Scheduler",
     "SchedulerOutput",
+    "make_kv_cache",
     "parse_word_list",
     "run_follower",
 ]

@@ -29,6 +29,10 @@ class ExecutorConfig:
     enable_kv_cache_reuse: bool = False
     """Prefix reuse: full KV blocks stay cached after their requests end, and a request whose tokens start
     with a cached chain of blocks takes them instead of computing them again."""
+    kv_cache_host_memory_bytes: int = 0
+    """Host offload (with `enable_kv_cache_reuse`): a host pool of this many bytes (pinned on CUDA; whole
+    blocks, `Engine.kv_bytes_per_block` each) where cached blocks evicted from the device pool go instead of
+    being dropped, and from where a later request's prefix is copied back. 0: none."""
     max_queue_size: int | None = None
     """Most requests waiting for admission; more are refused at once (QueueFullError)."""
     cuda_graphs: bool = True
@@ -47,6 +51,9 @@ class ExecutorConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name}={v!r}: must be a positive integer or None")
+        v = self.kv_cache_host_memory_bytes
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"kv_cache_host_memory_bytes={v!r}: must be an integer >= 0")
         if isinstance(self.max_beam_width, bool) or not isinstance(self.max_beam_width, int):
             raise ValueError(f"max_beam_width={self.max_beam_width!r}: must be an integer")
         if self.max_beam_width < 1:

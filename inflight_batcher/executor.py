@@ -31,6 +31,7 @@ import torch
 
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.config import ExecutorConfig
+from inflight_batcher.kv_offload import HostKVPool
 from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
 from inflight_batcher.sampler import (
     PLACEHOLDER,
@@ -74,6 +75,10 @@ class IterationStats:
     cached_blocks: int = 0  # of the free ones: blocks keeping a finished request's KV for reuse
     reused_blocks: int = 0  # blocks taken from the cache instead of computed, since start
     reused_tokens: int = 0  # prompt tokens not computed thanks to them, since start
+    max_host_blocks: int = 0  # host offload (kv_cache_host_memory_bytes): blocks of the host pool
+    host_blocks: int = 0  # of them, those holding an evicted block for reuse
+    offloaded_blocks: int = 0  # cached blocks copied to the host when evicted from the device, since start
+    onboarded_blocks: int = 0  # host blocks copied back to the device for a request (counted reused too)
     tokens_per_block: int = 0
     completed: int = 0  # finished requests by outcome, since start
     cancelled: int = 0
@@ -88,7 +93,11 @@ class Executor:
         engine: Engine,
         config: ExecutorConfig | None = None,
         on_outputs: Callable[[list[Output]], None] | None = None,
+        kv_cache: KVCachePool | None = None,
     ) -> None:
+        """`kv_cache`: a pool to run on instead of allocating one from `config` (`make_kv_cache`), for a
+        caller that runs one executor after another on the same memory (`ModelRunner`); it must not be
+        in use by another live executor. Its CUDA graphs are captured once: an executor finds them."""
         config = config or ExecutorConfig()
         self.engine = engine
         # Called once per step on the executor thread with every output of the step (after the
@@ -124,12 +133,15 @@ class Executor:
         self.world_size = engine.config.mapping.world_size
         if self.world_size > 1 and engine.config.mapping.rank != 0:
             raise ValueError(f"rank {engine.config.mapping.rank} is a follower: call run_follower, not Executor")
-        num_blocks = _kv_blocks(engine, config)
-        self.kv: KVCachePool = engine.make_kv_cache(num_blocks)
+        self.kv: KVCachePool = kv_cache if kv_cache is not None else make_kv_cache(engine, config)
+        num_blocks = self.kv.num_blocks
         if config.cuda_graphs:
-            engine.capture_cuda_graphs(self.kv, self.max_batch_size)
-        self._pending_copies: list[tuple[int, int]] = []  # KV block copies the followers have not seen
-        self.block_manager = BlockManager(num_blocks, b.tokens_per_block, config.enable_kv_cache_reuse)
+            _capture_graphs(engine, self.kv, self.max_batch_size)
+        # KV block copies the followers have not seen, in order: ("copy", beams' copies), ("move", host moves)
+        self._pending_copies: list[tuple[str, tuple]] = []
+        host_blocks = _host_blocks(engine, config)
+        self.host_kv = HostKVPool(self.kv, host_blocks) if host_blocks else None
+        self.block_manager = BlockManager(num_blocks, b.tokens_per_block, config.enable_kv_cache_reuse, host_blocks)
         assert self.block_manager.released == self.kv.scratch_block  # handed-back entries read the scratch block
         self.scheduler = Scheduler(
             self.block_manager,
@@ -142,6 +154,7 @@ class Executor:
         windows = [model.attention_window(i) for i in range(model.num_hidden_layers)]
         if all(windows):  # every layer windowed (Mistral, Phi-3, StarCoder2 ...): out-of-window blocks go back
             self.scheduler.window = max(windows)
+            self.scheduler.sinks = model.sink_tokens  # their blocks stay (attention sinks)
 
         self._lock = threading.Condition()
         self._incoming: deque[Request] = deque()
@@ -156,6 +169,7 @@ class Executor:
             max_num_tokens=self.max_num_tokens,
             max_blocks=num_blocks,
             free_blocks=num_blocks,
+            max_host_blocks=host_blocks,
             tokens_per_block=b.tokens_per_block,
         )
         # Overlapped scheduling (see `_step`); followers would need the device-side token feed too.
@@ -177,10 +191,11 @@ class Executor:
     # -- caller side (any thread) ---------------------------------------------------------------------
     def enqueue(self, request: Request) -> int:
         """Queue `request`; returns its id. ValueError for a bad request, QueueFullError when full."""
-        return self._enqueue([request])[0]
+        return self.enqueue_batch([request])[0]
 
-    def _enqueue(self, requests: list[Request]) -> list[int]:
-        """Check every request, then queue them all at once (the loop sees them in one intake), or none."""
+    def enqueue_batch(self, requests: list[Request]) -> list[int]:
+        """Check every request, then queue them all at once (the loop sees them in one intake, so the
+        first step can hold every one of them), or none; their ids in order."""
         for r in requests:
             self._check(r)
         with self._lock:
@@ -246,6 +261,7 @@ class Executor:
             self._thread.join(timeout)
             if not self._thread.is_alive():
                 self.kv = None  # type: ignore[assignment]  # frees the pool's memory with the executor
+                self.host_kv = None
 
     def __enter__(self) -> Executor:
         return self
@@ -276,13 +292,33 @@ class Executor:
             return []
         for r in requests:
             r.callback = wrap(r.callback)
-        ids = self._enqueue(requests)  # all arrive together: the first step sees every one of them
+        ids = self.enqueue_batch(requests)  # all arrive together: the first step sees every one of them
         if not done.wait(timeout):
             raise TimeoutError(f"{len(requests) - len(finals)} of {len(requests)} requests did not finish")
         return [finals[i] for i in ids]
 
     # -- executor thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except BaseException as e:  # the loop itself broke: end every request with the error, refuse new ones
+            log.exception("executor loop died")
+            with self._lock:
+                self._closed = True
+                live = [r for r in self._live.values() if not r.status.finished]
+            msg, outputs = f"executor loop died: {e!r}", []
+            for r in live:
+                try:
+                    outputs.append(self._finish(r, RequestStatus.FINISHED_ERROR, msg))
+                except Exception:  # a request the scheduler never took: end it without its bookkeeping
+                    r.status, r.error = RequestStatus.FINISHED_ERROR, msg
+                    outputs.append((r, self._output(r)))
+            self._deliver(outputs)
+
+    def _run_loop(self) -> None:
+        if self.device.type == "cuda" and self.device.index is not None:
+            # A thread starts on device 0; Triton launches on the thread's current device (an engine on cuda:1).
+            torch.cuda.set_device(self.device.index)
         while True:
             with self._lock:
                 while not (
@@ -387,6 +423,7 @@ class Executor:
     def _launch(self, plan: SchedulerOutput, prev: _InFlight | None) -> _InFlight:
         """Queue the plan's forward step and its sampling on the device; nothing here waits for it."""
         seqs = plan.seqs
+        self._move_blocks()  # host offload: the plan's offloads and onboards, before its forward
         if self.world_size > 1:
             step = self._step_input(plan, "cpu")
             _broadcast(("step", self._pending_copies, step))
@@ -466,10 +503,22 @@ class Executor:
             elif req.streaming and req.num_resolved > req.num_streamed:
                 outputs.append((req, self._output(req)))
         if copies:
+            self._move_blocks()  # an offload queued by beam_step reads a block a copy below may overwrite
             _copy_blocks(self.kv, copies)
             if self.world_size > 1:
-                self._pending_copies += copies
+                self._pending_copies.append(("copy", copies))
         return outputs
+
+    def _move_blocks(self) -> None:
+        """Host offload: perform the block manager's queued offloads and onboards now, batched, on the
+        device stream (before the next forward or beam block copy; the followers do the same)."""
+        if self.host_kv is None:
+            return
+        offloads, onboards = self.block_manager.pending_moves()
+        if offloads or onboards:
+            self.host_kv.apply(self.kv, offloads, onboards)
+            if self.world_size > 1:
+                self._pending_copies.append(("move", (offloads, onboards)))
 
     def _publish(self, seqs: list[ScheduledSeq], failed) -> None:
         """Prefix reuse: the blocks these sequences filled hold computed KV (not of a request whose logits
@@ -573,6 +622,9 @@ class Executor:
                 cached_blocks=bm.num_cached,
                 reused_blocks=bm.reused_blocks,
                 reused_tokens=bm.reused_tokens,
+                host_blocks=bm.num_host_cached,
+                offloaded_blocks=bm.offloaded_blocks,
+                onboarded_blocks=bm.onboarded_blocks,
                 **self._counts,
             )
 
@@ -599,6 +651,20 @@ def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:
 
 
 # -- helpers shared by the leader and the followers ---------------------------------------------------------
+def make_kv_cache(engine: Engine, config: ExecutorConfig | None = None) -> KVCachePool:
+    """The KV pool an executor (or `run_follower`) of `config` allocates. Every rank of a multi-rank engine
+    must call it together: they agree on the smallest block count any of them can hold."""
+    return engine.make_kv_cache(_kv_blocks(engine, config or ExecutorConfig()))
+
+
+def _capture_graphs(engine: Engine, kv: KVCachePool, max_batch_size: int) -> None:
+    """CUDA graphs of `kv`'s steps up to `max_batch_size`, unless the engine holds them already (a pool
+    reused by one executor after another is captured once). The same decision on every rank."""
+    g = engine.graphs
+    if g is None or g.kv is not kv or g.decode_buckets[-1] < max_batch_size:
+        engine.capture_cuda_graphs(kv, max_batch_size)
+
+
 def _kv_blocks(engine: Engine, config: ExecutorConfig) -> int:
     """KV blocks of this executor; with several ranks, the smallest any rank can hold (they must agree)."""
     n = engine.num_kv_blocks(config.kv_cache_free_gpu_mem_fraction, config.max_tokens_in_paged_kv_cache)
@@ -607,6 +673,20 @@ def _kv_blocks(engine: Engine, config: ExecutorConfig) -> int:
         torch.distributed.all_gather_object(everyone, n)
         n = min(everyone)
     return n
+
+
+def _host_blocks(engine: Engine, config: ExecutorConfig) -> int:
+    """Blocks of the host offload pool (`kv_cache_host_memory_bytes`); the same on every rank."""
+    size = config.kv_cache_host_memory_bytes
+    if not size:
+        return 0
+    if not config.enable_kv_cache_reuse:
+        log.warning("kv_cache_host_memory_bytes=%d without enable_kv_cache_reuse: no host offload", size)
+        return 0
+    per_block = engine.kv_bytes_per_block()
+    if size < per_block:
+        log.warning("kv_cache_host_memory_bytes=%d is less than one KV block (%d bytes)", size, per_block)
+    return size // per_block
 
 
 def _broadcast(msg: tuple) -> tuple:
@@ -638,27 +718,35 @@ def _copy_blocks(kv: KVCachePool, copies: list[tuple[int, int]]) -> None:
     kv.data: [L, 2, num_blocks, tokens_per_block, Hkv, D]"""
     src = torch.tensor([c[0] for c in copies], device=kv.data.device)
     dst = torch.tensor([c[1] for c in copies], device=kv.data.device)
-    kv.data[:, :, dst] = kv.data[:, :, src]
+    # (an FP8 cache is copied as bytes: indexed copies of float8 tensors are not implemented everywhere)
+    data = kv.data.view(torch.uint8) if kv.data.dtype == torch.float8_e4m3fn else kv.data
+    data[:, :, dst] = data[:, :, src]
 
 
 @torch.inference_mode()
-def run_follower(engine: Engine, config: ExecutorConfig | None = None) -> None:
+def run_follower(engine: Engine, config: ExecutorConfig | None = None, kv_cache: KVCachePool | None = None) -> None:
     """The loop of ranks 1.. of a multi-rank engine: run every step rank 0's `Executor` broadcasts, until
-    it shuts down. `config` must be the leader's (the KV cache is sized the same way)."""
+    it shuts down. `config` must be the leader's (the KV cache is sized the same way); `kv_cache` as the
+    Executor's (the leader passes one exactly when the followers do)."""
     config = config or ExecutorConfig()
     if engine.config.mapping.rank == 0:
         raise ValueError("rank 0 is the leader: it runs the Executor, not run_follower")
-    kv = engine.make_kv_cache(_kv_blocks(engine, config))
+    kv = kv_cache if kv_cache is not None else make_kv_cache(engine, config)
+    host_blocks = _host_blocks(engine, config)
+    host_kv = HostKVPool(kv, host_blocks) if host_blocks else None
     if config.cuda_graphs:
         # The same buckets as the leader's: a replayed step pads its batch, and the ranks' collectives
         # must have the same sizes (capture runs collectives too, in the same order on every rank).
         b = engine.config.build
-        engine.capture_cuda_graphs(kv, min(config.max_batch_size or b.max_batch_size, b.max_batch_size))
+        _capture_graphs(engine, kv, min(config.max_batch_size or b.max_batch_size, b.max_batch_size))
     while True:
         msg = _broadcast((None,))
         if msg[0] == "stop":
             return
         _, copies, step = msg
-        if copies:
-            _copy_blocks(kv, copies)
+        for kind, ops in copies:  # in the leader's order
+            if kind == "copy":
+                _copy_blocks(kv, ops)
+            else:
+                host_kv.apply(kv, *ops)
         engine.forward(_to_device(step, engine.device), kv)

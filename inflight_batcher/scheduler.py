@@ -105,8 +105,10 @@ class Scheduler:
         self.max_num_tokens = max_num_tokens
         self.enable_chunked_context = enable_chunked_context
         # Keys a query attends to on every layer (sliding window), 0: all. With a window, blocks wholly
-        # before the window of a request's next query are handed back (`release_out_of_window`).
+        # before the window of a request's next query are handed back (`release_out_of_window`), except
+        # those holding one of the first `sinks` keys (attention sinks: every query sees them).
         self.window = 0
+        self.sinks = 0
         self.waiting: deque[Request] = deque()  # paused requests at the head, then arrivals in order
         self.running: list[Request] = []  # in admission order; the newest is paused first
 
@@ -119,8 +121,11 @@ class Scheduler:
         (its copy of the prompt's partial last block plus the generated tokens)."""
         total = req.prompt_len + req.max_new_tokens
         if not req.is_beam_search:
-            if self.window:  # the prompt's blocks at first, then a window's (+1: it straddles blocks)
-                windowed = max(self.bm.blocks_for(req.prompt_len), self.bm.blocks_for(self.window) + 1)
+            if self.window:  # the prompt's blocks at first, then the sinks' and a window's (+1: it straddles blocks)
+                windowed = max(
+                    self.bm.blocks_for(req.prompt_len),
+                    self.bm.blocks_for(self.sinks) + self.bm.blocks_for(self.window) + 1,
+                )
                 return min(self.bm.blocks_for(total), windowed)
             return self.bm.blocks_for(total)
         return self.bm.blocks_for(req.prompt_len) + req.beam_width * (self.bm.blocks_for(req.max_new_tokens) + 1)
@@ -144,16 +149,24 @@ class Scheduler:
 
     def release_out_of_window(self) -> None:
         """With a window W, a running request's next query (position num_computed_tokens) and every later
-        one read keys from num_computed_tokens - W + 1 on: the blocks wholly before go back to the pool.
-        (A step already launched reads them before any later step can write them: one stream.)"""
+        one read keys from num_computed_tokens - W + 1 on: the blocks wholly before go back to the pool,
+        except, with S sinks, those holding keys [0, S), which every query reads (so the blocks wholly in
+        keys [S, num_computed_tokens - W] go). (A step already launched reads them before any later step
+        can write them: one stream.)"""
         if not self.window:
             return
         tpb = self.bm.tokens_per_block
+        first = -(-self.sinks // tpb)  # blocks holding a sink key stay
         for req in self.running:
             upto = max(0, req.num_computed_tokens - self.window + 1) // tpb
-            if upto:
+            if upto > first:
                 for s in req.seqs:
-                    self.bm.release(s.block_table, upto)
+                    if first:  # the entries between the sinks' blocks and the window's, in place
+                        between = s.block_table[first:upto]
+                        self.bm.release(between, len(between))
+                        s.block_table[first:upto] = between
+                    else:
+                        self.bm.release(s.block_table, upto)
 
     def _outstanding(self) -> int:
         return sum(max(0, self.reserve_blocks(r) - self._held(r)) for r in self.running if self.reserves(r))

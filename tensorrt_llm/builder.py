@@ -3,6 +3,7 @@
 The engine keeps weights already fused (QKV, gate/up), split per rank and cast to the engine dtype, so
 loading is a plain read; the build limits the runtime sizes its buffers and validates requests with."""
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,15 @@ from tensorrt_llm import ENGINE_FORMAT_VERSION, __version__
 from tensorrt_llm._utils import dtype_to_str, str_to_dtype
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models import ModelConfig, get_family
+from tensorrt_llm.quantization import QuantConfig
+from tensorrt_llm.quantization.checkpoint import PrequantizedReader, assemble, quant_config_from_hf
+from tensorrt_llm.quantization.convert import (
+    apply_quant,
+    calibrate,
+    calibration_samples,
+    needs_calibration,
+    quantize_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class EngineConfig:
     build: BuildConfig
     plugins: dict = field(default_factory=dict)
     kernels: dict = field(default_factory=dict)
+    quantization: QuantConfig = QuantConfig()
     format_version: int = ENGINE_FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -63,12 +74,14 @@ class EngineConfig:
             "build": asdict(self.build),
             "plugins": self.plugins,
             "kernels": self.kernels,
+            "quantization": self.quantization.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict, rank: int = 0) -> "EngineConfig":
         version = d.get("format_version")
-        if version != ENGINE_FORMAT_VERSION:
+        # Version 1 engines (before quantization) read as float engines.
+        if version not in (1, ENGINE_FORMAT_VERSION):
             raise ValueError(
                 f"engine format version {version!r} does not match this runtime's {ENGINE_FORMAT_VERSION}: "
                 f"rebuild the engine with this version's trtllm-build (engine built by "
@@ -83,6 +96,7 @@ class EngineConfig:
                 build=BuildConfig(**d["build"]),
                 plugins=d.get("plugins", {}),
                 kernels=d.get("kernels", {}),
+                quantization=QuantConfig.from_dict(d.get("quantization")),
             )
         except KeyError as e:
             raise ValueError(f"engine config.json lacks the field {e.args[0]!r}") from None
@@ -163,20 +177,31 @@ def _random_reader(hf_config: dict, cfg: ModelConfig, device: str, seed: int = 0
     return get
 
 
-def linear_weight_shapes(model: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> list[tuple[int, int]]:
-    """The distinct (N, K) weight shapes of one rank's linear layers (QKV, O, gate_up, down, lm_head), read
-    off the model built on the meta device, so every family reports its own."""
+def linear_weight_shapes(
+    model: ModelConfig, mapping: Mapping, dtype: torch.dtype, quant: QuantConfig = QuantConfig()
+) -> list[tuple[int, int]]:
+    """The distinct (N, K) weight shapes of one rank's float linear layers (QKV, O, gate_up, down, lm_head;
+    those `quant` quantizes run other kernels), read off the model built on the meta device, so every
+    family reports its own."""
     from tensorrt_llm.layers import ColumnLinear, RowLinear
 
     rank0 = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, 0)
     with torch.device("meta"):
         net = get_family(model.architecture).model_cls(model, dtype, rank0)
-    shapes = {tuple(m.weight.shape) for m in net.modules() if isinstance(m, ColumnLinear | RowLinear)}
+        apply_quant(net, quant)
+    shapes = {
+        tuple(m.weight.shape) for m in net.modules() if isinstance(m, ColumnLinear | RowLinear) and m.quant is None
+    }
     return sorted(shapes)
 
 
 def tune_kernels(
-    model: ModelConfig, mapping: Mapping, build: BuildConfig, dtype: torch.dtype, device: str
+    model: ModelConfig,
+    mapping: Mapping,
+    build: BuildConfig,
+    dtype: torch.dtype,
+    device: str,
+    quant: QuantConfig = QuantConfig(),
 ) -> dict[str, dict]:
     """Kernel launch choices timed on the build GPU and kept in the engine (a timing cache), so that
     loading tunes nothing: attention launch configs, and the linear shapes that run the Triton GEMV at
@@ -190,21 +215,58 @@ def tune_kernels(
         model.num_attention_heads // tp, max(model.num_key_value_heads // tp, 1), model.head_dim,
         build.tokens_per_block, dtype, device,
     )  # fmt: skip
-    return chosen | tuning.tune_gemv(linear_weight_shapes(model, mapping, dtype), dtype, device)
+    return chosen | tuning.tune_gemv(linear_weight_shapes(model, mapping, dtype, quant), dtype, device)
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Calibration text for static scales (TensorRT-LLM's quantize flags): `dataset` a text file (lines, or
+    paragraphs split by blank lines), default the standard library's help topics; `size` samples of at
+    most `max_seq_length` tokens."""
+
+    dataset: str | None = None
+    size: int = 64
+    max_seq_length: int = 512
 
 
 def convert_in_memory(
     hf_config: dict, dtype: str = "float16", build: BuildConfig = BuildConfig(), device: str = "cuda", rank: int = 0,
-    mapping: Mapping = Mapping(),
+    mapping: Mapping = Mapping(), quant: QuantConfig = QuantConfig(), calib: CalibConfig | None = None,
 ) -> tuple[EngineConfig, dict[str, torch.Tensor]]:  # fmt: skip
-    """Random weights of `hf_config`'s shape, converted for one rank and kept in memory (benchmarks)."""
+    """Random weights of `hf_config`'s shape, converted (and quantized) for one rank and kept in memory
+    (benchmarks; calibration on random token ids)."""
     family = get_family((hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
     model_cfg = family.config_from_hf(hf_config)
     rank_map = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, rank)
     get = _random_reader(hf_config, model_cfg, device)
-    weights = family.convert_weights(get, model_cfg, rank_map, str_to_dtype(dtype))
-    cfg = EngineConfig(model_cfg.architecture, dtype, model_cfg, rank_map, build)
+    torch_dtype = str_to_dtype(dtype)
+    calibration = None
+    if needs_calibration(quant):
+        calib = calib or CalibConfig()
+        samples = calibration_samples(None, model_cfg.vocab_size, None, calib.size, calib.max_seq_length)
+        calibration = _calibrate(family, get, model_cfg, torch_dtype, device, samples, build)
+    weights = family.convert_weights(get, model_cfg, rank_map, torch_dtype)
+    if quant.enabled:
+        with torch.device("meta"):
+            net = family.model_cls(model_cfg, torch_dtype, rank_map)
+        weights = quantize_weights(weights, net, quant, calibration)
+    cfg = EngineConfig(model_cfg.architecture, dtype, model_cfg, rank_map, build, quantization=quant)
     return cfg, weights
+
+
+def _calibrate(family, get, model_cfg: ModelConfig, dtype: torch.dtype, device: str, samples, build: BuildConfig):
+    """Calibration runs the whole float model (one rank of world size 1) on `device`."""
+    from tensorrt_llm.runtime.engine import Engine
+
+    weights = family.convert_weights(get, model_cfg, Mapping(), dtype)
+    cfg = EngineConfig(model_cfg.architecture, dtype_to_str(dtype), model_cfg, Mapping(), build)
+    engine = Engine.from_weights(cfg, weights, torch.device(device))
+    del weights
+    result = calibrate(engine.model, samples, build.tokens_per_block)
+    del engine
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return result
 
 
 def build_engine(
@@ -216,8 +278,11 @@ def build_engine(
     build: BuildConfig = BuildConfig(),
     plugins: dict | None = None,
     device: str = "cpu",
+    quant: QuantConfig = QuantConfig(),
+    calib: CalibConfig = CalibConfig(),
 ) -> EngineConfig:
-    """Builds an engine from a checkpoint directory, or with random weights from `hf_config` alone."""
+    """Builds an engine from a checkpoint directory, or with random weights from `hf_config` alone;
+    quantized as `quant` says (calibrated on `calib`'s text first where static scales need it)."""
     if model_dir is None and hf_config is None:
         raise ValueError("give a checkpoint directory (--model_dir) or a Hugging Face config (--model_config)")
     if model_dir is not None:
@@ -236,13 +301,45 @@ def build_engine(
             f"max_seq_len ({build.max_seq_len}) exceeds the model's max_position_embeddings "
             f"({model_cfg.max_position_embeddings})"
         )
+    prequant = quant_config_from_hf(hf_config) if model_dir is not None else None
+    if prequant is not None:
+        if quant.quant_algo not in (None, prequant.quant_algo):
+            raise ValueError(f"the checkpoint is {prequant.quant_algo}: it cannot be built as {quant.quant_algo}")
+        quant = dataclasses.replace(quant, quant_algo=prequant.quant_algo, group_size=prequant.group_size)
+    with torch.device("meta"):  # refuses shapes the mode cannot hold (int4 groups) before any work
+        apply_quant(family.model_cls(model_cfg, torch_dtype, Mapping(mapping.world_size, mapping.tp_size)), quant)
     get = _CheckpointReader(model_dir) if model_dir is not None else _random_reader(hf_config, model_cfg, device)
+    reader = None
+    if prequant is not None:
+        reader = PrequantizedReader(get, hf_config["quantization_config"], prequant.quant_algo[6:].lower())
+    calibration = None
+    if needs_calibration(quant):
+        samples = calibration_samples(
+            None if model_dir is None else str(model_dir), model_cfg.vocab_size, calib.dataset, calib.size,
+            min(calib.max_seq_length, build.max_seq_len),
+        )  # fmt: skip
+        float_get = get if reader is None else reader.view("float")
+        calibration = _calibrate(family, float_get, model_cfg, torch_dtype, device, samples, build)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for rank in range(mapping.world_size):
         rank_map = Mapping(mapping.world_size, mapping.tp_size, mapping.pp_size, rank)
-        weights = family.convert_weights(get, model_cfg, rank_map, torch_dtype)
-        save_file({k: v.cpu() for k, v in weights.items()}, out / f"rank{rank}.safetensors")
+        with torch.device("meta"):
+            net = family.model_cls(model_cfg, torch_dtype, rank_map)
+        if reader is not None:
+            views = {
+                kind: family.convert_weights(reader.view(kind), model_cfg, rank_map, dt)
+                for kind, dt in (("q", torch_dtype), ("scale", torch.float32), ("zero", torch.float32))
+            }
+            weights = assemble(views, net, quant)
+            del views
+            if quant.kv_cache_quant_algo is not None:  # the linear layers are done: only the KV scales
+                weights = quantize_weights(weights, net, dataclasses.replace(quant, quant_algo=None), calibration)
+        else:
+            weights = family.convert_weights(get, model_cfg, rank_map, torch_dtype)
+            if quant.enabled:
+                weights = quantize_weights({k: v.to(device) for k, v in weights.items()}, net, quant, calibration)
+        save_file({k: v.cpu().contiguous() for k, v in weights.items()}, out / f"rank{rank}.safetensors")
         del weights
     cfg = EngineConfig(
         architecture=archs[0],
@@ -251,7 +348,8 @@ def build_engine(
         mapping=mapping,
         build=build,
         plugins=dict(plugins or {}),
-        kernels=tune_kernels(model_cfg, mapping, build, torch_dtype, device),
+        kernels=tune_kernels(model_cfg, mapping, build, torch_dtype, device, quant),
+        quantization=quant,
     )
     # config.json is written last: a directory without it is an unfinished build, and loading says so.
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))

@@ -82,13 +82,21 @@ def apply_rotary(
 
 
 def write_kv_cache(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Stores this step's K/V [T, Hkv, D] at their slots of the paged cache [blocks, tokens_per_block, Hkv, D]."""
+    """Stores this step's K/V [T, Hkv, D] at their slots of the paged cache [blocks, tokens_per_block, Hkv, D];
+    an int8 / float8_e4m3fn cache stores K / k_scale and V / v_scale (float32 one-element tensors)."""
+    args = (k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     if _use_kernels(k):
-        kernels.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        kernels.write_kv_cache(*args)
     else:
-        kernels.write_kv_cache_ref(k, v, k_cache, v_cache, slot_mapping)
+        kernels.write_kv_cache_ref(*args)
 
 
 def rotary_write_kv_cache(
@@ -100,10 +108,13 @@ def rotary_write_kv_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`apply_rotary` then `write_kv_cache` (one kernel on CUDA): q [T, H, D] and k [T, Hkv, D] rotated by
-    `positions`, the rotated k and v [T, Hkv, D] stored at their cache slots; returns the rotated q."""
-    args = (q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    `positions`, the rotated k and v [T, Hkv, D] stored at their cache slots (quantized by k_scale /
+    v_scale in an int8 / float8_e4m3fn cache); returns the rotated q."""
+    args = (q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     if _use_kernels(q):
         return kernels.rotary_write_kv_cache(*args)
     return kernels.rotary_write_kv_cache_ref(*args)
@@ -122,19 +133,24 @@ def paged_attention(
     decode_tail: int = 0,
     window: int = 0,
     softcap: float = 0.0,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md.
     `decode_tail`: the last sequences with one new token each (kernel choice only). `window` > 0: each
-    query sees only the last `window` keys up to its own position (sliding-window attention). `softcap`
-    > 0: scaled scores become softcap * tanh(score / softcap) (Gemma-2)."""
+    query sees only the last `window` keys up to its own position (sliding-window attention), and with
+    `sinks` > 0 the first `sinks` keys too (attention sinks: [0, sinks) U (p - window, p]). `softcap`
+    > 0: scaled scores become softcap * tanh(score / softcap) (Gemma-2). An int8 / float8_e4m3fn cache
+    holds K / k_scale and V / v_scale (float32 one-element tensors)."""
     if _use_kernels(q):
         return kernels.paged_attention(
             q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len,
-            decode_tail=decode_tail, window=window, softcap=softcap,
+            decode_tail=decode_tail, window=window, softcap=softcap, k_scale=k_scale, v_scale=v_scale, sinks=sinks,
         )  # fmt: skip
     return kernels.paged_attention_ref(
         q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len, window,
-        softcap,
+        softcap, k_scale, v_scale, sinks,
     )  # fmt: skip
 
 

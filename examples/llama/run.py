@@ -2,6 +2,6 @@
 
 import sys
 
-from tensorrt_llm.commands.run import main
+from inflight_batcher.run import main
 
 sys.exit(main())

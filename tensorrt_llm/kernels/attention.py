@@ -22,7 +22,21 @@ Two kernels, both flash-style (online softmax in base 2, fp32 accumulators):
 The window is a compile-time switch (SLIDING_WINDOW): without it the kernels are the plain causal ones.
 With it, KV loops start at the window's first tile (tiles stay aligned to BLOCK_N) and keys before the
 window are masked; the context kernel then masks every tile (no unmasked SPLIT_CAUSAL tiles).
+
+Attention sinks (StreamingLLM, TensorRT-LLM's `sink_token_length`; compile-time switch SINKS, only with a
+window): the first `sinks` keys of the sequence stay visible to every query, which then sees keys
+`[0, sinks) U (position - W, position]`. Positions are not re-indexed: K is stored rotated by its own
+position and queries by theirs, as without sinks (StreamingLLM and TensorRT-LLM's `streamingllm` mode use
+positions within the cache instead). The kernels walk the tiles holding sink keys that lie before the
+window's first tile (only the sink keys visible there), then the window's tiles (where a sink key is
+visible too). The decode kernel's slices cut that walk, sink tiles first, so a split context stays
+balanced; the reduce kernel plans the same slices.
 `softcap` > 0 (Gemma-2, compile-time switch SOFTCAP) caps the scaled scores: s = softcap * tanh(s / softcap).
+
+A quantized cache (int8 or float8_e4m3fn, compile-time switch KV_QUANT) holds K / k_scale and V / v_scale
+(see kernels.kv_cache). Tiles are cast to q's dtype as loaded (exact: int8 and e4m3 values fit fp16 /
+bf16), k_scale is folded into the score scale and v_scale applied to the fp32 accumulator (every
+partial of a split context carries it, so the merge is unchanged). Scales are read on the device.
 """
 
 from __future__ import annotations
@@ -32,6 +46,8 @@ import math
 import torch
 
 from ._common import HAS_TRITON, check, check_launchable, next_pow2, num_sms
+from .kv_cache import QUANT_CACHE_DTYPES as _QUANT_DTYPES
+from .kv_cache import check_kv_scales
 
 LOG2E = 1.4426950408889634
 
@@ -74,7 +90,7 @@ if HAS_TRITON:
         kv_off = blk * stride_cb + rows * stride_ct + kvh * stride_ch  # [BLOCK_N]
         kv_ptrs = kv_off[:, None] + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
+        k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # a quantized cache: exact
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [rows, BLOCK_N], log2 units
         if SOFTCAP:  # c tanh(s / c) with s and c both in log2 units; tanh(x) = 2 sigmoid(2x) - 1
             s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
@@ -83,8 +99,8 @@ if HAS_TRITON:
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays empty
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        v = tl.load(vc_ptr + kv_ptrs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        v = tl.load(vc_ptr + kv_ptrs, mask=kv_mask, other=0.0).to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
     # A mixed step's generation tail passes slices (block_tables[Bp:], context_lens[Bp:]) whose addresses
@@ -94,13 +110,13 @@ if HAS_TRITON:
 
     @triton.jit(**_NO_SPECIALIZE)
     def _context_attention_kernel(
-        q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr,
+        q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr, ks_ptr, vs_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, window, softcap,
+        qk_scale, head_dim, window, softcap, sinks,
         GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
         TILE_IN_BLOCK: tl.constexpr, SPLIT_CAUSAL: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
-        SOFTCAP: tl.constexpr,
+        SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr,
     ):  # fmt: skip
         m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
@@ -117,6 +133,8 @@ if HAS_TRITON:
                 other=0.0,
             )
             pos = ctx - seq_len + offs_m  # [BLOCK_M] positions of the queries
+            if KV_QUANT:  # scores of the stored K times k_scale are the scores of K
+                qk_scale = qk_scale * tl.load(ks_ptr)
             kv_end = tl.minimum(ctx, ctx - seq_len + (m_tile + 1) * BLOCK_M)  # causal: skip later keys
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -125,6 +143,15 @@ if HAS_TRITON:
             n_full = 0
             if SLIDING_WINDOW:  # start at the tile holding the first key the tile's first query sees
                 n_full = tl.maximum(ctx - seq_len + m_tile * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+            if SINKS:  # (with SLIDING_WINDOW) the tiles of sink keys before that tile: only the sinks are
+                # visible there, to every query of the tile (each is past the tile's first query's window)
+                for start_n in range(0, tl.minimum(tl.cdiv(sinks, BLOCK_N) * BLOCK_N, n_full), BLOCK_N):
+                    n_mask = start_n + tl.arange(0, BLOCK_N) < sinks
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct,
+                        stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale, softcap,
+                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
+                    )  # fmt: skip
             if SPLIT_CAUSAL:  # tiles below the tile's first query position: every row sees every key
                 # (the launcher never sets it together with SLIDING_WINDOW: window tiles are masked)
                 n_full = (ctx - seq_len + m_tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
@@ -140,12 +167,17 @@ if HAS_TRITON:
                 n_mask = offs_n < kv_end
                 visible = n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
                 if SLIDING_WINDOW:
-                    visible = visible & (offs_n[None, :] > pos[:, None] - window)
+                    if SINKS:
+                        visible = visible & ((offs_n[None, :] > pos[:, None] - window) | (offs_n < sinks)[None, :])
+                    else:
+                        visible = visible & (offs_n[None, :] > pos[:, None] - window)
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct, stride_ch,
                     start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap,
                     TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
                 )  # fmt: skip
+            if KV_QUANT:
+                acc = acc * tl.load(vs_ptr)
             acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(
                 o_ptr + q_rows * stride_ot + h * stride_oh + offs_d[None, :],
@@ -168,6 +200,15 @@ if HAS_TRITON:
         # tile holding key ctx - window (tiles stay aligned to BLOCK_N; the keys before are masked)
         if SLIDING_WINDOW:
             return tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
+        else:
+            return 0
+
+    @triton.jit
+    def _sink_end(kv_lo, sinks, SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+        # end of the sink tiles a decode query walks before its window's first tile `kv_lo`: the tiles
+        # holding keys [0, sinks) that lie before kv_lo (0 without sinks; the others are window tiles)
+        if SINKS:
+            return tl.minimum(tl.cdiv(sinks, BLOCK_N) * BLOCK_N, kv_lo)
         else:
             return 0
 
@@ -213,13 +254,13 @@ if HAS_TRITON:
 
     @triton.jit(**_NO_SPECIALIZE)
     def _decode_attention_kernel(
-        q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr,
+        q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr, ks_ptr, vs_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
-        qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx, window, softcap,
+        qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx, window, softcap, sinks,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
         BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
-        SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+        SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -228,7 +269,11 @@ if HAS_TRITON:
         kv_lo = _window_start(ctx, window, SLIDING_WINDOW, BLOCK_N)
         # each sequence cuts its own context, so the work stays balanced (and a short context stays one
         # pass) whatever upper bound the host gave (e.g. a CUDA-graph bucket's max_context_len)
-        split_size, active = _split_plan(ctx - kv_lo, num_splits, single_pass_ctx, BLOCK_N)
+        if SINKS:  # the keys walked: the sink tiles [0, sink_end), then the window's [kv_lo, ctx)
+            sink_end = _sink_end(kv_lo, sinks, SINKS, BLOCK_N)
+            split_size, active = _split_plan(ctx - kv_lo + sink_end, num_splits, single_pass_ctx, BLOCK_N)
+        else:
+            split_size, active = _split_plan(ctx - kv_lo, num_splits, single_pass_ctx, BLOCK_N)
         if split < active:  # slices past the sequence's last have nothing to do
             start = kv_lo + split * split_size
             end = tl.minimum(start + split_size, ctx)
@@ -244,18 +289,38 @@ if HAS_TRITON:
             m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+            if KV_QUANT:
+                qk_scale = qk_scale * tl.load(ks_ptr)
+            if SINKS:  # the slice [v0, v1) of the walk: its sink tiles (sink keys only), then its window part
+                v0 = split * split_size
+                v1 = tl.minimum(v0 + split_size, ctx - kv_lo + sink_end)
+                for start_n in range(v0, tl.minimum(v1, sink_end), BLOCK_N):
+                    n_mask = start_n + tl.arange(0, BLOCK_N) < sinks  # (sink tiles lie before the window)
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                        stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
+                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                        DOT_PRECISION, SOFTCAP,
+                    )  # fmt: skip
+                start = tl.maximum(v0, sink_end) - sink_end + kv_lo
+                end = v1 - sink_end + kv_lo
             for start_n in range(start, end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_mask = offs_n < end
                 visible = n_mask[None, :]
                 if SLIDING_WINDOW:  # the query (position ctx - 1) sees keys ctx - window .. ctx - 1
-                    visible = visible & (offs_n >= ctx - window)[None, :]
+                    if SINKS:  # and the sinks
+                        visible = visible & ((offs_n >= ctx - window) | (offs_n < sinks))[None, :]
+                    else:
+                        visible = visible & (offs_n >= ctx - window)[None, :]
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
                     stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
                     offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
                     SOFTCAP,
                 )  # fmt: skip
+            if KV_QUANT:  # before the output or the partials: the merge then needs no scale
+                acc = acc * tl.load(vs_ptr)
             if active == 1:  # the whole context in this program: normalize and write the output here
                 acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
                 out = o_ptr + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
@@ -283,14 +348,18 @@ if HAS_TRITON:
     @triton.jit(do_not_specialize_on_alignment=["ctx_lens_ptr"])
     def _decode_reduce_kernel(
         part_o_ptr, part_ml_ptr, o_ptr, ctx_lens_ptr, stride_ot, stride_oh, num_heads, num_splits, head_dim,
-        single_pass_ctx, window, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr,
-        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
+        single_pass_ctx, window, sinks, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_GM: tl.constexpr,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, SLIDING_WINDOW: tl.constexpr, SINKS: tl.constexpr,
     ):  # fmt: skip
         # grid (B, Hkv): the merge as a kernel of its own (FUSED_MERGE off)
         b, kvh = tl.program_id(0), tl.program_id(1)
         ctx = tl.load(ctx_lens_ptr + b)
-        _, active = _split_plan(ctx - _window_start(ctx, window, SLIDING_WINDOW, BLOCK_N), num_splits,
-                                single_pass_ctx, BLOCK_N)  # fmt: skip
+        kv_lo = _window_start(ctx, window, SLIDING_WINDOW, BLOCK_N)
+        if SINKS:  # the decode kernel's slices: of the sink tiles and the window's
+            _, active = _split_plan(ctx - kv_lo + _sink_end(kv_lo, sinks, SINKS, BLOCK_N), num_splits,
+                                    single_pass_ctx, BLOCK_N)  # fmt: skip
+        else:
+            _, active = _split_plan(ctx - kv_lo, num_splits, single_pass_ctx, BLOCK_N)
         if active > 1:  # a sequence cut in one slice already has its output
             _merge_splits(
                 part_o_ptr, part_ml_ptr, o_ptr, b, kvh, active, num_splits, stride_ot, stride_oh, num_heads,
@@ -298,15 +367,19 @@ if HAS_TRITON:
             )  # fmt: skip
 
 
-def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens) -> None:
+def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens, k_scale=None, v_scale=None) -> int:
+    """Returns the cache's QUANT switch (0: a float cache, of q's dtype)."""
     check(q.dim() == 3, "q must be [T, H, D], got {}", tuple(q.shape))
     check(k_cache.dim() == 4 and k_cache.shape == v_cache.shape, "caches must be [blocks, tpb, Hkv, D]")
     check(k_cache.shape[3] == q.shape[2], "head_dim: q {} != cache {}", q.shape[2], k_cache.shape[3])
     check(q.shape[1] % k_cache.shape[2] == 0, "H={} not a multiple of Hkv={}", q.shape[1], k_cache.shape[2])
-    check(q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype")
+    check(k_cache.dtype == v_cache.dtype, "the two caches must share a dtype")
+    quant = check_kv_scales(k_cache, k_scale, v_scale)
+    check(quant or q.dtype == k_cache.dtype, "q and a float cache must share a dtype")
     check(block_tables.dim() == 2, "block_tables must be [B, max_blocks]")
     B = block_tables.shape[0]
     check(seq_lens.shape == (B,) and context_lens.shape == (B,), "seq_lens, context_lens must be [B={}]", B)
+    return quant
 
 
 def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
@@ -353,10 +426,17 @@ def paged_attention(
     decode_tail: int = 0,
     window: int = 0,
     softcap: float = 0.0,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """Causal attention of packed queries q `[T, H, D]` over the paged cache; returns `[T, H, D]`.
     `window` > 0: each query sees only the last `window` keys up to its own position (sliding window).
+    `sinks` > 0 (with a window; nothing to do without one): the first `sinks` keys stay visible too, so a
+    query at position p sees keys [0, sinks) U (p - window, p] (StreamingLLM's attention sinks).
     `softcap` > 0: scores (already scaled) become softcap * tanh(score / softcap) (Gemma-2).
+    An int8 / float8_e4m3fn cache holds K / k_scale and V / v_scale (float32 tensors of one element, read
+    on the device); a float cache has q's dtype and no scales.
 
     `max_seq_len` / `max_context_len` are host-side upper bounds of seq_lens / context_lens (any larger
     value is correct, e.g. a CUDA-graph bucket's). When `max_seq_len == 1` and T == B (pure generation)
@@ -369,7 +449,7 @@ def paged_attention(
     own context into that many slices (or one) on the device, so a graph captured once stays balanced.
     No host synchronisation; safe to capture in a CUDA graph.
     """
-    _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
+    quant = _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens, k_scale, v_scale)
     check_launchable(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
     check(block_tables.dtype == torch.int32, "block_tables must be int32")
     check(seq_lens.dtype == torch.int32 and context_lens.dtype == torch.int32, "lens must be int32")
@@ -381,21 +461,26 @@ def paged_attention(
     check(0 <= decode_tail <= min(B, T), "decode_tail {} out of range for {} sequences", decode_tail, B)
     check(window >= 0, "window must be >= 0 (0: none), got {}", window)
     check(softcap >= 0, "softcap must be >= 0 (0: none), got {}", softcap)
+    check(sinks >= 0, "sinks must be >= 0 (0: none), got {}", sinks)
+    sinks = sinks if window else 0  # every key is visible without a window
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
+    # the scale pointers; unread by a float cache's kernels (KV_QUANT off), which get the caches instead
+    scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     if max_seq_len == 1 and T == B:
         _decode(q, out, block_tables, context_lens, k_cache, v_cache, scale, max_context_len, num_splits, window,
-                softcap)  # fmt: skip
+                softcap, scales, sinks)  # fmt: skip
     elif 0 < decode_tail < B:
         # Packed rows: the prompts' tokens [0, Tp), then one row per generation sequence [Tp, T).
         Bp, Tp = B - decode_tail, T - decode_tail
         _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], k_cache, v_cache, scale,
-                 max_seq_len, window, softcap)  # fmt: skip
+                 max_seq_len, window, softcap, scales, sinks)  # fmt: skip
         _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], k_cache, v_cache, scale, max_context_len,
-                num_splits, window, softcap)  # fmt: skip
+                num_splits, window, softcap, scales, sinks)  # fmt: skip
     else:
-        _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len, window, softcap)
+        _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len, window, softcap,
+                 scales, sinks)  # fmt: skip
     return out
 
 
@@ -422,16 +507,20 @@ def _decode(
     num_splits: int | None,
     window: int = 0,
     softcap: float = 0.0,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sinks: int = 0,
 ) -> None:
-    """One query token per sequence: q, out `[B, H, D]` (views of the packed rows)."""
+    """One query token per sequence: q, out `[B, H, D]` (views of the packed rows). `scales`: (k_scale,
+    v_scale) of a quantized cache (anything for a float one). `sinks` only with a window."""
     B, H, D = q.shape
     Hkv, tpb = k_cache.shape[2], k_cache.shape[1]
     group = H // Hkv
     cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
     single_pass_ctx = cfg.get("SINGLE_PASS_CTX", DECODE_SINGLE_PASS_CTX)
-    if window:  # keys walked per sequence: the window, widened to whole tiles (see _window_start)
-        max_context_len = min(max_context_len, window + block_n - 1)
+    if window:  # keys walked per sequence: the window, widened to whole tiles (see _window_start), and
+        # the tiles of the sinks
+        max_context_len = min(max_context_len, window + block_n - 1 + math.ceil(sinks / block_n) * block_n)
     splits = num_splits or (
         1 if max_context_len <= single_pass_ctx else _default_num_splits(B, Hkv, max_context_len, block_n, q.device)
     )
@@ -446,18 +535,20 @@ def _decode(
     block_s = min(next_pow2(splits), max(1, MERGE_TILE // (block_gm * block_d)))
     _decode_attention_kernel[(B, Hkv, splits)](
         q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
+        *(scales or (k_cache, v_cache)),
         *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx, window,
-        softcap * LOG2E,
+        softcap * LOG2E, sinks,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0, SLIDING_WINDOW=window > 0,
-        SOFTCAP=softcap > 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        SOFTCAP=softcap > 0, KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
     if splits > 1 and not fused:
         _decode_reduce_kernel[(B, Hkv)](
             part_o, part_ml, out, context_lens, out.stride(0), out.stride(1), H, splits, D, single_pass_ctx, window,
-            GROUP=group, BLOCK_N=block_n, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=block_d,
-            SLIDING_WINDOW=window > 0,
+            sinks, GROUP=group, BLOCK_N=block_n, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=block_d,
+            SLIDING_WINDOW=window > 0, SINKS=sinks > 0,
         )  # fmt: skip
 
 
@@ -473,8 +564,10 @@ def _context(
     max_seq_len: int,
     window: int = 0,
     softcap: float = 0.0,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sinks: int = 0,
 ) -> None:
-    """Packed queries of any lengths: q, out `[T, H, D]`."""
+    """Packed queries of any lengths: q, out `[T, H, D]`. `scales`, `sinks` as for `_decode`."""
     H, D = q.shape[1], q.shape[2]
     B, Hkv, tpb = block_tables.shape[0], k_cache.shape[2], k_cache.shape[1]
     cfg = CONTEXT_CONFIG if q.is_cuda else INTERPRET_CONTEXT_CONFIG
@@ -483,12 +576,13 @@ def _context(
     q_start = torch.cumsum(seq_lens, 0, dtype=torch.int32) - seq_lens  # [B], no host sync
     grid = (math.ceil(max_seq_len / block_m), B, H)
     _context_attention_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start,
-        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, window, softcap * LOG2E,
+        q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *(scales or (k_cache, v_cache)),
+        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, window, softcap * LOG2E, sinks,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_precision(q.dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True) and not window, SLIDING_WINDOW=window > 0, SOFTCAP=softcap > 0,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
 
 
@@ -504,12 +598,16 @@ def paged_attention_ref(
     max_context_len: int = 0,
     window: int = 0,
     softcap: float = 0.0,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    sinks: int = 0,
 ) -> torch.Tensor:
-    """PyTorch reference of `paged_attention`: a loop over sequences, gathering K/V from the block table.
+    """PyTorch reference of `paged_attention`: a loop over sequences, gathering K/V from the block table
+    (a quantized cache's values times k_scale / v_scale, in fp32).
 
     The maxima are accepted for signature parity and ignored. It reads the lengths on the host.
     """
-    _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens)
+    quant = _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens, k_scale, v_scale)
     T, H, D = q.shape
     tpb, Hkv = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q)
@@ -517,15 +615,18 @@ def paged_attention_ref(
     for b, (n, ctx) in enumerate(zip(seq_lens.tolist(), context_lens.tolist(), strict=True)):
         pos = torch.arange(ctx, device=q.device)  # key positions
         blocks, rows = block_tables[b, pos // tpb].long(), pos % tpb
-        k = k_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)  # [ctx, H, D]
-        v = v_cache[blocks, rows].float().repeat_interleave(H // Hkv, dim=1)
+        k, v = k_cache[blocks, rows].float(), v_cache[blocks, rows].float()  # [ctx, Hkv, D]
+        if quant:
+            k, v = k * k_scale, v * v_scale
+        k = k.repeat_interleave(H // Hkv, dim=1)  # [ctx, H, D]
+        v = v.repeat_interleave(H // Hkv, dim=1)
         s = torch.einsum("qhd,khd->hqk", q[start : start + n].float(), k) * scale  # [H, n, ctx]
         if softcap:
             s = softcap * torch.tanh(s / softcap)
         q_pos = ctx - n + torch.arange(n, device=q.device)
         hidden = pos[None, :] > q_pos[:, None]  # [n, ctx]
-        if window:
-            hidden |= pos[None, :] <= q_pos[:, None] - window
+        if window:  # before the window, except the sinks
+            hidden |= (pos[None, :] <= q_pos[:, None] - window) & (pos >= sinks)[None, :]
         s = s.masked_fill(hidden[None], float("-inf"))
         out[start : start + n] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v).to(q.dtype)
         start += n

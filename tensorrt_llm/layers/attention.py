@@ -30,10 +30,16 @@ class Attention(nn.Module):
     rotary positions, a fused QKV projection and a paged KV cache.
 
     Options (fixed when built): `bias` on the QKV projection and `dense_bias` on the output one (Qwen2 has
-    the first only); `window` > 0, sliding-window attention over the last `window` keys; `qk_norm_eps`,
+    the first only); `window` > 0, sliding-window attention over the last `window` keys, and `sinks` > 0
+    (with a window) the first `sinks` keys of the sequence visible to every query too; `qk_norm_eps`,
     an RMSNorm over head_dim of every q and k head before rotary (Qwen3), weights `q_norm` / `k_norm`
     [D] on every rank; `scale` of the scores (default head_dim ** -0.5); `softcap` > 0, scores capped
-    to softcap * tanh(score / softcap) (Gemma-2)."""
+    to softcap * tanh(score / softcap) (Gemma-2).
+
+    A quantized KV cache (`set_kv_quant`): the layer's cache holds int8 or float8_e4m3fn, K / k_scale and
+    V / v_scale, with the parameter `kv_cache_scale` float32 [2] = (k_scale, v_scale) (calibrated)."""
+
+    QUANT_CACHE_DTYPES = (torch.int8, torch.float8_e4m3fn)
 
     def __init__(
         self,
@@ -49,6 +55,7 @@ class Attention(nn.Module):
         qk_norm_eps: float | None = None,
         scale: float | None = None,
         softcap: float = 0.0,
+        sinks: int = 0,
     ) -> None:
         super().__init__()
         tp = mapping.tp_size
@@ -61,7 +68,9 @@ class Attention(nn.Module):
         self.num_kv_heads = max(num_kv_heads // tp, 1)
         self.head_dim = head_dim
         self.scale = head_dim**-0.5 if scale is None else scale
-        self.window, self.softcap = window, softcap
+        if sinks and not 0 < sinks < window:
+            raise ValueError(f"attention sinks ({sinks}) need a window longer than them, got window {window}")
+        self.window, self.softcap, self.sinks = window, softcap, sinks
         self.q_norm = self.k_norm = None
         if qk_norm_eps is not None:
             self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
@@ -69,19 +78,37 @@ class Attention(nn.Module):
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         self.qkv = ColumnLinear(hidden_size, qkv_out, bias, dtype, mapping)
         self.dense = RowLinear(num_heads * head_dim, hidden_size, dense_bias, dtype, mapping)
+        self.kv_cache_dtype: torch.dtype | None = None  # None: the cache has the activations' dtype
+
+    def set_kv_quant(self, cache_dtype: torch.dtype) -> None:
+        """Makes this layer read and write a quantized cache of `cache_dtype` (int8 or float8_e4m3fn): adds
+        `kv_cache_scale` float32 [2] = (k_scale, v_scale), on the layer's device (meta before loading),
+        ones until loaded or filled."""
+        if cache_dtype not in self.QUANT_CACHE_DTYPES:
+            raise ValueError(f"a quantized KV cache is int8 or float8_e4m3fn, got {cache_dtype}")
+        device = next(self.parameters()).device
+        self.kv_cache_scale = nn.Parameter(torch.ones(2, dtype=torch.float32, device=device), requires_grad=False)
+        self.kv_cache_dtype = cache_dtype
 
     def forward(
         self, x: torch.Tensor, p: AttentionParams, k_cache: torch.Tensor, v_cache: torch.Tensor
     ) -> torch.Tensor:
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        k_scale = v_scale = None
+        if self.kv_cache_dtype is not None:
+            if k_cache.dtype != self.kv_cache_dtype:
+                raise ValueError(f"this layer's KV cache is {self.kv_cache_dtype}, the pool holds {k_cache.dtype}")
+            k_scale, v_scale = self.kv_cache_scale[0], self.kv_cache_scale[1]  # views: graphs read the values
         qkv = self.qkv(x)  # [T, (H + 2 Hkv) D]
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # [T, H, D], [T, Hkv, D], normed over D
         # rotary and the cache write in one kernel: the rotated k is written only into the cache
-        q = tf.rotary_write_kv_cache(q, k, v, p.positions, p.cos_sin_cache, k_cache, v_cache, p.slot_mapping)
+        q = tf.rotary_write_kv_cache(
+            q, k, v, p.positions, p.cos_sin_cache, k_cache, v_cache, p.slot_mapping, k_scale, v_scale
+        )
         o = tf.paged_attention(
             q,
             k_cache,
@@ -95,5 +122,8 @@ class Attention(nn.Module):
             decode_tail=p.num_decode_tail,
             window=self.window,
             softcap=self.softcap,
+            k_scale=k_scale,
+            v_scale=v_scale,
+            sinks=self.sinks,
         )
         return self.dense(o.reshape(T, H * D))

@@ -78,6 +78,11 @@ class ModelConfig:
     parallel_shared_norm: bool = False
     # GPT-J: a bias on the head.
     lm_head_bias: bool = False
+    # Attention sinks (StreamingLLM; TensorRT-LLM's `sink_token_length`), a load-time option like the window
+    # (`with_attention_sinks`): on every windowed layer the first `sink_tokens` keys of the sequence stay
+    # visible too, so a query at p sees keys [0, sink_tokens) U (p - window, p]; full layers see all anyway.
+    # Positions are not re-indexed (rotary as without sinks). 0: none.
+    sink_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -102,6 +107,13 @@ class ModelConfig:
             )
         if self.rotary_dim is not None and not (0 < self.rotary_dim < self.head_dim and self.rotary_dim % 2 == 0):
             raise ValueError(f"model config: rotary_dim must be even and below head_dim, got {self.rotary_dim}")
+        if self.sink_tokens < 0:
+            raise ValueError(f"model config: sink_tokens must be >= 0, got {self.sink_tokens}")
+        if self.sink_tokens and not self.sink_tokens < (self.sliding_window or 0):
+            raise ValueError(
+                f"model config: {self.sink_tokens} sink tokens need a longer attention window, got "
+                f"sliding_window {self.sliding_window}"
+            )
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list on reading
             if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
@@ -132,6 +144,25 @@ class ModelConfig:
         if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
             return 0
         return self.sliding_window
+
+    def with_attention_sinks(self, sinks: int) -> "ModelConfig":
+        """This model with the first `sinks` keys visible to every query of its windowed layers as well
+        (TensorRT-LLM's `sink_token_length`, StreamingLLM): the window is applied first (a family's own, or
+        `with_attention_window`'s). Sinks are only asked for, never a family's default."""
+        if sinks < 1:
+            raise ValueError(f"sink tokens must be positive, got {sinks}")
+        if not any(self.attention_window(i) for i in range(self.num_hidden_layers)):
+            raise ValueError(
+                f"{sinks} sink tokens (sink_token_length) need an attention window (max_attention_window_size), "
+                "and this model's layers attend to every key"
+            )
+        if sinks >= self.sliding_window:
+            raise ValueError(f"sink tokens ({sinks}) must be fewer than the attention window ({self.sliding_window})")
+        return replace(self, sink_tokens=sinks)
+
+    def attention_sinks(self, layer: int) -> int:
+        """Sink keys a query of `layer` sees besides its window (0 on a full layer: it sees every key)."""
+        return self.sink_tokens if self.attention_window(layer) else 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -76,6 +76,7 @@ class DecoderLayer(nn.Module):
             dtype=dtype,
             mapping=mapping,
             window=cfg.attention_window(layer),
+            sinks=cfg.attention_sinks(layer),
             qk_norm_eps=eps if cfg.qk_norm else None,
             scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
             softcap=cfg.attn_logit_softcapping or 0.0,

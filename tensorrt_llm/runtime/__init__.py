@@ -1,4 +1,4 @@
-"""Engine loading, the paged KV cache pool, the forward step, sampling ops and ModelRunner."""
+"""Engine loading, the paged KV cache pool, the forward step and sampling ops."""
 
 import os
 
@@ -6,8 +6,18 @@ import torch
 
 from tensorrt_llm.runtime.engine import Engine, read_engine_config
 from tensorrt_llm.runtime.kv_cache import KVCachePool
-from tensorrt_llm.runtime.model_runner import ModelRunner
 from tensorrt_llm.runtime.step import StepInput, build_step_input
+
+
+def __getattr__(name: str) -> object:
+    # Compatibility alias: TensorRT-LLM's users import ModelRunner from here. It runs the in-flight
+    # batcher's executor, so it lives in `inflight_batcher.runner`; this lazy import is the one place
+    # `tensorrt_llm` names `inflight_batcher` (nothing here imports it unless ModelRunner is asked for).
+    if name == "ModelRunner":
+        from inflight_batcher.runner import ModelRunner
+
+        return ModelRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def env_rank() -> int | None:
@@ -39,7 +49,6 @@ def init_distributed(world_size: int, rank: int | None = None) -> int:
 __all__ = [
     "Engine",
     "KVCachePool",
-    "ModelRunner",
     "StepInput",
     "build_step_input",
     "env_rank",

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from tensorrt_llm._utils import str_to_dtype
 from tensorrt_llm.builder import EngineConfig
 from tensorrt_llm.models import CausalLM, get_family
+from tensorrt_llm.quantization.convert import apply_quant
 from tensorrt_llm.runtime.cuda_graph import StepGraphs
-from tensorrt_llm.runtime.kv_cache import KVCachePool
+from tensorrt_llm.runtime.kv_cache import KVCachePool, kv_cache_dtype
 from tensorrt_llm.runtime.step import StepInput
 
 
@@ -40,6 +41,8 @@ class Engine:
         self.model = model
         self.device = device
         self.dtype = str_to_dtype(config.dtype)
+        # what the KV cache stores: the engine dtype, or int8 / e4m3 (kv_cache_quant_algo INT8 / FP8)
+        self.kv_dtype = kv_cache_dtype(getattr(config, "quantization", None), self.dtype)
         self.graphs: StepGraphs | None = None
 
     @classmethod
@@ -49,12 +52,30 @@ class Engine:
         device: str | torch.device | None = None,
         rank: int = 0,
         attention_window: int | None = None,
+        sink_tokens: int = 0,
     ) -> "Engine":
         """`attention_window` (TensorRT-LLM's `max_attention_window_size`): every layer attends to at most
-        that many of the latest keys (none when it covers `max_seq_len`)."""
+        that many of the latest keys (none when it covers `max_seq_len`).
+        `sink_tokens` S (TensorRT-LLM's `sink_token_length`, StreamingLLM's attention sinks): the first S keys
+        stay visible to every query of a windowed layer besides its window W, so a query at position p sees
+        [0, S) U (p - W, p]; their KV blocks are never handed back. S needs a window, `attention_window` or the
+        family's own (then asked for explicitly: a sliding-window family gets no sinks by default), and
+        S < W. W counts the latest keys only (TensorRT-LLM's gpt-attention doc keeps the sinks inside its
+        window of `max_attention_window_size` tokens). Positions are kept: keys and queries are rotated by
+        their positions in the sequence (StreamingLLM and TensorRT-LLM's `streamingllm` mode use positions
+        within the cache instead), and prompts are attended through the same mask (StreamingLLM's context
+        phase is dense)."""
         config = read_engine_config(engine_dir, rank)
+        if sink_tokens < 0 or (attention_window and sink_tokens >= attention_window):
+            raise ValueError(
+                f"sink_tokens ({sink_tokens}) must be >= 0 and fewer than the attention window ({attention_window})"
+            )
         if attention_window and attention_window < config.build.max_seq_len:
             config = dataclasses.replace(config, model=config.model.with_attention_window(attention_window))
+        m = config.model
+        if sink_tokens and (not attention_window or any(m.attention_window(i) for i in range(m.num_hidden_layers))):
+            # (a window covering max_seq_len hides nothing: the sinks would change nothing either)
+            config = dataclasses.replace(config, model=m.with_attention_sinks(sink_tokens))
         if config.mapping.world_size > 1 and not torch.distributed.is_initialized():
             raise RuntimeError(
                 f"engine has world_size {config.mapping.world_size}: start one process per rank "
@@ -76,20 +97,32 @@ class Engine:
     ) -> "Engine":
         """An engine from converted weights already in memory (the builder's output for one rank)."""
         dtype = str_to_dtype(config.dtype)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # threads that run it set this device by index
+            device = torch.device("cuda", torch.cuda.current_device())
         if config.kernels:
             from tensorrt_llm.kernels import tuning
 
             tuning.apply_configs(config.kernels)
         with torch.device("meta"):
             model = get_family(config.architecture).model_cls(config.model, dtype, config.mapping)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
+            apply_quant(model, config.quantization)
+        expected = model.state_dict()
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
-        bad = [k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k]]
-        if missing or unexpected or bad:
+        bad = [k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k].shape]
+        # A quantized weight of the wrong kind (int8 where e4m3 is meant) would compute garbage, not fail.
+        wrong_dtype = [
+            f"{k} ({weights[k].dtype}, expected {expected[k].dtype})"
+            for k in expected.keys() & weights.keys()
+            if (weights[k].dtype.is_floating_point and weights[k].itemsize > 1)
+            != (expected[k].dtype.is_floating_point and expected[k].itemsize > 1)
+            or (weights[k].itemsize == 1 and weights[k].dtype != expected[k].dtype)
+        ]
+        if missing or unexpected or bad or wrong_dtype:
             raise ValueError(
                 f"engine {source} do not match its config: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
+                f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}, wrong dtype {wrong_dtype[:5]}"
             )
         model.load_state_dict({k: v.to(device) for k, v in weights.items()}, assign=True, strict=False)
         # Buffers computed at construction (the rotary table) were made on the meta device.
@@ -119,7 +152,7 @@ class Engine:
         m, tp = self.config.model, self.config.mapping.tp_size
         return KVCachePool.bytes_per_block(
             m.num_hidden_layers, self.config.build.tokens_per_block, max(m.num_key_value_heads // tp, 1),
-            m.head_dim, self.dtype,
+            m.head_dim, self.kv_dtype,
         )  # fmt: skip
 
     def num_kv_blocks(self, free_gpu_mem_fraction: float = 0.9, max_tokens: int | None = None) -> int:
@@ -142,5 +175,5 @@ class Engine:
         m, tp = self.config.model, self.config.mapping.tp_size
         return KVCachePool(
             m.num_hidden_layers, num_blocks, self.config.build.tokens_per_block,
-            max(m.num_key_value_heads // tp, 1), m.head_dim, self.dtype, self.device,
+            max(m.num_key_value_heads // tp, 1), m.head_dim, self.kv_dtype, self.device,
         )  # fmt: skip

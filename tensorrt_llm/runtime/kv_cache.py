@@ -4,9 +4,21 @@
     k[l] = data[l, 0]  -> [num_blocks, tokens_per_block, Hkv, D]   (v[l] = data[l, 1])
 
 Which block belongs to which sequence is the scheduler's business; the pool only stores. One extra block
-(`scratch_block`, index num_blocks) is never handed out: padded rows of a CUDA-graph step write there."""
+(`scratch_block`, index num_blocks) is never handed out: padded rows of a CUDA-graph step write there.
+
+`dtype` is the cache's: the engine dtype, or int8 / float8_e4m3fn for a quantized cache
+(`kv_cache_quant_algo` INT8 / FP8; the layers hold the scales), half the bytes of fp16."""
 
 import torch
+
+# kv_cache_quant_algo -> what the cache stores
+KV_CACHE_QUANT_DTYPES = {"INT8": torch.int8, "FP8": torch.float8_e4m3fn}
+
+
+def kv_cache_dtype(quant, dtype: torch.dtype) -> torch.dtype:
+    """The cache dtype of an engine: `quant` (a QuantConfig, or None) names INT8 / FP8, else `dtype`."""
+    algo = getattr(quant, "kv_cache_quant_algo", None)
+    return KV_CACHE_QUANT_DTYPES[algo] if algo is not None else dtype
 
 
 class KVCachePool:
@@ -39,4 +51,4 @@ class KVCachePool:
     def bytes_per_block(
         num_layers: int, tokens_per_block: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
     ) -> int:
-        return 2 * num_layers * tokens_per_block * num_kv_heads * head_dim * torch.finfo(dtype).bits // 8
+        return 2 * num_layers * tokens_per_block * num_kv_heads * head_dim * dtype.itemsize

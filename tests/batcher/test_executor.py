@@ -222,6 +222,21 @@ def test_a_poison_request_fails_alone_and_the_loop_goes_on(make_executor, solo):
     ex.block_manager.check([])
 
 
+def test_a_dead_loop_fails_its_requests_and_refuses_new_ones(make_executor):
+    """A fault outside any step (here the scheduler's intake) kills the loop thread: the requests it held
+    end with the error, instead of their callers waiting forever, and the executor takes no more."""
+    ex = make_executor()
+
+    def broken(request):
+        raise RuntimeError("intake broke")
+
+    ex.scheduler.add = broken
+    out = ex.generate([Request([6, 7], max_new_tokens=4, end_id=-1)], timeout=30)[0]
+    assert out.finish_reason == "error" and "executor loop died" in out.error and "intake broke" in out.error
+    with pytest.raises(RuntimeError, match="executor is shut down"):
+        ex.generate([Request([6, 7], max_new_tokens=4, end_id=-1)])
+
+
 def test_nan_logits_fail_only_that_request(make_executor, solo):
     ex = make_executor()
     real = ex.engine.forward

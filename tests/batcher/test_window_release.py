@@ -100,3 +100,51 @@ def test_a_small_cache_runs_generations_longer_than_it_holds(mistral):
             keep_all.generate([Request([7, 8, 9], max_new_tokens=100, end_id=-1)])
     finally:
         keep_all.shutdown()
+
+
+SINKS = 9  # the first 9 keys: blocks 0 and 1 of 8 tokens (the second one partly)
+
+
+def test_sink_blocks_are_never_released_and_kv_stays_sinks_plus_a_window(mistral):
+    """Attention sinks asked for on the family's own window (sink_token_length): every query also sees the
+    first SINKS keys, so their blocks stay while the blocks wholly between them and the window go back; the
+    tokens are those of the same engine keeping every block."""
+    from tensorrt_llm.runtime import Engine
+
+    _, engine_dir = mistral
+    prompts = [[7, 8, 9], *_prompts()]
+
+    def run(release: bool):
+        engine = Engine.from_dir(engine_dir, device=DEVICE, sink_tokens=SINKS)
+        ex = Executor(engine, ExecutorConfig(**TEST_CONFIG))
+        assert (ex.scheduler.window, ex.scheduler.sinks) == (WINDOW, SINKS)
+        if not release:
+            ex.scheduler.window = 0
+        held, sink_blocks = [], set()  # after each step of the long request: blocks held, its sink blocks
+
+        def watch(_out) -> None:
+            table = long.seqs[0].block_table
+            held.append(len(table) - table.count(ex.block_manager.released))
+            if len(table) >= 2:
+                sink_blocks.add(tuple(table[:2]))
+
+        try:
+            long = Request(prompts[0], max_new_tokens=100, end_id=-1, streaming=True, callback=watch)
+            outs = ex.generate([long] + [Request(p, max_new_tokens=40, end_id=-1) for p in prompts[1:]])
+            ex.block_manager.check([])
+        finally:
+            ex.shutdown()
+        assert len(sink_blocks) == 1 and ex.block_manager.released not in next(iter(sink_blocks)), sink_blocks
+        return [o.tokens[0] for o in outs], held
+
+    tokens, held = run(release=True)
+    kept_tokens, kept_held = run(release=False)
+    assert tokens == kept_tokens
+    ex = _executor(engine_dir, release=True)  # no sinks: the long request's tokens differ
+    try:
+        assert ex.generate([Request(prompts[0], max_new_tokens=100, end_id=-1)])[0].tokens[0] != tokens[0]
+    finally:
+        ex.shutdown()
+    # 103 tokens take 13 blocks (the last callback comes after the blocks are freed); the 2 sink blocks and
+    # a 12-key window's (at most 3) stay
+    assert max(held) == 5 and max(kept_held) == 13 and held[-1] == kept_held[-1] == 0, (held, kept_held)

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tensorrt_llm.commands import build, run
+from inflight_batcher import run
+from tensorrt_llm.commands import build
 from tensorrt_llm.runtime import ModelRunner
 from tests.helpers import make_tiny_llama
 
@@ -37,7 +38,7 @@ def engine_dir(model_dir):
 
 def test_engine_directory_contents(engine_dir):
     cfg = json.loads((engine_dir / "config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["architecture"] == "LlamaForCausalLM"
+    assert cfg["format_version"] == 2 and cfg["architecture"] == "LlamaForCausalLM"
     assert cfg["build"]["max_seq_len"] == 128 and cfg["build"]["max_batch_size"] == 4
     assert sorted(p.name for p in engine_dir.iterdir()) == ["config.json", "rank0.safetensors"]
 
@@ -140,8 +141,12 @@ def test_bad_engine_directories(engine_dir, tmp_path):
     shutil.copy(engine_dir / "rank0.safetensors", partial)
     cfg = json.loads((engine_dir / "config.json").read_text())
     (partial / "config.json").write_text(json.dumps(dict(cfg, format_version=0)))
-    with pytest.raises(ValueError, match="format version 0 does not match this runtime's 1: rebuild"):
+    with pytest.raises(ValueError, match="format version 0 does not match this runtime's 2: rebuild"):
         ModelRunner.from_dir(partial)
+    # an engine of format 1 (before quantization: no "quantization" entry) still loads, as a float engine
+    v1 = {k: v for k, v in cfg.items() if k != "quantization"} | {"format_version": 1}
+    (partial / "config.json").write_text(json.dumps(v1))
+    assert ModelRunner.from_dir(partial, cuda_graphs=False).config.quantization.quant_algo is None
     (partial / "config.json").write_text(json.dumps(dict(cfg, model=dict(cfg["model"], hidden_size=32))))
     with pytest.raises(ValueError, match="do not match its config"):
         ModelRunner.from_dir(partial)

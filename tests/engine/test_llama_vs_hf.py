@@ -167,3 +167,54 @@ def test_max_attention_window_size_is_mistrals_sliding_window(built):
         full = hf(torch.tensor([prompt])).logits[0]
     assert _rel_err(ours, ref) <= 1e-4
     assert _rel_err(ours[window:], full[window:]) > 1e-2  # the window changed something
+
+
+def _sink_mask(n: int, window: int, sinks: int) -> torch.Tensor:
+    """Additive [1, 1, n, n] mask: query p sees keys [0, sinks) U (p - window, p]."""
+    i = torch.arange(n)
+    keep = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - window) | (i[None, :] < sinks))
+    return torch.zeros(1, 1, n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
+
+
+def test_sink_tokens_are_hugging_faces_forward_with_a_sink_mask(built, request):
+    """A Llama engine loaded with `attention_window` W and `sink_tokens` S (sink_token_length) computes what
+    Hugging Face's forward computes on the same weights with a mask of keys [0, S) U (p - W, p] and the
+    positions unchanged: the prompt's logits, then generation steps against the paged cache."""
+    if request.node.callspec.params["built"] != "gqa_tied":
+        pytest.skip("the plumbing is the same for every variant: one is enough")
+    hf, engine_dir = built
+    window, sinks = 12, 5
+    engine = Engine.from_dir(engine_dir, device="cpu", attention_window=window, sink_tokens=sinks)
+    m = engine.config.model
+    assert (m.sliding_window, m.sink_tokens, m.attention_sinks(0)) == (window, sinks, sinks)
+    kv, tpb = engine.make_kv_cache(16), engine.config.build.tokens_per_block
+    blocks = list(range(8))
+    torch.manual_seed(4)
+    seq = torch.randint(4, 384, (29,)).tolist()
+    logits = [engine.forward(build_step_input([seq], [0], [blocks], tpb, all_logits=True), kv)]
+    for _ in range(6):
+        seq.append(int(logits[-1][-1].argmax()))
+        logits.append(engine.forward(build_step_input([[seq[-1]]], [len(seq) - 1], [blocks], tpb), kv))
+    ours = torch.cat(logits)  # every position of the 35 tokens
+    with torch.no_grad():
+        ref = hf(torch.tensor([seq]), attention_mask=_sink_mask(len(seq), window, sinks)).logits[0]
+        no_sinks = hf(torch.tensor([seq]), attention_mask=_sink_mask(len(seq), window, 0)).logits[0]
+    assert _rel_err(ours, ref) <= 1e-4
+    assert _rel_err(ours[window:], no_sinks[window:]) > 1e-2  # the sinks changed something
+
+
+def test_sink_tokens_need_a_window_longer_than_them(built, request):
+    if request.node.callspec.params["built"] != "gqa_tied":
+        pytest.skip("one variant is enough")
+    _, engine_dir = built
+    with pytest.raises(ValueError, match="fewer than the attention window"):
+        Engine.from_dir(engine_dir, device="cpu", attention_window=8, sink_tokens=8)
+    with pytest.raises(ValueError, match="need an attention window"):
+        Engine.from_dir(engine_dir, device="cpu", sink_tokens=4)  # Llama: no window of its own
+    # a window covering max_seq_len hides nothing, so the sinks change nothing: both are dropped
+    m = Engine.from_dir(engine_dir, device="cpu", attention_window=100000, sink_tokens=4).config.model
+    assert (m.sliding_window, m.sink_tokens) == (None, 0)
+    # a family with windowed and full layers (Gemma-2's kind): the sinks go to the windowed layers only
+    mixed = dataclasses.replace(m, sliding_window=16, layer_types=("sliding_attention", "full_attention"))
+    mixed = mixed.with_attention_sinks(4)
+    assert [mixed.attention_sinks(i) for i in range(2)] == [4, 0]

@@ -74,3 +74,43 @@ def test_tp2_families_match_hf(tmp_path):
     prompts = [[1, 5, 9, 33, 2, 17, 80, 80, 4, 250, 11, 12, 13, 301], [1, 77, 12]]  # the first beyond a window
     for name, out in zip(FAMILIES, _run_tp2(engines, prompts), strict=True):
         _assert_greedy_like_hf(models[name], prompts, out)
+
+
+def _calls_worker(rank: int, engine_dir: str, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from tensorrt_llm.runtime import ModelRunner, init_distributed
+
+    init_distributed(2, rank)
+    runner = ModelRunner.from_dir(engine_dir, device="cpu", rank=rank)
+    prompts = [[1, 5, 9, 33, 2], [1, 77, 12]]
+    kw = dict(max_new_tokens=6, end_id=-1, pad_id=0)
+    plain = runner.generate(prompts, **kw).tolist()
+    steps = [s.tolist() for s in runner.generate(prompts, streaming=True, **kw)]
+    try:  # refused by rank 0's executor: the other rank raises it too, and both go on
+        runner.generate(prompts, max_new_tokens=4, end_id=100000)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    again = runner.generate(prompts, **kw).tolist()
+    queue.put((rank, plain, steps, error, again))
+    torch.distributed.destroy_process_group()
+
+
+def test_tp2_runner_calls_stream_and_errors(tmp_path):
+    """ModelRunner on 2 ranks: an executor per call, rank 1 following it; streaming yields every step on
+    rank 0 and the final result on rank 1; an error of rank 0's executor reaches rank 1."""
+    make_tiny_llama(tmp_path / "hf", with_tokenizer=False, vocab_size=384)
+    build_engine(tmp_path / "hf", tmp_path / "engine", world_size=2, tp_size=2)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_calls_worker, args=(r, str(tmp_path / "engine"), port, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = {r[0]: r[1:] for r in (queue.get(timeout=180) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+    (plain0, steps0, err0, again0), (plain1, steps1, err1, again1) = results[0], results[1]
+    assert plain0 == plain1 == again0 == again1
+    assert len(steps0) == 6 and steps0[-1] == plain0 and steps1 == [plain0]
+    assert err0 == err1 and "end_id=100000 is out of range" in err0

@@ -1,5 +1,5 @@
 """Compiles the decode-path kernels, the context attention kernel and the model-option variants (sliding
-window, soft-capping, Gemma's norm, GeLU-tanh) for sm_90 (H100) ahead of time, without a GPU: run by
+window, attention sinks, soft-capping, Gemma's norm, GeLU-tanh) for sm_90 (H100) ahead of time, without a GPU: run by
 test_compile_sm90.py in a process without TRITON_INTERPRET. The interpreter runs a kernel's Python; this
 catches what only the compiler checks (types that differ between the branches of an `if`, shapes,
 atomics, cache modifiers) in the launch variants the engine uses.
@@ -32,6 +32,41 @@ def compile_one(fn, pointers: dict[str, str], constexprs: dict, floats: tuple[st
     triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=TARGET, options=options)
 
 
+def compile_quant_gemv() -> int:
+    """The weight-only / FP8 word GEMV (M <= 4) in the launch variants `quant._launch_word_gemv` uses."""
+    from tensorrt_llm.kernels import quant
+
+    n = 0
+    for dt in ("fp16", "bf16", "fp32"):
+        x_mode = {"fp16": 1, "bf16": 2, "fp32": 0}[dt]
+        base = {"x_ptr": "*i64" if x_mode else f"*{dt}", "w_ptr": "*i32", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+                "p_ptr": "*fp32"}  # fmt: skip
+        runs = []  # (QUANT, HAS_ZERO, ROWS, EVEN_KW, HAS_BIAS, SPLIT_K)
+        for q in (0, 2, 1):
+            for rows in (1, 2, 3, 4) if dt != "fp32" else (1, 4):
+                runs.append((q, False, rows, True, rows % 2 == 1, 1))
+            runs.append((q, q == 1, 1, False, True, 3))  # a masked K tail, split K (int4: zero points)
+            if q == 1:
+                runs += [(q, True, rows, True, False, 1) for rows in (2, 4)]
+        runs = [(*r, quant._WORD_GEMV_CONFIG["int4" if r[0] == 1 else "byte", r[2]]) for r in runs]
+        if dt == "fp16":  # configs a sweep reaches: unpipelined; an int4 tile inside a group, 2 warps
+            runs += [(0, False, 1, True, False, 1, (8, 64, 1, 1)), (1, True, 2, True, True, 1, (32, 64, 2, 2))]
+        for q, zero, rows, even, bias, split, (block_n, block_k, warps, stages) in runs:
+            block_kw = block_k // (8 if q == 1 else 4)
+            ptrs = base | {"s_ptr": "*fp16" if q == 1 else "*fp32", "z_ptr": "*fp16" if q == 1 else "*fp32"}
+            consts = dict(QUANT=q, GROUP_W=16 if q == 1 else 1, HAS_ZERO=zero, HAS_BIAS=bias, X_MODE=x_mode,
+                          ROWS=rows, BLOCK_N=block_n, BLOCK_KW=block_kw, EVEN_KW=even, SPLIT_K=split,
+                          STAGES=stages)  # fmt: skip
+            compile_one(quant._wo_gemv_kernel, ptrs, consts, num_warps=warps)
+            n += 1
+        for bias in (False, True):
+            ptrs = {"p_ptr": "*fp32", "b_ptr": f"*{dt}" if bias else "*fp32", "y_ptr": f"*{dt}"}
+            consts = dict(HAS_BIAS=bias, SPLIT_K=3, BLOCK=quant._SPLITK_REDUCE_BLOCK)
+            compile_one(quant._splitk_reduce_kernel, ptrs, consts, num_warps=4)
+            n += 1
+    return n
+
+
 def main() -> None:
     n = 0
     p2 = triton.next_power_of_2
@@ -39,43 +74,74 @@ def main() -> None:
         for H, Hkv in ((32, 32), (32, 8), (32, 1)):  # MHA, GQA, MQA
             group = H // Hkv
             ptrs = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "qo_ptr", "kc_ptr", "vc_ptr")}
-            ptrs.update(pos_ptr="*i64", cache_ptr="*fp32", slot_ptr="*i64")
+            ptrs.update(pos_ptr="*i64", cache_ptr="*fp32", slot_ptr="*i64", ks_ptr=f"*{dt}", vs_ptr=f"*{dt}")
             consts = dict(TOKENS_PER_BLOCK=64, BLOCK_HQ=p2(H), BLOCK_HK=p2(Hkv), BLOCK_HALF=64, BLOCK_D=128)
-            compile_one(kv_cache._rotary_write_kv_kernel, ptrs, consts)
+            compile_one(kv_cache._rotary_write_kv_kernel, ptrs, consts | dict(QUANT=0))
             n += 1
+            if dt != "fp32":  # quantized caches (kv_cache_quant_algo INT8 / FP8), and the plain write
+                for quant, cache in ((1, "*i8"), (2, "*fp8e4nv")):
+                    qptrs = ptrs | dict(kc_ptr=cache, vc_ptr=cache, ks_ptr="*fp32", vs_ptr="*fp32")
+                    compile_one(kv_cache._rotary_write_kv_kernel, qptrs, consts | dict(QUANT=quant))
+                    wptrs = {"k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "kc_ptr": cache, "vc_ptr": cache,
+                             "slot_ptr": "*i64", "ks_ptr": "*fp32", "vs_ptr": "*fp32"}  # fmt: skip
+                    wconsts = dict(TOKENS_PER_BLOCK=64, BLOCK_H=p2(Hkv), BLOCK_D=128, QUANT=quant)
+                    compile_one(kv_cache._write_kv_cache_kernel, wptrs, wconsts)
+                    n += 2
             if dt == "fp32":  # float32 engines are for tests; the rotary kernel covers the dtype
                 continue
             # the sliding window (a compile-time switch) on the GQA shape only: the others add nothing new
-            variants = [(s, f, False, False) for s, f in ((1, False), (9, True), (9, False), (33, True))]
+            # (splits, fused merge, window, softcap, sinks)
+            variants = [(s, f, False, False, False) for s, f in ((1, False), (9, True), (9, False), (33, True))]
             if Hkv == 8:  # (Gemma-2 runs both options at once)
-                variants += [(1, False, True, False), (9, True, True, False), (9, False, True, False)]
-                variants += [(1, False, True, True), (9, True, True, True)]
-            for splits, fused, window, softcap in variants:
+                passes = ((1, False), (9, True), (9, False))  # one pass, fused merge, the reduce kernel
+                variants += [(s, f, True, False, False) for s, f in passes]
+                variants += [(1, False, True, True, False), (9, True, True, True, False)]
+                variants += [(s, f, True, False, True) for s, f in passes]  # attention sinks (only with a window)
+            runs = [(dt, v) for v in variants]
+            if Hkv == 8:  # int8 and e4m3 caches (kv_cache_quant_algo INT8 / FP8) on the GQA shape
+                runs += [(cache, v) for cache in ("i8", "fp8e4nv") for v in variants[:4]]
+                runs += [("fp8e4nv", variants[-2])]  # a quantized cache with a window and sinks
+            for cache, (splits, fused, window, softcap, sinks) in runs:
                 block_gm = p2(group)
                 block_s = min(p2(splits), max(1, attention.MERGE_TILE // (block_gm * 128)))
-                ptrs = {p: f"*{dt}" for p in ("q_ptr", "kc_ptr", "vc_ptr", "o_ptr")}
+                quant = cache != dt
+                ptrs = {"q_ptr": f"*{dt}", "o_ptr": f"*{dt}", "kc_ptr": f"*{cache}", "vc_ptr": f"*{cache}"}
                 ptrs.update(part_o_ptr="*fp32", part_ml_ptr="*fp32", bt_ptr="*i32", ctx_lens_ptr="*i32",
-                            count_ptr="*i32" if fused else f"*{dt}")  # fmt: skip
+                            count_ptr="*i32" if fused else f"*{dt}", ks_ptr="*fp32" if quant else f"*{cache}",
+                            vs_ptr="*fp32" if quant else f"*{cache}")  # fmt: skip
                 consts = dict(GROUP=group, BLOCK_G=max(16, p2(group)), TOKENS_PER_BLOCK=64, BLOCK_N=64, BLOCK_D=128,
                               FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s,
                               DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SLIDING_WINDOW=window,
-                              SOFTCAP=softcap)  # fmt: skip
+                              SOFTCAP=softcap, KV_QUANT=quant, SINKS=sinks)  # fmt: skip
                 compile_one(attention._decode_attention_kernel, ptrs, consts, ("qk_scale", "softcap"), num_warps=4,
                             num_stages=2)  # fmt: skip
                 n += 1
-                if splits > 1 and not fused:
+                if splits > 1 and not fused and not quant:
                     ptrs = {"part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "o_ptr": f"*{dt}", "ctx_lens_ptr": "*i32"}
                     consts = dict(GROUP=group, BLOCK_N=64, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=128,
-                                  SLIDING_WINDOW=window)  # fmt: skip
+                                  SLIDING_WINDOW=window, SINKS=sinks)  # fmt: skip
                     compile_one(attention._decode_reduce_kernel, ptrs, consts)
                     n += 1
-            if Hkv == 8:  # the context kernel: plain causal (split at the diagonal) and sliding window
-                for window, softcap in ((False, False), (True, False), (True, True)):
-                    ptrs = {p: f"*{dt}" for p in ("q_ptr", "kc_ptr", "vc_ptr", "o_ptr")}
-                    ptrs.update(bt_ptr="*i32", seq_lens_ptr="*i32", ctx_lens_ptr="*i32", q_start_ptr="*i32")
+            if Hkv == 8:  # the context kernel: plain causal (split at the diagonal), sliding window, sinks
+                for window, softcap, cache, sinks in (
+                    (False, False, dt, False), (True, False, dt, False), (True, True, dt, False),
+                    (False, False, "i8", False), (False, False, "fp8e4nv", False), (True, False, dt, True),
+                    (True, False, "i8", True),
+                ):  # fmt: skip
+                    quant = cache != dt
+                    ptrs = {"q_ptr": f"*{dt}", "o_ptr": f"*{dt}", "kc_ptr": f"*{cache}", "vc_ptr": f"*{cache}"}
+                    ptrs.update(
+                        bt_ptr="*i32",
+                        seq_lens_ptr="*i32",
+                        ctx_lens_ptr="*i32",
+                        q_start_ptr="*i32",
+                        ks_ptr="*fp32" if quant else f"*{cache}",
+                        vs_ptr="*fp32" if quant else f"*{cache}",
+                    )
                     consts = dict(GROUP=group, TOKENS_PER_BLOCK=64, BLOCK_M=64, BLOCK_N=64, BLOCK_D=128,
                                   DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SPLIT_CAUSAL=not window,
-                                  SLIDING_WINDOW=window, SOFTCAP=softcap)  # fmt: skip
+                                  SLIDING_WINDOW=window, SOFTCAP=softcap, KV_QUANT=quant,
+                                  SINKS=sinks)  # fmt: skip
                     compile_one(attention._context_attention_kernel, ptrs, consts, ("qk_scale", "softcap"),
                                 num_warps=4, num_stages=3)  # fmt: skip
                     n += 1
@@ -95,6 +161,7 @@ def main() -> None:
                 consts = dict(HAS_BIAS=bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=even_k)
                 compile_one(gemv_module._gemv_kernel, ptrs, consts, num_warps=warps, num_stages=stages)
                 n += 1
+    n += compile_quant_gemv()
     print(f"compiled {n} kernel variants for sm_90")
 
 

@@ -9,6 +9,7 @@ pytest.importorskip("triton")
 
 from tensorrt_llm import kernels as K  # noqa: E402
 from tensorrt_llm.kernels import attention  # noqa: E402
+from tensorrt_llm.kernels.kv_cache import quantize_kv_ref  # noqa: E402
 
 # the interpreter warns on tensor loop bounds (`range(0, kv_end, ...)`); harmless
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
@@ -37,7 +38,9 @@ def run_both(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device, **kw):
     q, kc, vc, bt, sl, cl = make_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device)
     args = (q, kc, vc, bt, sl, cl, D**-0.5, max(seq_lens), max(ctx_lens))
     out = K.paged_attention(*args, **kw)
-    ref = K.paged_attention_ref(*args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0))
+    ref = K.paged_attention_ref(
+        *args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0), sinks=kw.get("sinks", 0)
+    )
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
     return out
 
@@ -250,3 +253,222 @@ def test_softcap_reference_caps_the_scaled_scores():
     s = cap * torch.tanh(torch.einsum("qhd,khd->hqk", q, k) * 0.25 / cap)  # [H, T, T]
     s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     torch.testing.assert_close(out, torch.einsum("hqk,khd->qhd", s.softmax(-1), v), rtol=1e-5, atol=1e-5)
+
+
+# Quantized caches (kv_cache_quant_algo INT8 / FP8): the cache holds K / k_scale and V / v_scale as int8 or
+# e4m3, with one (k, v) scale per layer (float32 device tensors).
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+CACHE_DTYPES = list(QMAX)
+
+
+def _quantize_cache(kc, vc, cache_dtype):
+    """A float cache as a quantized one with amax scales: (k, v, k_scale, v_scale)."""
+    ks = kc.abs().amax().float() / QMAX[cache_dtype]
+    vs = vc.abs().amax().float() / QMAX[cache_dtype]
+    return quantize_kv_ref(kc, ks, cache_dtype), quantize_kv_ref(vc, vs, cache_dtype), ks, vs
+
+
+def run_both_quant(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, cache_dtype, device, **kw):
+    q, kc, vc, bt, sl, cl = make_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device)
+    kq, vq, ks, vs = _quantize_cache(kc, vc, cache_dtype)
+    args = (q, kq, vq, bt, sl, cl, D**-0.5, max(seq_lens), max(ctx_lens))
+    out = K.paged_attention(*args, k_scale=ks, v_scale=vs, **kw)
+    ref = K.paged_attention_ref(
+        *args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0), k_scale=ks, v_scale=vs,
+        sinks=kw.get("sinks", 0),
+    )  # fmt: skip
+    torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_quantized_cache_context_decode_and_mixed(device, cache_dtype, dtype):
+    run = lambda *a, **kw: run_both_quant(*a, dtype, cache_dtype, device, **kw)  # noqa: E731
+    run([5, 9, 1, 20], [5, 30, 13, 20], 4, 2, 32, 8)  # context kernel, a block per key
+    run([9, 1, 1], [30, 64, 100], 8, 2, 32, 16, decode_tail=2)  # mixed: the tail on the decode kernel
+    run([1, 1, 1, 1], [1, 37, 64, 100], 4, 1, 32, 16, num_splits=3)  # split decode, merged
+    run([5, 40, 1], [5, 70, 13], 4, 2, 32, 8, window=16, softcap=1.5)
+
+
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+@pytest.mark.parametrize("fused", [True, False])
+def test_quantized_cache_decode_under_a_graph_bound(device, monkeypatch, cache_dtype, fused):
+    # short contexts in one pass, long ones sliced and merged by the last slice or the reduce kernel
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=fused)
+    q, kc, vc, bt, sl, cl = make_batch([1] * 4, [3, 20, 90, 250], 8, 2, 32, 16, torch.float16, device)
+    kq, vq, ks, vs = _quantize_cache(kc, vc, cache_dtype)
+    args = (q, kq, vq, bt, sl, cl, 32**-0.5)
+    ref = K.paged_attention_ref(*args, k_scale=ks, v_scale=vs)
+    for splits in (None, 5):
+        out = K.paged_attention(*args, 1, 4096, num_splits=splits, k_scale=ks, v_scale=vs)
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("cache_dtype, max_err", [(torch.int8, 0.02), (torch.float8_e4m3fn, 0.06)])
+def test_quantized_cache_reference_close_to_float_attention(cache_dtype, max_err):
+    # amax scales: int8 keeps ~7 bits of each value, e4m3 3 mantissa bits; attention outputs stay close
+    q, kc, vc, bt, sl, cl = make_batch([5, 9, 1, 1], [5, 30, 64, 100], 8, 2, 32, 16, torch.float32, "cpu")
+    kq, vq, ks, vs = _quantize_cache(kc, vc, cache_dtype)
+    args = (q, kq, vq, bt, sl, cl, 32**-0.5)
+    out = K.paged_attention_ref(*args, k_scale=ks, v_scale=vs)
+    ref = K.paged_attention_ref(q, kc, vc, bt, sl, cl, 32**-0.5)
+    err = ((out - ref).norm() / ref.norm()).item()
+    assert 0 < err < max_err, err
+
+
+def _assert_same_cache(a: torch.Tensor, b: torch.Tensor, device: str) -> None:
+    if device == "cpu":  # the interpreter computes x / scale exactly as torch does
+        assert torch.equal(a.float(), b.float())  # (as floats: -0 and +0 are the same value)
+    else:  # the GPU may round a tie of x / scale the other way: one step at most
+        tol = dict(rtol=0, atol=1) if a.dtype == torch.int8 else dict(rtol=0.125, atol=2**-9)
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_quantized_cache_writes(device, cache_dtype, dtype):
+    torch.manual_seed(0)
+    H, Hkv, T, D, blocks, tpb = 4, 2, 7, 32, 6, 4
+    qkv = torch.randn(T, H + 2 * Hkv, D, dtype=dtype, device=device) * 3
+    q, k, v = qkv[:, :H], qkv[:, H : H + Hkv], qkv[:, H + Hkv :]  # strided views of a fused QKV output
+    v[0, 0, :4] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # beyond the range: clamped
+    ks = torch.tensor(k.abs().max().item() / QMAX[cache_dtype], device=device)
+    vs = torch.tensor(0.02, device=device)
+    slots = torch.randperm(blocks * tpb, device=device)[:T]
+    slots[2] = -1  # a padding token writes nothing
+    cache = K.rope_cos_sin_cache(D, 64, device=device)
+    positions = torch.randint(0, 64, (T,), device=device)
+    caches = [torch.zeros(blocks, tpb, Hkv, D, dtype=cache_dtype, device=device) for _ in range(8)]
+    K.write_kv_cache(k, v, *caches[0:2], slots, ks, vs)
+    K.write_kv_cache_ref(k, v, *caches[2:4], slots, ks, vs)
+    qo = K.rotary_write_kv_cache(q, k, v, positions, cache, *caches[4:6], slots, ks, vs)
+    qr = K.rotary_write_kv_cache_ref(q, k, v, positions, cache, *caches[6:8], slots, ks, vs)
+    for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):
+        _assert_same_cache(caches[a], caches[b], device)
+    torch.testing.assert_close(qo.float(), qr.float(), rtol=TOL[dtype], atol=TOL[dtype])
+    # the stored values are x / scale within half a step (int8) or 2**-4 relative (e4m3), clamped
+    s = int(slots[0])
+    back = caches[3][s // tpb, s % tpb].float() * vs
+    expect = v[0].float().clamp(-QMAX[cache_dtype] * vs, QMAX[cache_dtype] * vs)
+    if cache_dtype == torch.int8:
+        tol = dict(atol=vs.item() / 2 + 1e-6, rtol=0)
+    else:
+        tol = dict(atol=vs.item() / 64, rtol=2**-4)
+    torch.testing.assert_close(back, expect, **tol)
+
+
+def test_e4m3_write_rounds_ties_to_even_and_carries_into_the_next_binade(device):
+    # every e4m3 value, the midpoints between neighbours (ties), and points just off them: the kernel's
+    # rounding (done in fp32, then an exact cast) against torch's cast
+    grid = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[grid.isfinite() & (grid >= 0)].sort().values  # 0 .. 448
+    mid = (grid[1:] + grid[:-1]) / 2
+    x = torch.cat([grid, mid, mid * (1 + 2**-20), mid * (1 - 2**-20), torch.tensor([500.0, 2**-11, 1e-30])])
+    x = torch.cat([x, -x])
+    n = -(-x.numel() // 16) * 16
+    x = torch.nn.functional.pad(x, (0, n - x.numel())).view(n // 16, 1, 16).to(device)  # [T, 1, 16]
+    one = torch.tensor(1.0, device=device)
+    slots = torch.arange(x.shape[0], device=device)
+    kc = torch.zeros(x.shape[0], 1, 1, 16, dtype=torch.float8_e4m3fn, device=device)
+    vc = torch.zeros_like(kc)
+    K.write_kv_cache(x, x, kc, vc, slots, one, one)
+    expect = x.clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(kc[:, 0].float(), expect.float())
+
+
+def test_int8_write_rounds_half_to_even_and_clamps(device):
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 127.4, 200.0, -300.0, 0.49999997, 3.0, -7.2, 0, 0, 0, 0])
+    x = x.view(1, 1, 16).to(device)
+    one = torch.tensor(1.0, device=device)
+    kc = torch.zeros(1, 1, 1, 16, dtype=torch.int8, device=device)
+    K.write_kv_cache(x, x, kc, torch.zeros_like(kc), torch.zeros(1, dtype=torch.int64, device=device), one, one)
+    expect = [0, 2, 2, 0, -2, 126, 127, 127, -127, 0, 3, -7, 0, 0, 0, 0]
+    assert kc.flatten().tolist() == expect
+
+
+def test_quantized_cache_argument_checks(device):
+    q, kc, vc, bt, sl, cl = make_batch([2], [2], 2, 1, 16, 4, torch.float16, device)
+    kq, vq, ks, vs = _quantize_cache(kc, vc, torch.int8)
+    with pytest.raises(ValueError, match="needs k_scale and v_scale"):
+        K.paged_attention(q, kq, vq, bt, sl, cl, 0.25, 2, 2)
+    with pytest.raises(ValueError, match="given for a torch.float16 cache"):
+        K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 2, 2, k_scale=ks, v_scale=vs)
+    with pytest.raises(ValueError, match="float32 tensor of one element"):
+        K.paged_attention_ref(q, kq, vq, bt, sl, cl, 0.25, k_scale=ks.half(), v_scale=vs)
+    k = torch.randn(2, 1, 16, dtype=torch.float16, device=device)
+    slots = torch.zeros(2, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="needs k_scale and v_scale"):
+        K.write_kv_cache(k, k, kq, vq, slots)
+    with pytest.raises(ValueError, match="share a dtype"):  # a float cache of another dtype
+        K.write_kv_cache(k, k, kc.float(), vc.float(), slots)
+
+
+# Attention sinks (StreamingLLM, sink_token_length): with a window W, the first S keys stay visible, so a
+# query at p sees [0, S) U (p - W, p]. Sinks inside one tile, spanning tiles and blocks, reaching into the
+# window; rows whose context is within the window (nothing hidden) next to long ones, in every launch.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window, sinks", [(5, 1), (16, 4), (12, 21)])
+def test_sinks_context_and_mixed_steps(device, dtype, window, sinks):
+    run_both([5, 40, 1, 20], [5, 70, 13, 20], 4, 2, 32, 8, dtype, device, window=window, sinks=sinks)
+    run_both([9, 1, 1, 1], [30, 3, 64, 100], 4, 1, 32, 16, dtype, device, window=window, sinks=sinks, decode_tail=3)
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 8])
+@pytest.mark.parametrize("window, sinks", [(7, 4), (7, 33), (33, 20)])
+def test_sinks_decode_split(device, num_splits, window, sinks):
+    # the slices cut the walk of sink tiles then window tiles: a slice may hold sinks only, both, or none
+    run_both([1] * 5, [1, 9, 37, 64, 100], 8, 2, 32, 16, torch.float32, device, num_splits=num_splits,
+             window=window, sinks=sinks)  # fmt: skip
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sinks_decode_merged_under_a_graph_bound(device, monkeypatch, fused):
+    # a CUDA graph's bound far above the window: the fused merge or the reduce kernel plans the same slices
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=fused)
+    q, kc, vc, bt, sl, cl = make_batch([1] * 4, [3, 20, 90, 250], 8, 2, 32, 16, torch.float32, device)
+    args = (q, kc, vc, bt, sl, cl, 32**-0.5)
+    ref = K.paged_attention_ref(*args, window=40, sinks=19)
+    for splits in (None, 5):
+        out = K.paged_attention(*args, 1, 4096, num_splits=splits, window=40, sinks=19)
+        torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_sinks_kernel_variants_softcap_and_quantized_cache(device, monkeypatch):
+    run_both([5, 40, 1], [5, 70, 13], 4, 2, 32, 8, torch.float16, device, window=16, sinks=3, softcap=1.5)
+    run_both_quant([9, 1, 1], [30, 64, 100], 8, 2, 32, 16, torch.float16, torch.int8, device, window=16, sinks=5,
+                   decode_tail=2, num_splits=3)  # fmt: skip
+    run_both_quant([40, 1], [70, 100], 4, 2, 32, 16, torch.float16, torch.float8_e4m3fn, device, window=12, sinks=8,
+                   decode_tail=1)  # fmt: skip
+    for name in ("CONTEXT_CONFIG", "INTERPRET_CONTEXT_CONFIG", "DECODE_CONFIG", "INTERPRET_DECODE_CONFIG"):
+        monkeypatch.setattr(attention, name, {**getattr(attention, name), "TILE_IN_BLOCK": False})
+    run_both([40, 1, 1], [70, 13, 100], 4, 2, 32, 16, torch.float32, device, window=9, sinks=6, decode_tail=2,
+             num_splits=3)  # fmt: skip
+
+
+def test_sinks_without_a_window_change_nothing(device):
+    q, kc, vc, bt, sl, cl = make_batch([5, 1], [30, 40], 4, 2, 16, 8, torch.float32, device)
+    args = (q, kc, vc, bt, sl, cl, 0.25, 5, 40)
+    assert torch.equal(K.paged_attention(*args, sinks=4), K.paged_attention(*args))
+    assert torch.equal(K.paged_attention_ref(*args, sinks=4), K.paged_attention_ref(*args))
+    with pytest.raises(ValueError, match="sinks must be >= 0"):
+        K.paged_attention(*args, window=8, sinks=-1)
+
+
+def test_sinks_reference_matches_dense_masked_attention():
+    # keys [0, S) U (p - W, p], written as a dense mask; and the sinks do change the output
+    torch.manual_seed(0)
+    T, H, D, tpb, W, S = 24, 2, 16, 4, 5, 3
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    kc, vc = k.view(T // tpb, tpb, H, D), v.view(T // tpb, tpb, H, D)
+    bt = torch.arange(T // tpb, dtype=torch.int32)[None]
+    lens = torch.tensor([T], dtype=torch.int32)
+    out = K.paged_attention_ref(q, kc, vc, bt, lens, lens, D**-0.5, window=W, sinks=S)
+    i = torch.arange(T)
+    mask = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - W) | (i[None, :] < S))
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask
+    ).transpose(0, 1)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+    plain = K.paged_attention_ref(q, kc, vc, bt, lens, lens, D**-0.5, window=W)
+    assert torch.equal(out[:W], plain[:W])  # the sinks are still in the windows of the first W queries
+    assert ((out[W:] - plain[W:]).abs().amax(dim=(1, 2)) > 0).all()  # not in the later ones

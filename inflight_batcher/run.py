@@ -1,4 +1,6 @@
-"""trtllm-run: generate from an engine, with text prompts (and a local tokenizer) or token-id files."""
+"""trtllm-run: generate from an engine, with text prompts (and a local tokenizer) or token-id files.
+
+Runs `ModelRunner`, so the in-flight batcher's executor (`python -m inflight_batcher.run` as well)."""
 
 import argparse
 import csv
@@ -16,11 +18,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input_text", nargs="+", help="prompt(s)")
     p.add_argument("--input_file", help=".csv (token ids, one prompt per row) or .npy ([B, L], padded with pad_id)")
     p.add_argument("--max_output_len", type=int, default=32, help="new tokens per prompt")
-    p.add_argument("--output_csv", help="write generated token ids (output only) as csv")
+    p.add_argument("--output_csv", help="write generated token ids (output only) as csv, one row per prompt and beam")
     p.add_argument("--output_npy", help="write output_ids [B, beams, L] as .npy")
     p.add_argument("--end_id", type=int)
     p.add_argument("--pad_id", type=int)
-    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--num_beams", type=int, default=1, help="beam search (the engine's --max_beam_width at least)")
+    p.add_argument("--length_penalty", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=1)
     p.add_argument("--top_p", type=float, default=0.0)
@@ -47,7 +50,7 @@ def _read_ids(path: str, pad_id: int | None) -> list[list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tensorrt_llm.runtime import ModelRunner
+    from inflight_batcher.runner import ModelRunner
 
     args = parse_args(argv)
     try:
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_output_len, end_id=end_id, pad_id=pad_id, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
             presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-            random_seed=args.random_seed, num_beams=args.num_beams, return_dict=True,
+            random_seed=args.random_seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+            return_dict=True,
         )  # fmt: skip
         if args.streaming:
             printed = [0] * len(prompts)
@@ -86,17 +90,19 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{i}] +{new}" if tokenizer is None else f"[{i}] {tokenizer.decode(new)!r}")
         else:
             out = runner.generate(prompts, **kw)
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"trtllm-run: error: {e}", file=sys.stderr)
         return 2
     outputs = []
     for i, prompt in enumerate(prompts):
-        n = int(out["sequence_lengths"][i, 0])
-        gen = out["output_ids"][i, 0, len(prompt) : n].tolist()
-        outputs.append(gen)
-        text = tokenizer.decode(gen, skip_special_tokens=True) if tokenizer else gen
         src = args.input_text[i] if args.input_text else prompt
-        print(f'Input [Text {i}]: "{src}"\nOutput [Text {i} Beam 0]: "{text}"')
+        print(f'Input [Text {i}]: "{src}"')
+        for beam in range(out["output_ids"].shape[1]):
+            n = int(out["sequence_lengths"][i, beam])
+            gen = out["output_ids"][i, beam, len(prompt) : n].tolist()
+            outputs.append(gen)
+            text = tokenizer.decode(gen, skip_special_tokens=True) if tokenizer else gen
+            print(f'Output [Text {i} Beam {beam}]: "{text}"')
     if args.output_csv:
         with open(args.output_csv, "w", newline="") as f:
             csv.writer(f).writerows(outputs)
