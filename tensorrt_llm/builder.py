@@ -18,7 +18,7 @@ from tensorrt_llm._utils import dtype_to_str, str_to_dtype
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models import ModelConfig, get_family
 from tensorrt_llm.quantization import QuantConfig
-from tensorrt_llm.quantization.checkpoint import PrequantizedReader, assemble, quant_config_from_hf
+from tensorrt_llm.quantization.checkpoint import make_reader, quant_config_from_hf
 from tensorrt_llm.quantization.convert import (
     apply_quant,
     calibrate,
@@ -311,9 +311,10 @@ def build_engine(
     get = _CheckpointReader(model_dir) if model_dir is not None else _random_reader(hf_config, model_cfg, device)
     reader = None
     if prequant is not None:
-        reader = PrequantizedReader(get, hf_config["quantization_config"], prequant.quant_algo[6:].lower())
+        reader = make_reader(get, hf_config, prequant)
     calibration = None
-    if needs_calibration(quant):
+    # a quantized checkpoint brings its weights' scales: only a KV cache to quantize needs calibration then
+    if needs_calibration(quant if reader is None else dataclasses.replace(quant, quant_algo=None)):
         samples = calibration_samples(
             None if model_dir is None else str(model_dir), model_cfg.vocab_size, calib.dataset, calib.size,
             min(calib.max_seq_length, build.max_seq_len),
@@ -327,11 +328,14 @@ def build_engine(
         with torch.device("meta"):
             net = family.model_cls(model_cfg, torch_dtype, rank_map)
         if reader is not None:
+            # integer and e4m3 values are exact in the engine dtype; scales and dequantized weights keep float32
             views = {
-                kind: family.convert_weights(reader.view(kind), model_cfg, rank_map, dt)
-                for kind, dt in (("q", torch_dtype), ("scale", torch.float32), ("zero", torch.float32))
+                kind: family.convert_weights(
+                    reader.view(kind), model_cfg, rank_map, torch_dtype if kind == "q" else torch.float32
+                )
+                for kind in reader.VIEWS
             }
-            weights = assemble(views, net, quant)
+            weights = reader.assemble(views, net, quant)
             del views
             if quant.kv_cache_quant_algo is not None:  # the linear layers are done: only the KV scales
                 weights = quantize_weights(weights, net, dataclasses.replace(quant, quant_algo=None), calibration)

@@ -1,4 +1,5 @@
-"""GPTQ and AWQ checkpoints (4-bit, as published on the hub) into int4 engines without re-quantizing.
+"""Quantized checkpoints as published on the hub: GPTQ and AWQ (int4) into int4 engines without
+re-quantizing, and FP8 checkpoints in vLLM's compressed-tensors format (llm-compressor) into FP8 engines.
 
 Both store, per linear layer `P` of Hugging Face's model, int4 values packed eight to an int32, scales
 [K/g, N] and packed zero points [K/g, N/8]; a weight is w[n, k] = (q[n, k] - z[g(k), n]) * s[g(k), n]:
@@ -16,6 +17,12 @@ family takes is a selection, permutation or concatenation of rows and columns, w
 `assemble` then packs q and takes one scale and zero per group back (checking they are constant over each
 group, so a conversion that mixed columns fails loudly instead of computing something else).
 A linear layer the checkpoint left in float (its scale view is NaN) is quantized here, with zero points.
+
+FP8 (compressed-tensors, "float" weights of 8 bits): `P.weight` float8_e4m3fn [N, K], `P.weight_scale` [] or
+[N, 1], `P.input_scale` [] (static activations). Per-channel weights come over exactly (values and scales move
+as the int4 ones do); per-tensor weights of layers the engine fuses (q, k, v) cannot keep three scales, so
+they are dequantized and quantized again with one (the largest, as vLLM does: the layer with that scale keeps
+its values exactly). A fused layer's static input scale is the largest of its parts'.
 """
 
 from __future__ import annotations
@@ -38,8 +45,12 @@ def quant_config_from_hf(hf_config: dict) -> QuantConfig | None:
     if not qc:
         return None
     method = str(qc.get("quant_method", "")).lower()
+    if method == "compressed-tensors":
+        return _compressed_tensors_fp8(qc)
     if method not in ("gptq", "awq"):
-        raise ValueError(f"checkpoint quantization {method!r} is not supported (GPTQ and AWQ int4 are)")
+        raise ValueError(
+            f"checkpoint quantization {method!r} is not supported (GPTQ and AWQ int4, and compressed-tensors FP8 are)"
+        )
     if qc.get("bits", 4) != 4:
         raise ValueError(f"{method.upper()} checkpoints of {qc.get('bits')} bits are not supported (4 bits are)")
     if method == "awq" and str(qc.get("version", "gemm")).lower() != "gemm":
@@ -50,6 +61,34 @@ def quant_config_from_hf(hf_config: dict) -> QuantConfig | None:
     if group == -1:
         raise ValueError(f"{method.upper()} with one group per column (group_size -1) is not supported")
     return QuantConfig("W4A16_GPTQ" if method == "gptq" else "W4A16_AWQ", group_size=group)
+
+
+def _compressed_tensors_fp8(qc: dict) -> QuantConfig:
+    """The FP8 schemes of compressed-tensors that the engine runs: per-tensor weights with static per-tensor
+    activations (FP8), per-channel weights with dynamic per-token activations (FP8_PER_CHANNEL_PER_TOKEN)."""
+    groups = list((qc.get("config_groups") or {}).values())
+    if len(groups) != 1:
+        raise ValueError(f"compressed-tensors checkpoints with {len(groups)} config groups are not supported (one is)")
+    w, a = groups[0].get("weights") or {}, groups[0].get("input_activations") or {}
+    scheme = (
+        w.get("type"), w.get("num_bits"), w.get("strategy"), a.get("type"), a.get("num_bits"), a.get("strategy"),
+        bool(a.get("dynamic")),
+    )  # fmt: skip
+    if scheme == ("float", 8, "tensor", "float", 8, "tensor", False):
+        return QuantConfig("FP8")
+    if scheme == ("float", 8, "channel", "float", 8, "token", True):
+        return QuantConfig("FP8_PER_CHANNEL_PER_TOKEN")
+    raise ValueError(
+        f"compressed-tensors scheme {scheme} is not supported: FP8 per-tensor weights with static per-tensor "
+        "activations, or FP8 per-channel weights with dynamic per-token activations, are"
+    )
+
+
+def make_reader(get: Callable[[str], torch.Tensor], hf_config: dict, quant: QuantConfig):
+    """The view-making reader of a quantized checkpoint of mode `quant`."""
+    if quant.quant_algo in ("FP8", "FP8_PER_CHANNEL_PER_TOKEN"):
+        return Fp8Reader(get)
+    return PrequantizedReader(get, hf_config["quantization_config"], quant.quant_algo[6:].lower())
 
 
 def _nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -63,6 +102,8 @@ class PrequantizedReader:
     its q values, scales or zeros expanded to [N, K] float32 (or the dequantized weight), and every other
     tensor as stored (for the "scale" and "zero" views, NaN for float linear weights, so that `assemble`
     knows them)."""
+
+    VIEWS = VIEWS
 
     def __init__(self, get: Callable[[str], torch.Tensor], hf_quant: dict, method: str) -> None:
         self.get, self.method = get, method
@@ -116,6 +157,11 @@ class PrequantizedReader:
 
         return get
 
+    def assemble(
+        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
+    ) -> dict[str, torch.Tensor]:
+        return assemble(views, model, quant)
+
 
 def assemble(
     views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
@@ -147,3 +193,61 @@ def assemble(
         out[f"{name}.weight_scale"] = scale.to(torch.float16)
         out[f"{name}.weight_zero"] = zero.to(torch.float16)
     return out
+
+
+class Fp8Reader:
+    """Views of a compressed-tensors FP8 checkpoint (see the module docstring), each an [N, K] float32 per
+    quantized layer: "q" the e4m3 values, "scale" the weight scale, "input" the static input scale (NaN
+    where the checkpoint has none, and for float layers), "float" the dequantized weight."""
+
+    VIEWS = ("q", "scale", "input", "float")
+
+    def __init__(self, get: Callable[[str], torch.Tensor]) -> None:
+        self.get = get
+
+    def view(self, kind: str) -> Callable[[str], torch.Tensor]:
+        if kind not in self.VIEWS:
+            raise ValueError(kind)
+
+        def get(name: str) -> torch.Tensor:
+            w = self.get(name)
+            if not (name.endswith(".weight") and w.dtype == torch.float8_e4m3fn):
+                if kind in ("scale", "input") and name.endswith(".weight") and w.dim() == 2:
+                    return torch.full(w.shape, float("nan"))
+                return w
+            prefix = name[: -len("weight")]
+            scale = self.get(prefix + "weight_scale").float().reshape(-1, 1)  # [1, 1] or [N, 1]
+            if kind == "q":
+                return w.float()
+            if kind == "float":
+                return w.float() * scale
+            if kind == "scale":
+                return scale.expand(w.shape)
+            try:
+                return self.get(prefix + "input_scale").float().reshape(1, 1).expand(w.shape)
+            except KeyError:
+                return torch.full(w.shape, float("nan"))
+
+        return get
+
+    def assemble(
+        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
+    ) -> dict[str, torch.Tensor]:
+        from tensorrt_llm.quantization.convert import quantized_linears
+
+        out = dict(views["q"])
+        per_channel = quant.quant_algo == "FP8_PER_CHANNEL_PER_TOKEN"
+        for name, _ in quantized_linears(model, quant):
+            key = f"{name}.weight"
+            s, w = views["scale"][key].float(), views["float"][key].float()
+            if per_channel and not torch.isnan(s).any() and torch.equal(s, s[:, :1].expand_as(s)):
+                q, scale = views["q"][key].float().to(torch.float8_e4m3fn), s[:, 0].contiguous()
+            else:  # per tensor, or a layer stored in float: one scale for the (fused) weight
+                q, scale = kernels.quantize_fp8(w, per_channel=per_channel)
+            out[key], out[f"{name}.weight_scale"] = q, scale
+            if not per_channel:
+                x = views["input"][key]
+                if torch.isnan(x).any():
+                    raise ValueError(f"{key}: the checkpoint has no input_scale for (part of) this layer")
+                out[f"{name}.input_scale"] = x.amax().float().reshape(())
+        return out

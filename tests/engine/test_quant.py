@@ -212,3 +212,76 @@ def test_act_order_gptq_is_refused(model_dir, tmp_path, capsys):
     save_file(w, ckpt / "model.safetensors")
     assert build.main(["--model_dir", str(ckpt), "--output_dir", str(tmp_path / "e")]) == 2
     assert "act-order GPTQ, desc_act=true, is not supported" in capsys.readouterr().err
+
+
+# -- FP8 checkpoints (compressed-tensors, as llm-compressor writes them for vLLM) ------------------------
+
+
+def _fp8_checkpoint(src, dst, per_channel: bool):
+    """A compressed-tensors FP8 copy of the checkpoint in `src`; returns its dequantized weights."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    deq = {}
+    for i, name in enumerate(n for n in list(weights) if n.endswith("_proj.weight")):
+        prefix = name[: -len("weight")]
+        w = weights.pop(name).float()
+        amax = w.abs().amax(dim=1, keepdim=True) if per_channel else w.abs().amax().reshape(1)
+        scale = amax / 448.0
+        q = (w / scale.reshape(-1, 1) if per_channel else w / scale).to(torch.float8_e4m3fn)
+        weights[name], weights[prefix + "weight_scale"] = q, scale.float()
+        if not per_channel:  # static activation scales, one per layer (made to differ between q, k and v)
+            weights[prefix + "input_scale"] = torch.tensor([0.1 + 0.01 * (i % 5)])
+        deq[name] = q.float() * scale.reshape(-1, 1)
+    save_file({k: v.contiguous() for k, v in weights.items()}, dst / "model.safetensors")
+    cfg = json.loads((dst / "config.json").read_text())
+    acts = {"type": "float", "num_bits": 8, "strategy": "token" if per_channel else "tensor", "dynamic": per_channel}
+    group = {"targets": ["Linear"], "input_activations": acts}
+    group["weights"] = {"type": "float", "num_bits": 8, "strategy": "channel" if per_channel else "tensor"}
+    qc = {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}, "ignore": ["lm_head"]}
+    (dst / "config.json").write_text(json.dumps(cfg | {"quantization_config": qc}))
+    return deq
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fp8_checkpoint_loads_its_own_values(model_dir, tmp_path, per_channel):
+    ckpt = tmp_path / "fp8"
+    deq = _fp8_checkpoint(model_dir, ckpt, per_channel)
+    src = load_file(ckpt / "model.safetensors")
+    out = build_engine(ckpt, tmp_path / "engine")
+    algo = json.loads((out / "config.json").read_text())["quantization"]["quant_algo"]
+    assert algo == ("FP8_PER_CHANNEL_PER_TOKEN" if per_channel else "FP8")
+    w = load_file(out / "rank0.safetensors")
+    hf = "model.layers.1.mlp."
+    down = w["layers.1.mlp.down.weight"]
+    # an unfused layer keeps the checkpoint's e4m3 values and scale exactly
+    assert torch.equal(down.view(torch.uint8), src[hf + "down_proj.weight"].view(torch.uint8))
+    torch.testing.assert_close(
+        w["layers.1.mlp.down.weight_scale"],
+        src[hf + "down_proj.weight_scale"].reshape(-1)
+        if per_channel
+        else src[hf + "down_proj.weight_scale"].reshape(()),
+    )
+    if not per_channel:  # fused q/k/v: one input scale, the largest of the three
+        att = "model.layers.0.self_attn."
+        parts = [float(src[att + p + "_proj.input_scale"]) for p in "qkv"]
+        assert float(w["layers.0.attention.qkv.input_scale"]) == pytest.approx(max(parts))
+    # against a float engine of the checkpoint's dequantized weights: only activation quantization differs
+    ref_dir = tmp_path / "deq"
+    import shutil
+
+    shutil.copytree(model_dir, ref_dir)
+    save_file(load_file(ref_dir / "model.safetensors") | deq, ref_dir / "model.safetensors")
+    err = _rel(_logits(out), _logits(build_engine(ref_dir, tmp_path / "deq_engine")))
+    assert err < 0.15, err  # activation quantization alone (random weights amplify it: ~0.09 measured)
+
+
+def test_unsupported_checkpoint_schemes_are_refused(model_dir, tmp_path, capsys):
+    ckpt = tmp_path / "fp8"
+    _fp8_checkpoint(model_dir, ckpt, per_channel=False)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] = "block"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    assert build.main(["--model_dir", str(ckpt), "--output_dir", str(tmp_path / "e")]) == 2
+    assert "compressed-tensors scheme ('float', 8, 'block'" in capsys.readouterr().err
