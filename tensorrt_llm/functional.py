@@ -136,21 +136,24 @@ def paged_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     sinks: int = 0,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed queries q [T, H, D] over the paged cache; see docs/architecture.md.
     `decode_tail`: the last sequences with one new token each (kernel choice only). `window` > 0: each
     query sees only the last `window` keys up to its own position (sliding-window attention), and with
     `sinks` > 0 the first `sinks` keys too (attention sinks: [0, sinks) U (p - window, p]). `softcap`
     > 0: scaled scores become softcap * tanh(score / softcap) (Gemma-2). An int8 / float8_e4m3fn cache
-    holds K / k_scale and V / v_scale (float32 one-element tensors)."""
+    holds K / k_scale and V / v_scale (float32 one-element tensors). `alibi_slopes` (float32 [H]): ALiBi,
+    scores + slope_h * (key position - query position) (BLOOM, MPT)."""
     if _use_kernels(q):
         return kernels.paged_attention(
             q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len,
             decode_tail=decode_tail, window=window, softcap=softcap, k_scale=k_scale, v_scale=v_scale, sinks=sinks,
+            alibi_slopes=alibi_slopes,
         )  # fmt: skip
     return kernels.paged_attention_ref(
         q, k_cache, v_cache, block_tables, seq_lens, context_lens, scale, max_seq_len, max_context_len, window,
-        softcap, k_scale, v_scale, sinks,
+        softcap, k_scale, v_scale, sinks, alibi_slopes,
     )  # fmt: skip
 
 

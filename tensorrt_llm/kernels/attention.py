@@ -32,6 +32,10 @@ window's first tile (only the sink keys visible there), then the window's tiles 
 visible too). The decode kernel's slices cut that walk, sink tiles first, so a split context stays
 balanced; the reduce kernel plans the same slices.
 `softcap` > 0 (Gemma-2, compile-time switch SOFTCAP) caps the scaled scores: s = softcap * tanh(s / softcap).
+ALiBi (BLOOM, MPT; compile-time switch ALIBI, a float32 slope per query head): the scaled (and capped)
+scores get + slope_h * (k_pos - q_pos), <= 0 for every visible key, so window and sinks need nothing more
+(Hugging Face adds slope_h * k_pos, the same after the softmax of each query row). Partials of a split
+context carry it already, so the merge and the reduce kernel are unchanged.
 
 A quantized cache (int8 or float8_e4m3fn, compile-time switch KV_QUANT) holds K / k_scale and V / v_scale
 (see kernels.kv_cache). Tiles are cast to q's dtype as loaded (exact: int8 and e4m3 values fit fp16 /
@@ -76,6 +80,7 @@ if HAS_TRITON:
         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
         start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+        slope, q_pos, ALIBI: tl.constexpr,
     ):  # fmt: skip
         # one KV tile (positions start_n + [0, BLOCK_N)) read through the block table, folded into the
         # running softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
@@ -94,6 +99,9 @@ if HAS_TRITON:
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [rows, BLOCK_N], log2 units
         if SOFTCAP:  # c tanh(s / c) with s and c both in log2 units; tanh(x) = 2 sigmoid(2x) - 1
             s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
+        if ALIBI:  # + slope (k_pos - q_pos): slope [rows] in log2 units, q_pos [rows]
+            rel = (start_n + tl.arange(0, BLOCK_N))[None, :] - q_pos[:, None]
+            s = s + slope[:, None] * rel.to(tl.float32)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays empty
@@ -110,13 +118,13 @@ if HAS_TRITON:
 
     @triton.jit(**_NO_SPECIALIZE)
     def _context_attention_kernel(
-        q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr, ks_ptr, vs_ptr,
+        q_ptr, kc_ptr, vc_ptr, o_ptr, bt_ptr, seq_lens_ptr, ctx_lens_ptr, q_start_ptr, ks_ptr, vs_ptr, alibi_ptr,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
         qk_scale, head_dim, window, softcap, sinks,
         GROUP: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
         TILE_IN_BLOCK: tl.constexpr, SPLIT_CAUSAL: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
-        SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr,
+        SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr, ALIBI: tl.constexpr = False,
     ):  # fmt: skip
         m_tile, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(seq_lens_ptr + b)
@@ -133,6 +141,9 @@ if HAS_TRITON:
                 other=0.0,
             )
             pos = ctx - seq_len + offs_m  # [BLOCK_M] positions of the queries
+            slope = 0.0
+            if ALIBI:  # the head's slope, per row, in log2 units
+                slope = tl.zeros([BLOCK_M], tl.float32) + tl.load(alibi_ptr + h) * 1.4426950408889634
             if KV_QUANT:  # scores of the stored K times k_scale are the scores of K
                 qk_scale = qk_scale * tl.load(ks_ptr)
             kv_end = tl.minimum(ctx, ctx - seq_len + (m_tile + 1) * BLOCK_M)  # causal: skip later keys
@@ -150,7 +161,7 @@ if HAS_TRITON:
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct,
                         stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale, softcap,
-                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
+                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP, slope, pos, ALIBI,
                     )  # fmt: skip
             if SPLIT_CAUSAL:  # tiles below the tile's first query position: every row sees every key
                 # (the launcher never sets it together with SLIDING_WINDOW: window tiles are masked)
@@ -160,7 +171,7 @@ if HAS_TRITON:
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct,
                         stride_ch, start_n, n_mask, n_mask[None, :], offs_d, d_mask, qk_scale, softcap,
-                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
+                        TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP, slope, pos, ALIBI,
                     )  # fmt: skip
             for start_n in range(n_full, kv_end, BLOCK_N):  # tiles that cross the causal diagonal
                 offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -174,7 +185,7 @@ if HAS_TRITON:
                 acc, m_i, l_i = _attend_tile(
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, h // GROUP, stride_cb, stride_ct, stride_ch,
                     start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap,
-                    TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP,
+                    TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP, slope, pos, ALIBI,
                 )  # fmt: skip
             if KV_QUANT:
                 acc = acc * tl.load(vs_ptr)
@@ -255,12 +266,13 @@ if HAS_TRITON:
     @triton.jit(**_NO_SPECIALIZE)
     def _decode_attention_kernel(
         q_ptr, kc_ptr, vc_ptr, o_ptr, part_o_ptr, part_ml_ptr, count_ptr, bt_ptr, ctx_lens_ptr, ks_ptr, vs_ptr,
-        stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
+        alibi_ptr, stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_btb,
         qk_scale, head_dim, num_heads, num_kv_heads, single_pass_ctx, window, softcap, sinks,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, TOKENS_PER_BLOCK: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
         BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
         SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr,
+        ALIBI: tl.constexpr = False,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -291,6 +303,10 @@ if HAS_TRITON:
             acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
             if KV_QUANT:
                 qk_scale = qk_scale * tl.load(ks_ptr)
+            slope, q_pos = 0.0, 0
+            if ALIBI:  # each head's slope in log2 units; the query at position ctx - 1
+                slope = tl.load(alibi_ptr + heads, mask=offs_g < GROUP, other=0.0) * 1.4426950408889634
+                q_pos = tl.zeros([BLOCK_G], tl.int32) + (ctx - 1)
             if SINKS:  # the slice [v0, v1) of the walk: its sink tiles (sink keys only), then its window part
                 v0 = split * split_size
                 v1 = tl.minimum(v0 + split_size, ctx - kv_lo + sink_end)
@@ -300,7 +316,7 @@ if HAS_TRITON:
                         q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
                         stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
                         offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                        DOT_PRECISION, SOFTCAP,
+                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
                     )  # fmt: skip
                 start = tl.maximum(v0, sink_end) - sink_end + kv_lo
                 end = v1 - sink_end + kv_lo
@@ -317,7 +333,7 @@ if HAS_TRITON:
                     q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
                     stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
                     offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
-                    SOFTCAP,
+                    SOFTCAP, slope, q_pos, ALIBI,
                 )  # fmt: skip
             if KV_QUANT:  # before the output or the partials: the merge then needs no scale
                 acc = acc * tl.load(vs_ptr)
@@ -429,12 +445,15 @@ def paged_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     sinks: int = 0,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed queries q `[T, H, D]` over the paged cache; returns `[T, H, D]`.
     `window` > 0: each query sees only the last `window` keys up to its own position (sliding window).
     `sinks` > 0 (with a window; nothing to do without one): the first `sinks` keys stay visible too, so a
     query at position p sees keys [0, sinks) U (p - window, p] (StreamingLLM's attention sinks).
     `softcap` > 0: scores (already scaled) become softcap * tanh(score / softcap) (Gemma-2).
+    `alibi_slopes` (float32 `[H]`, one per query head): ALiBi, scores (scaled, capped) get
+    + slope_h * (key position - query position).
     An int8 / float8_e4m3fn cache holds K / k_scale and V / v_scale (float32 tensors of one element, read
     on the device); a float cache has q's dtype and no scales.
 
@@ -463,25 +482,52 @@ def paged_attention(
     check(softcap >= 0, "softcap must be >= 0 (0: none), got {}", softcap)
     check(sinks >= 0, "sinks must be >= 0 (0: none), got {}", sinks)
     sinks = sinks if window else 0  # every key is visible without a window
+    _check_alibi(alibi_slopes, q)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
     # the scale pointers; unread by a float cache's kernels (KV_QUANT off), which get the caches instead
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
+    alibi = alibi_slopes
     if max_seq_len == 1 and T == B:
         _decode(q, out, block_tables, context_lens, k_cache, v_cache, scale, max_context_len, num_splits, window,
-                softcap, scales, sinks)  # fmt: skip
+                softcap, scales, sinks, alibi)  # fmt: skip
     elif 0 < decode_tail < B:
         # Packed rows: the prompts' tokens [0, Tp), then one row per generation sequence [Tp, T).
         Bp, Tp = B - decode_tail, T - decode_tail
         _context(q[:Tp], out[:Tp], block_tables[:Bp], seq_lens[:Bp], context_lens[:Bp], k_cache, v_cache, scale,
-                 max_seq_len, window, softcap, scales, sinks)  # fmt: skip
+                 max_seq_len, window, softcap, scales, sinks, alibi)  # fmt: skip
         _decode(q[Tp:], out[Tp:], block_tables[Bp:], context_lens[Bp:], k_cache, v_cache, scale, max_context_len,
-                num_splits, window, softcap, scales, sinks)  # fmt: skip
+                num_splits, window, softcap, scales, sinks, alibi)  # fmt: skip
     else:
         _context(q, out, block_tables, seq_lens, context_lens, k_cache, v_cache, scale, max_seq_len, window, softcap,
-                 scales, sinks)  # fmt: skip
+                 scales, sinks, alibi)  # fmt: skip
     return out
+
+
+def _check_alibi(alibi_slopes: torch.Tensor | None, q: torch.Tensor) -> None:
+    if alibi_slopes is not None:
+        check(
+            alibi_slopes.shape == (q.shape[1],) and alibi_slopes.dtype == torch.float32,
+            "alibi_slopes must be float32 [H={}], got {} {}", q.shape[1], alibi_slopes.dtype, tuple(alibi_slopes.shape),
+        )  # fmt: skip
+        check(
+            alibi_slopes.device == q.device and alibi_slopes.stride(0) == 1,
+            "alibi_slopes must be contiguous and on q's device",
+        )
+
+
+def alibi_slopes(num_heads: int, alibi_bias_max: float = 8.0) -> torch.Tensor:
+    """ALiBi's slope of each of `num_heads` heads, float32 [num_heads], as MPT computes them (Hugging Face's
+    `build_mpt_alibi_tensor`): 2^(-alibi_bias_max * i / n) for i = 1..n, n the next power of two; with fewer
+    heads than n, the odd-indexed slopes then the even-indexed ones, the first num_heads of them. With
+    alibi_bias_max 8 these are BLOOM's (`build_alibi_tensor`) for any head count. A tensor-parallel rank
+    takes the slice of its own heads."""
+    n = 2 ** math.ceil(math.log2(num_heads))
+    slopes = 1.0 / torch.pow(2, torch.arange(1, n + 1, dtype=torch.float32) * (alibi_bias_max / n))
+    if n != num_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes.contiguous()
 
 
 def _strides(q: torch.Tensor, out: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor) -> tuple:
@@ -509,6 +555,7 @@ def _decode(
     softcap: float = 0.0,
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     sinks: int = 0,
+    alibi: torch.Tensor | None = None,
 ) -> None:
     """One query token per sequence: q, out `[B, H, D]` (views of the packed rows). `scales`: (k_scale,
     v_scale) of a quantized cache (anything for a float one). `sinks` only with a window."""
@@ -535,14 +582,14 @@ def _decode(
     block_s = min(next_pow2(splits), max(1, MERGE_TILE // (block_gm * block_d)))
     _decode_attention_kernel[(B, Hkv, splits)](
         q, k_cache, v_cache, out, part_o, part_ml, counters if fused else out, block_tables, context_lens,
-        *(scales or (k_cache, v_cache)),
+        *(scales or (k_cache, v_cache)), k_cache if alibi is None else alibi,
         *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, H, Hkv, single_pass_ctx, window,
         softcap * LOG2E, sinks,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0, SLIDING_WINDOW=window > 0,
-        SOFTCAP=softcap > 0, KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        SOFTCAP=softcap > 0, KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, ALIBI=alibi is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if splits > 1 and not fused:
         _decode_reduce_kernel[(B, Hkv)](
@@ -566,6 +613,7 @@ def _context(
     softcap: float = 0.0,
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     sinks: int = 0,
+    alibi: torch.Tensor | None = None,
 ) -> None:
     """Packed queries of any lengths: q, out `[T, H, D]`. `scales`, `sinks` as for `_decode`."""
     H, D = q.shape[1], q.shape[2]
@@ -577,12 +625,13 @@ def _context(
     grid = (math.ceil(max_seq_len / block_m), B, H)
     _context_attention_kernel[grid](
         q, k_cache, v_cache, out, block_tables, seq_lens, context_lens, q_start, *(scales or (k_cache, v_cache)),
-        *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, window, softcap * LOG2E, sinks,
+        k_cache if alibi is None else alibi, *_strides(q, out, k_cache, block_tables), scale * LOG2E, D, window,
+        softcap * LOG2E, sinks,
         GROUP=H // Hkv, TOKENS_PER_BLOCK=tpb, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_precision(q.dtype), TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0,
         SPLIT_CAUSAL=cfg.get("SPLIT_CAUSAL", True) and not window, SLIDING_WINDOW=window > 0, SOFTCAP=softcap > 0,
-        KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, ALIBI=alibi is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
 
 
@@ -601,6 +650,7 @@ def paged_attention_ref(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     sinks: int = 0,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PyTorch reference of `paged_attention`: a loop over sequences, gathering K/V from the block table
     (a quantized cache's values times k_scale / v_scale, in fp32).
@@ -608,6 +658,7 @@ def paged_attention_ref(
     The maxima are accepted for signature parity and ignored. It reads the lengths on the host.
     """
     quant = _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens, k_scale, v_scale)
+    _check_alibi(alibi_slopes, q)
     T, H, D = q.shape
     tpb, Hkv = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q)
@@ -624,6 +675,8 @@ def paged_attention_ref(
         if softcap:
             s = softcap * torch.tanh(s / softcap)
         q_pos = ctx - n + torch.arange(n, device=q.device)
+        if alibi_slopes is not None:
+            s = s + alibi_slopes[:, None, None] * (pos[None, :] - q_pos[:, None])[None].float()
         hidden = pos[None, :] > q_pos[:, None]  # [n, ctx]
         if window:  # before the window, except the sinks
             hidden |= (pos[None, :] <= q_pos[:, None] - window) & (pos >= sinks)[None, :]

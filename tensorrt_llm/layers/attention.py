@@ -23,6 +23,7 @@ class AttentionParams:
     max_context_len: int
     cos_sin_cache: torch.Tensor
     num_decode_tail: int = 0  # see StepInput
+    alibi_slopes: torch.Tensor | None = None  # float32 [heads of this rank]: the model's, for ALiBi layers
 
 
 class Attention(nn.Module):
@@ -34,7 +35,8 @@ class Attention(nn.Module):
     (with a window) the first `sinks` keys of the sequence visible to every query too; `qk_norm_eps`,
     an RMSNorm over head_dim of every q and k head before rotary (Qwen3), weights `q_norm` / `k_norm`
     [D] on every rank; `scale` of the scores (default head_dim ** -0.5); `softcap` > 0, scores capped
-    to softcap * tanh(score / softcap) (Gemma-2).
+    to softcap * tanh(score / softcap) (Gemma-2); `alibi`, ALiBi position biases (BLOOM, MPT) with the slopes
+    of this rank's heads that the model computes (`AttentionParams.alibi_slopes`, a buffer, not a weight).
 
     A quantized KV cache (`set_kv_quant`): the layer's cache holds int8 or float8_e4m3fn, K / k_scale and
     V / v_scale, with the parameter `kv_cache_scale` float32 [2] = (k_scale, v_scale) (calibrated)."""
@@ -56,6 +58,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         softcap: float = 0.0,
         sinks: int = 0,
+        alibi: bool = False,
     ) -> None:
         super().__init__()
         tp = mapping.tp_size
@@ -70,7 +73,7 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         if sinks and not 0 < sinks < window:
             raise ValueError(f"attention sinks ({sinks}) need a window longer than them, got window {window}")
-        self.window, self.softcap, self.sinks = window, softcap, sinks
+        self.window, self.softcap, self.sinks, self.alibi = window, softcap, sinks, alibi
         self.q_norm = self.k_norm = None
         if qk_norm_eps is not None:
             self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
@@ -100,6 +103,11 @@ class Attention(nn.Module):
             if k_cache.dtype != self.kv_cache_dtype:
                 raise ValueError(f"this layer's KV cache is {self.kv_cache_dtype}, the pool holds {k_cache.dtype}")
             k_scale, v_scale = self.kv_cache_scale[0], self.kv_cache_scale[1]  # views: graphs read the values
+        alibi_slopes = None
+        if self.alibi:
+            if p.alibi_slopes is None:
+                raise ValueError("an ALiBi attention layer needs AttentionParams.alibi_slopes")
+            alibi_slopes = p.alibi_slopes
         qkv = self.qkv(x)  # [T, (H + 2 Hkv) D]
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
@@ -125,5 +133,6 @@ class Attention(nn.Module):
             k_scale=k_scale,
             v_scale=v_scale,
             sinks=self.sinks,
+            alibi_slopes=alibi_slopes,
         )
         return self.dense(o.reshape(T, H * D))

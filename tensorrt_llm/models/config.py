@@ -83,6 +83,11 @@ class ModelConfig:
     # visible too, so a query at p sees keys [0, sink_tokens) U (p - window, p]; full layers see all anyway.
     # Positions are not re-indexed (rotary as without sinks). 0: none.
     sink_tokens: int = 0
+    # BLOOM and MPT: ALiBi (`position_embedding` "alibi": no rotary, scores + slope_h * (k_pos - q_pos), the
+    # slopes of Hugging Face's build_alibi_tensor), a LayerNorm of the token embeddings (`embedding_layernorm`,
+    # BLOOM) and LayerNorms without bias (`norm_bias` false, MPT).
+    embedding_layernorm: bool = False
+    norm_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -96,7 +101,7 @@ class ModelConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
         object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
-        for name, allowed in (("norm_type", ("rms", "layer")), ("position_embedding", ("rope", "learned")),
+        for name, allowed in (("norm_type", ("rms", "layer")), ("position_embedding", ("rope", "learned", "alibi")),
                               ("mlp_type", ("gated", "plain"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model config: {name} must be one of {allowed}, got {getattr(self, name)!r}")

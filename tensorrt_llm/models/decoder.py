@@ -2,7 +2,7 @@
 Phi-3 all are: one module, the families' differences are `ModelConfig` options resolved here, at
 construction.
 
-    h = embed(ids)                      (Gemma's sqrt(hidden) scale is already in the table)
+    h = embed(ids)                      (Gemma's sqrt(hidden) scale is already in the table; BLOOM: normed)
     per layer:  h = h + attn(norm(h))   (QKV biases, QK-norm, sliding window, soft-capped scores: per layer)
                 h = h + mlp(norm(h))    (SiLU or GeLU-tanh gate; RMSNorm w or 1 + w)
                 (sandwich_norm: h + norm(attn(norm(h))), h + norm(mlp(norm(h))))
@@ -26,6 +26,7 @@ Engine weight names (per rank):
     layers.{i}.mlp.shared_gate.weight       [1, H]
     ln_f.weight                             [H]                         (LayerNorm: + .bias, and so every norm)
     position_embedding.weight               [max_pos, H]                (learned positions, GPT-2)
+    embedding_layernorm.weight              [H]                         (+ .bias; BLOOM)
     layers.{i}.mlp.fc.weight                [I / tp, H]                 (plain MLP, + .bias; proj [H, I / tp])
     lm_head.weight                          [V / tp, H]
 """
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from tensorrt_llm import functional as tf
+from tensorrt_llm.kernels.attention import alibi_slopes
 from tensorrt_llm.layers import (
     MLP,
     Attention,
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 
 def _norm(cfg: ModelConfig, dtype: torch.dtype) -> RmsNorm | LayerNorm:
     if cfg.norm_type == "layer":
-        return LayerNorm(cfg.hidden_size, cfg.rms_norm_eps, True, dtype)
+        return LayerNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_bias, dtype)
     return RmsNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.norm_unit_offset)
 
 
@@ -80,6 +82,7 @@ class DecoderLayer(nn.Module):
             qk_norm_eps=eps if cfg.qk_norm else None,
             scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
             softcap=cfg.attn_logit_softcapping or 0.0,
+            alibi=cfg.position_embedding == "alibi",
         )
         self.post_layernorm = None if cfg.parallel_residual and cfg.parallel_shared_norm else _norm(cfg, dtype)
         if cfg.mlp_type == "plain":
@@ -130,7 +133,10 @@ class DecoderForCausalLM(CausalLM):
         if mapping.pp_size > 1:
             raise NotImplementedError("pipeline parallelism is not built yet: use tp_size for multi-GPU")
         self.cfg = cfg
+        self.tp_size, self.tp_rank = mapping.tp_size, mapping.tp_rank
         self.vocab_embedding = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        # BLOOM: a LayerNorm of the token embeddings
+        self.embedding_layernorm = _norm(cfg, dtype) if cfg.embedding_layernorm else None
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, mapping) for i in range(cfg.num_hidden_layers))
         self.position_embedding = None
         if cfg.position_embedding == "learned":  # GPT-2: replicated on every rank, as the token table
@@ -144,7 +150,13 @@ class DecoderForCausalLM(CausalLM):
 
     def init_buffers(self, device: torch.device | None) -> None:
         cfg = self.cfg
-        if cfg.position_embedding == "learned":
+        slopes = None
+        if cfg.position_embedding == "alibi":  # this rank's heads' slopes (float32, as Hugging Face's)
+            heads = cfg.num_attention_heads // self.tp_size
+            slopes = alibi_slopes(cfg.num_attention_heads)[self.tp_rank * heads : (self.tp_rank + 1) * heads]
+            slopes = slopes.contiguous().to(device)
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+        if cfg.position_embedding in ("learned", "alibi"):
             # No rotary: cos 1, sin 0 turn the fused rotary-and-cache-write kernel into the cache write alone.
             half = cfg.head_dim // 2
             cache = torch.cat(
@@ -172,8 +184,11 @@ class DecoderForCausalLM(CausalLM):
             max_context_len=step.max_context_len,
             cos_sin_cache=self.cos_sin_cache,
             num_decode_tail=step.num_decode_tail,
+            alibi_slopes=self.alibi_slopes,
         )
         h = self.vocab_embedding(step.input_ids)  # [T, hidden]
+        if self.embedding_layernorm is not None:
+            h = self.embedding_layernorm(h)
         if self.position_embedding is not None:
             h = h + self.position_embedding(step.positions)
         residual = None

@@ -133,7 +133,9 @@ def _finish(out: dict, get: WeightGetter, cfg: ModelConfig, tp: TensorParallelSl
             embed: str, heads: tuple[str, ...] = ("lm_head.weight",)) -> dict:  # fmt: skip
     """The final norm, the head (tied, or the first of `heads` the checkpoint has) and the embeddings;
     every tensor cast to `dtype`."""
-    out["ln_f.weight"], out["ln_f.bias"] = get(ln_f + ".weight"), get(ln_f + ".bias")
+    out["ln_f.weight"] = get(ln_f + ".weight")
+    if cfg.norm_bias:
+        out["ln_f.bias"] = get(ln_f + ".bias")
     table = get(embed)
     out["lm_head.weight"] = tp.rows(table if cfg.tie_word_embeddings else _first(get, heads))
     out = {k: v.to(dtype).contiguous() for k, v in out.items()}

@@ -77,6 +77,11 @@ FAMILIES = {
     "glm": ("GlmForCausalLM", dict(num_key_value_heads=2, head_dim=16)),
     # GLM's, with norms after attention and after the MLP
     "glm4": ("Glm4ForCausalLM", dict(num_key_value_heads=2, head_dim=16)),
+    # ALiBi with 6 heads (not a power of two: the extra slopes; 3 a rank with TP2), LayerNorm on the
+    # embeddings, q | k | v interleaved per head, GeLU-tanh MLP with biases, tied head
+    "bloom": ("BloomForCausalLM", dict(hidden_size=96, num_attention_heads=6, tie_word_embeddings=True)),
+    # ALiBi, LayerNorm without bias, fused Wqkv, exact GeLU, no biases, tied head
+    "mpt": ("MptForCausalLM", dict(tie_word_embeddings=True)),
     # windowed and full layers alternating, soft-capped scores (caps low enough to bite) and logits,
     # sandwich norms, query_pre_attn_scalar != head_dim
     "gemma2": (
@@ -198,6 +203,24 @@ def test_config_options_read_from_hf(tmp_path):
         phi3(dict(base, partial_rotary_factor=0.75))
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
         get_family("LlamaForCausalLM").config_from_hf(dict(base, hidden_act="relu"))
+    # BLOOM's first configs (n_embed, n_head, n_layer); MPT's refusals
+    bloom = get_family("BloomForCausalLM").config_from_hf(dict(vocab_size=VOCAB, n_embed=64, n_head=4, n_layer=2))
+    assert bloom.position_embedding == "alibi" and bloom.embedding_layernorm and bloom.tie_word_embeddings
+    assert bloom.hidden_size == 64 and bloom.intermediate_size == 256 and bloom.hidden_act == "gelu_new"
+    with pytest.raises(ValueError, match="apply_residual_connection_post_layernorm"):
+        get_family("BloomForCausalLM").config_from_hf(
+            dict(vocab_size=VOCAB, n_embed=64, n_head=4, n_layer=2, apply_residual_connection_post_layernorm=True)
+        )
+    mpt = get_family("MptForCausalLM").config_from_hf
+    mpt_base = dict(vocab_size=VOCAB, d_model=64, n_heads=4, n_layers=2, max_seq_len=256)
+    cfg = mpt(mpt_base)
+    assert cfg.position_embedding == "alibi" and not cfg.norm_bias and not cfg.attention_bias and not cfg.mlp_bias
+    assert cfg.max_position_embeddings == 256 and cfg.hidden_act == "gelu"
+    for attn in (dict(clip_qkv=8.0), dict(qk_ln=True), dict(softmax_scale=0.5), dict(alibi_bias_max=16)):
+        with pytest.raises(ValueError, match=next(iter(attn))):
+            mpt(dict(mpt_base, attn_config=attn))
+    with pytest.raises(ValueError, match="no_bias"):
+        mpt(dict(mpt_base, no_bias=False))
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

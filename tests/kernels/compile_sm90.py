@@ -1,6 +1,6 @@
 """Compiles the decode-path kernels, the context attention kernel and the model-option variants (sliding
-window, attention sinks, soft-capping, Gemma's norm, GeLU-tanh) for sm_90 (H100) ahead of time, without a GPU: run by
-test_compile_sm90.py in a process without TRITON_INTERPRET. The interpreter runs a kernel's Python; this
+window, attention sinks, soft-capping, ALiBi, Gemma's norm, GeLU-tanh) for sm_90 (H100) ahead of time, without a
+GPU: run by test_compile_sm90.py in a process without TRITON_INTERPRET. The interpreter runs a kernel's Python; this
 catches what only the compiler checks (types that differ between the branches of an `if`, shapes,
 atomics, cache modifiers) in the launch variants the engine uses.
 
@@ -90,29 +90,34 @@ def main() -> None:
             if dt == "fp32":  # float32 engines are for tests; the rotary kernel covers the dtype
                 continue
             # the sliding window (a compile-time switch) on the GQA shape only: the others add nothing new
-            # (splits, fused merge, window, softcap, sinks)
-            variants = [(s, f, False, False, False) for s, f in ((1, False), (9, True), (9, False), (33, True))]
+            # (splits, fused merge, window, softcap, sinks, alibi)
+            variants = [(s, f, False, False, False, False) for s, f in ((1, False), (9, True), (9, False), (33, True))]
             if Hkv == 8:  # (Gemma-2 runs both options at once)
                 passes = ((1, False), (9, True), (9, False))  # one pass, fused merge, the reduce kernel
-                variants += [(s, f, True, False, False) for s, f in passes]
-                variants += [(1, False, True, True, False), (9, True, True, True, False)]
-                variants += [(s, f, True, False, True) for s, f in passes]  # attention sinks (only with a window)
+                variants += [(s, f, True, False, False, False) for s, f in passes]
+                variants += [(1, False, True, True, False, False), (9, True, True, True, False, False)]
+                # attention sinks (only with a window)
+                variants += [(s, f, True, False, True, False) for s, f in passes]
+            alibi_runs = [(dt, (s, f, False, False, False, True)) for s, f in ((1, False), (9, True), (9, False))]
+            if Hkv == 8:  # ALiBi (BLOOM, MPT): alone, with a window and sinks, over an int8 cache
+                alibi_runs += [(dt, (9, True, True, False, True, True)), ("i8", (9, True, False, False, False, True))]
             runs = [(dt, v) for v in variants]
             if Hkv == 8:  # int8 and e4m3 caches (kv_cache_quant_algo INT8 / FP8) on the GQA shape
                 runs += [(cache, v) for cache in ("i8", "fp8e4nv") for v in variants[:4]]
                 runs += [("fp8e4nv", variants[-2])]  # a quantized cache with a window and sinks
-            for cache, (splits, fused, window, softcap, sinks) in runs:
+            for cache, (splits, fused, window, softcap, sinks, alibi) in runs + alibi_runs:
                 block_gm = p2(group)
                 block_s = min(p2(splits), max(1, attention.MERGE_TILE // (block_gm * 128)))
                 quant = cache != dt
                 ptrs = {"q_ptr": f"*{dt}", "o_ptr": f"*{dt}", "kc_ptr": f"*{cache}", "vc_ptr": f"*{cache}"}
                 ptrs.update(part_o_ptr="*fp32", part_ml_ptr="*fp32", bt_ptr="*i32", ctx_lens_ptr="*i32",
                             count_ptr="*i32" if fused else f"*{dt}", ks_ptr="*fp32" if quant else f"*{cache}",
-                            vs_ptr="*fp32" if quant else f"*{cache}")  # fmt: skip
+                            vs_ptr="*fp32" if quant else f"*{cache}",
+                            alibi_ptr="*fp32" if alibi else f"*{cache}")  # fmt: skip
                 consts = dict(GROUP=group, BLOCK_G=max(16, p2(group)), TOKENS_PER_BLOCK=64, BLOCK_N=64, BLOCK_D=128,
                               FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s,
                               DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SLIDING_WINDOW=window,
-                              SOFTCAP=softcap, KV_QUANT=quant, SINKS=sinks)  # fmt: skip
+                              SOFTCAP=softcap, KV_QUANT=quant, SINKS=sinks, ALIBI=alibi)  # fmt: skip
                 compile_one(attention._decode_attention_kernel, ptrs, consts, ("qk_scale", "softcap"), num_warps=4,
                             num_stages=2)  # fmt: skip
                 n += 1
@@ -123,10 +128,11 @@ def main() -> None:
                     compile_one(attention._decode_reduce_kernel, ptrs, consts)
                     n += 1
             if Hkv == 8:  # the context kernel: plain causal (split at the diagonal), sliding window, sinks
-                for window, softcap, cache, sinks in (
-                    (False, False, dt, False), (True, False, dt, False), (True, True, dt, False),
-                    (False, False, "i8", False), (False, False, "fp8e4nv", False), (True, False, dt, True),
-                    (True, False, "i8", True),
+                for window, softcap, cache, sinks, alibi in (
+                    (False, False, dt, False, False), (True, False, dt, False, False), (True, True, dt, False, False),
+                    (False, False, "i8", False, False), (False, False, "fp8e4nv", False, False),
+                    (True, False, dt, True, False), (True, False, "i8", True, False),
+                    (False, False, dt, False, True), (True, False, "i8", True, True),  # ALiBi
                 ):  # fmt: skip
                     quant = cache != dt
                     ptrs = {"q_ptr": f"*{dt}", "o_ptr": f"*{dt}", "kc_ptr": f"*{cache}", "vc_ptr": f"*{cache}"}
@@ -137,11 +143,12 @@ def main() -> None:
                         q_start_ptr="*i32",
                         ks_ptr="*fp32" if quant else f"*{cache}",
                         vs_ptr="*fp32" if quant else f"*{cache}",
+                        alibi_ptr="*fp32" if alibi else f"*{cache}",
                     )
                     consts = dict(GROUP=group, TOKENS_PER_BLOCK=64, BLOCK_M=64, BLOCK_N=64, BLOCK_D=128,
                                   DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SPLIT_CAUSAL=not window,
                                   SLIDING_WINDOW=window, SOFTCAP=softcap, KV_QUANT=quant,
-                                  SINKS=sinks)  # fmt: skip
+                                  SINKS=sinks, ALIBI=alibi)  # fmt: skip
                     compile_one(attention._context_attention_kernel, ptrs, consts, ("qk_scale", "softcap"),
                                 num_warps=4, num_stages=3)  # fmt: skip
                     n += 1

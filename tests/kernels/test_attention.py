@@ -39,8 +39,9 @@ def run_both(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, device, **kw):
     args = (q, kc, vc, bt, sl, cl, D**-0.5, max(seq_lens), max(ctx_lens))
     out = K.paged_attention(*args, **kw)
     ref = K.paged_attention_ref(
-        *args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0), sinks=kw.get("sinks", 0)
-    )
+        *args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0), sinks=kw.get("sinks", 0),
+        alibi_slopes=kw.get("alibi_slopes"),
+    )  # fmt: skip
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
     return out
 
@@ -275,7 +276,7 @@ def run_both_quant(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, cache_dtype, devic
     out = K.paged_attention(*args, k_scale=ks, v_scale=vs, **kw)
     ref = K.paged_attention_ref(
         *args, window=kw.get("window", 0), softcap=kw.get("softcap", 0.0), k_scale=ks, v_scale=vs,
-        sinks=kw.get("sinks", 0),
+        sinks=kw.get("sinks", 0), alibi_slopes=kw.get("alibi_slopes"),
     )  # fmt: skip
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -472,3 +473,91 @@ def test_sinks_reference_matches_dense_masked_attention():
     plain = K.paged_attention_ref(q, kc, vc, bt, lens, lens, D**-0.5, window=W)
     assert torch.equal(out[:W], plain[:W])  # the sinks are still in the windows of the first W queries
     assert ((out[W:] - plain[W:]).abs().amax(dim=(1, 2)) > 0).all()  # not in the later ones
+
+
+# ALiBi
+
+
+def _bloom_slopes(n: int) -> torch.Tensor:
+    """Hugging Face BLOOM's `build_alibi_tensor` slopes, written out."""
+    closest = 2 ** math.floor(math.log2(n))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = [base**i for i in range(1, closest + 1)]
+    if closest != n:
+        extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra**i for i in range(1, 1 + 2 * min(closest, n - closest), 2)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def test_alibi_slopes_are_bloom_and_mpt_ones():
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 40, 64, 71, 80, 112):
+        torch.testing.assert_close(attention.alibi_slopes(n), _bloom_slopes(n), rtol=1e-6, atol=0)
+    # MPT's own formula with another bias maximum: 2^-(max i / n) over the next power of two
+    assert torch.equal(attention.alibi_slopes(4, 4.0), torch.tensor([2**-1, 2**-2, 2**-3, 2**-4]))
+    torch.testing.assert_close(attention.alibi_slopes(3, 4.0), torch.tensor([2**-2, 2**-4, 2**-1]))
+
+
+def _alibi(H: int, device) -> torch.Tensor:
+    return attention.alibi_slopes(H).to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2), (3, 1)])
+def test_alibi_context_decode_and_mixed(device, dtype, heads):
+    kw = dict(alibi_slopes=_alibi(heads[0], device))
+    run_both([5, 9, 1, 20], [5, 30, 13, 20], *heads, 32, 8, dtype, device, **kw)  # context
+    run_both([9, 1, 1], [30, 64, 100], *heads, 32, 16, dtype, device, decode_tail=2, **kw)  # mixed
+    for splits in (None, 1, 3):  # decode: one pass, split and merged
+        run_both([1, 1, 1, 1], [1, 37, 64, 100], *heads, 32, 16, dtype, device, num_splits=splits, **kw)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_alibi_decode_merged_under_a_graph_bound(device, monkeypatch, fused):
+    _decode_config(monkeypatch, SINGLE_PASS_CTX=16, FUSED_MERGE=fused)
+    if fused:
+        monkeypatch.setattr(attention, "_decode_reduce_kernel", _MustNotLaunch())
+    q, kc, vc, bt, sl, cl = make_batch([1] * 4, [3, 20, 90, 250], 6, 2, 32, 16, torch.float32, device)
+    args = (q, kc, vc, bt, sl, cl, 32**-0.5)
+    slopes = _alibi(6, device)
+    ref = K.paged_attention_ref(*args, alibi_slopes=slopes)
+    assert (ref - K.paged_attention_ref(*args)).abs().amax() > 0.1  # the bias bites
+    for splits in (None, 5):
+        out = K.paged_attention(*args, 1, 4096, num_splits=splits, alibi_slopes=slopes)
+        torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_alibi_with_window_sinks_softcap_quantized_cache_and_variants(device, monkeypatch):
+    s4, s8 = _alibi(4, device), _alibi(8, device)
+    run_both([5, 40, 1], [5, 70, 13], 4, 2, 32, 8, torch.float16, device, window=16, sinks=3, softcap=1.5,
+             alibi_slopes=s4)  # fmt: skip
+    run_both_quant([9, 1, 1], [30, 64, 100], 8, 2, 32, 16, torch.float16, torch.int8, device, window=16, sinks=5,
+                   decode_tail=2, num_splits=3, alibi_slopes=s8)  # fmt: skip
+    run_both_quant([40, 1, 1], [70, 100, 90], 4, 1, 32, 16, torch.float16, torch.float8_e4m3fn, device,
+                   decode_tail=2, alibi_slopes=s4)  # fmt: skip
+    for variant in ({"SPLIT_CAUSAL": False}, {"TILE_IN_BLOCK": False}):
+        for name in ("CONTEXT_CONFIG", "INTERPRET_CONTEXT_CONFIG", "DECODE_CONFIG", "INTERPRET_DECODE_CONFIG"):
+            monkeypatch.setattr(attention, name, {**getattr(attention, name), **variant})
+        run_both([40, 1, 1], [70, 13, 100], 4, 2, 32, 16, torch.float32, device, decode_tail=2, num_splits=3,
+                 alibi_slopes=s4)  # fmt: skip
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        q, kc, vc, bt, sl, cl = make_batch([5], [5], 4, 2, 16, 8, torch.float32, device)
+        K.paged_attention(q, kc, vc, bt, sl, cl, 0.25, 5, 5, alibi_slopes=s8)
+
+
+def test_alibi_reference_matches_dense_softmax_with_hf_bias():
+    # Hugging Face's form (BLOOM): scores + slope_h * k_pos, causal mask, softmax; a chunk after a prefix
+    torch.manual_seed(0)
+    T, H, D, tpb, n = 24, 6, 16, 4, 7
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    kc, vc = k.view(T // tpb, tpb, H, D), v.view(T // tpb, tpb, H, D)
+    bt = torch.arange(T // tpb, dtype=torch.int32)[None]
+    slopes = _bloom_slopes(H)
+    out = K.paged_attention_ref(
+        q[-n:], kc, vc, bt, torch.tensor([n], dtype=torch.int32), torch.tensor([T], dtype=torch.int32), D**-0.5,
+        alibi_slopes=slopes,
+    )  # fmt: skip
+    i = torch.arange(T)
+    s = torch.einsum("qhd,khd->hqk", q, k) * D**-0.5 + slopes[:, None, None] * i[None, None, :]
+    s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
+    dense = torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
+    torch.testing.assert_close(out, dense[-n:], rtol=1e-5, atol=1e-5)
