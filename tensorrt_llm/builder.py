@@ -335,7 +335,7 @@ def build_engine(
                 )
                 for kind in reader.VIEWS
             }
-            weights = reader.assemble(views, net, quant)
+            weights = reader.assemble(views, net, quant, torch_dtype)
             del views
             if quant.kv_cache_quant_algo is not None:  # the linear layers are done: only the KV scales
                 weights = quantize_weights(weights, net, dataclasses.replace(quant, quant_algo=None), calibration)

@@ -54,6 +54,49 @@ class MoeMLP(nn.Module):
             self.shared_gate = nn.Linear(hidden_size, 1, bias=False, dtype=dtype)
             self.shared_gate.weight.requires_grad_(False)
 
+    # Expert weights can be quantized in these modes (SmoothQuant's per-expert smoothing is not built).
+    QUANT_ALGOS = ("W8A16", "W4A16", "FP8", "FP8_PER_CHANNEL_PER_TOKEN")
+    quant: str | None = None
+    group_size: int = 0
+
+    def set_quant(self, algo: str, group_size: int = 128) -> bool:
+        """Replaces the float experts by `algo`'s parameters (`gate_up`, `down` and their `_scale`), as
+        `quantization` lays out a linear layer's, with a leading expert dimension; False (experts stay float)
+        for a mode experts do not take. FP8 experts quantize their inputs per token: calibration measures
+        the layer's input, not each expert's."""
+        if algo not in self.QUANT_ALGOS:
+            return False
+        for name in ("gate_up", "down"):
+            E, N, K = getattr(self, name).shape
+            dev = getattr(self, name).device
+            delattr(self, name)
+            if algo == "W4A16":
+                if K % group_size:
+                    raise ValueError(f"int4 experts: in_features ({K}) is not a multiple of group_size {group_size}")
+                data, scale = (E, N, K // 2, torch.uint8), (E, K // group_size, N, torch.float16)
+            elif algo == "W8A16":
+                data, scale = (E, N, K, torch.int8), (E, N, torch.float32)
+            else:  # FP8: a scale per expert, or per expert and channel
+                data = (E, N, K, torch.float8_e4m3fn)
+                scale = (E, torch.float32) if algo == "FP8" else (E, N, torch.float32)
+            for suffix, (*shape, dtype) in (("", data), ("_scale", scale)):
+                t = torch.empty(shape, dtype=dtype, device=dev)
+                setattr(self, name + suffix, nn.Parameter(t, requires_grad=False))
+        self.quant, self.group_size = algo, group_size
+        return True
+
+    def _expert(self, x: torch.Tensor, name: str, e: int) -> torch.Tensor:
+        """x @ expert e's `name` weight^T, dequantizing as its mode says."""
+        w = getattr(self, name)[e]
+        if self.quant is None:
+            return tf.linear(x, w)
+        from tensorrt_llm.quantization import functional as qf
+
+        scale = getattr(self, name + "_scale")[e]
+        if self.quant.startswith("FP8"):
+            return qf.fp8_linear(x, w, scale, None, None)
+        return qf.weight_only_linear(x, w, scale, None, 8 if self.quant == "W8A16" else 4, self.group_size, None)
+
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """Each token's weight per expert, [T, E] float32, zero outside its top k."""
         probs = torch.softmax(tf.linear(x, self.router.weight).float(), dim=-1)  # [T, E]
@@ -64,9 +107,9 @@ class MoeMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.routing(x)  # [T, E]
-        out = torch.zeros(x.shape[0], self.down.shape[1], dtype=torch.float32, device=x.device)  # [T, H]
+        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)  # [T, H]
         for e in range(self.gate_up.shape[0]):
-            y = tf.linear(self.act_and_mul(tf.linear(x, self.gate_up[e])), self.down[e])  # [T, H]
+            y = self._expert(self.act_and_mul(self._expert(x, "gate_up", e)), "down", e)  # [T, H]
             out += weights[:, e : e + 1] * y
         out = out.to(x.dtype)
         if self.mapping.tp_size > 1:

@@ -36,7 +36,7 @@ from tensorrt_llm import kernels
 from tensorrt_llm.quantization import QuantConfig
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-VIEWS = ("q", "scale", "zero")
+VIEWS = ("q", "scale", "zero", "float")
 
 
 def quant_config_from_hf(hf_config: dict) -> QuantConfig | None:
@@ -135,8 +135,9 @@ class PrequantizedReader:
         return q.t().float(), scale.t().contiguous(), zero.t().contiguous()
 
     def view(self, kind: str) -> Callable[[str], torch.Tensor]:
-        """`kind`: one of VIEWS, or "float" for the dequantized weights (calibration runs on those)."""
-        if kind not in (*VIEWS, "float"):
+        """`kind`: one of VIEWS ("float": the dequantized weights, for calibration and for weights that the
+        engine keeps in float or quantizes itself, such as experts)."""
+        if kind not in VIEWS:
             raise ValueError(kind)
 
         def get(name: str) -> torch.Tensor:
@@ -158,18 +159,43 @@ class PrequantizedReader:
         return get
 
     def assemble(
-        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
+        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
-        return assemble(views, model, quant)
+        return assemble(views, model, quant, dtype)
+
+
+def _float_base(
+    views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The engine tensors other than the quantized linear layers: as the "q" view converted them (norms,
+    embeddings: stored as they are), except the weights the checkpoint may hold quantized that the engine
+    keeps in float (linear layers under exclude_modules) or quantizes itself (experts): those come from the
+    dequantized view."""
+    from tensorrt_llm.layers import ColumnLinear, MoeMLP, RowLinear
+    from tensorrt_llm.quantization.convert import quantize_experts, quantized_linears
+
+    out = dict(views["q"])
+    quantized = {name for name, _ in quantized_linears(model, quant)}
+    for name, m in model.named_modules():
+        if isinstance(m, ColumnLinear | RowLinear) and name not in quantized:
+            keys = [f"{name}.weight"]
+        elif isinstance(m, MoeMLP):
+            keys = [f"{name}.gate_up", f"{name}.down"]
+        else:
+            continue
+        for k in keys:
+            out[k] = views["float"][k].to(dtype)
+    quantize_experts(out, model, quant)
+    return out
 
 
 def assemble(
-    views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
+    views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """Engine weights of one rank from the three converted views (see the module docstring)."""
+    """Engine weights of one rank from the converted views (see the module docstring)."""
     from tensorrt_llm.quantization.convert import quantized_linears
 
-    out = dict(views["q"])
+    out = _float_base(views, model, quant, dtype)
     g = quant.group_size
     for name, _ in quantized_linears(model, quant):
         key = f"{name}.weight"
@@ -231,11 +257,11 @@ class Fp8Reader:
         return get
 
     def assemble(
-        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig
+        self, views: dict[str, dict[str, torch.Tensor]], model: nn.Module, quant: QuantConfig, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
         from tensorrt_llm.quantization.convert import quantized_linears
 
-        out = dict(views["q"])
+        out = _float_base(views, model, quant, dtype)
         per_channel = quant.quant_algo == "FP8_PER_CHANNEL_PER_TOKEN"
         for name, _ in quantized_linears(model, quant):
             key = f"{name}.weight"

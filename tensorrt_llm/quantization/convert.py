@@ -23,8 +23,8 @@ INT8_MAX = 127.0
 
 def quantized_linears(model: nn.Module, quant: QuantConfig) -> list[tuple[str, nn.Module]]:
     """The (name, module) of every linear layer `quant.quant_algo` applies to: each ColumnLinear and
-    RowLinear but those under `exclude_modules`. (Experts of a mixture-of-experts layer and its router
-    stay in float.)"""
+    RowLinear but those under `exclude_modules`. (A mixture-of-experts layer's router stays in float; its
+    experts: `quantized_experts`.)"""
     from tensorrt_llm.layers import ColumnLinear, RowLinear
 
     if quant.quant_algo is None:
@@ -37,6 +37,19 @@ def quantized_linears(model: nn.Module, quant: QuantConfig) -> list[tuple[str, n
     ]
 
 
+def quantized_experts(model: nn.Module, quant: QuantConfig) -> list[tuple[str, nn.Module]]:
+    """The mixture-of-experts layers whose experts `quant` quantizes (see MoeMLP.set_quant)."""
+    from tensorrt_llm.layers import MoeMLP
+
+    if quant.quant_algo not in MoeMLP.QUANT_ALGOS:
+        return []
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, MoeMLP) and not any(name == p or name.startswith(p + ".") for p in quant.exclude_modules)
+    ]
+
+
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from tensorrt_llm.layers import Attention
 
@@ -45,7 +58,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def apply_quant(model: nn.Module, quant: QuantConfig) -> None:
     """Gives the model (on the meta device, before its weights are assigned) the quantized parameters."""
-    for _, m in quantized_linears(model, quant):
+    for _, m in quantized_linears(model, quant) + quantized_experts(model, quant):
         m.set_quant(quant.quant_algo, quant.group_size)
     if quant.kv_cache_quant_algo is not None:
         from tensorrt_llm.runtime.kv_cache import kv_cache_dtype  # (runtime imports the builder, which imports us)
@@ -125,12 +138,30 @@ def quantize_weights(
             out.update({f"{name}.{k}": v for k, v in smooth_quant(w, amax, module, quant).items()})
         else:
             raise ValueError(f"{algo} weights come quantized in their checkpoint: they are not made at build")
+    quantize_experts(out, model, quant)
     if quant.kv_cache_quant_algo is not None:
         top = FP8_MAX if quant.kv_cache_quant_algo == "FP8" else INT8_MAX
         for name, _ in attention_modules(model):
             k, v = _measured(calib, calib.kv if calib else {}, name, "K/V range")
             out[f"{name}.kv_cache_scale"] = torch.tensor([max(k, 1e-6) / top, max(v, 1e-6) / top])
     return out
+
+
+def quantize_experts(weights: dict[str, torch.Tensor], model: nn.Module, quant: QuantConfig) -> None:
+    """Quantizes, in `weights`, the float experts [E, N, K] of the layers `quantized_experts` names, expert
+    by expert (MoeMLP.set_quant's layouts)."""
+    algo = quant.quant_algo
+    for name, _ in quantized_experts(model, quant):
+        for part in ("gate_up", "down"):
+            w = weights.pop(f"{name}.{part}")  # [E, N, K]
+            if algo == "W8A16":
+                pieces = [kernels.quantize_int8_per_channel(w[e]) for e in range(w.shape[0])]
+            elif algo == "W4A16":
+                pieces = [kernels.quantize_int4_groupwise(w[e], quant.group_size) for e in range(w.shape[0])]
+            else:
+                pieces = [kernels.quantize_fp8(w[e], per_channel=algo != "FP8") for e in range(w.shape[0])]
+            weights[f"{name}.{part}"] = torch.stack([q for q, _ in pieces])
+            weights[f"{name}.{part}_scale"] = torch.stack([s for _, s in pieces])
 
 
 def _measured(calib: Calibration | None, table: dict, name: str, what: str):

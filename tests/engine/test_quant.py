@@ -285,3 +285,46 @@ def test_unsupported_checkpoint_schemes_are_refused(model_dir, tmp_path, capsys)
     (ckpt / "config.json").write_text(json.dumps(cfg))
     assert build.main(["--model_dir", str(ckpt), "--output_dir", str(tmp_path / "e")]) == 2
     assert "compressed-tensors scheme ('float', 8, 'block'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def mixtral_dir(tmp_path_factory):
+    from tests.helpers import make_tiny_model
+
+    d = tmp_path_factory.mktemp("moe") / "hf"
+    make_tiny_model(
+        d, "MixtralForCausalLM", hidden_size=128, intermediate_size=128, num_key_value_heads=2, num_local_experts=4,
+        num_experts_per_tok=2,
+    )  # fmt: skip
+    return d
+
+
+def test_int8_experts_are_their_dequantized_float(mixtral_dir, tmp_path):
+    """A mixture-of-experts layer's experts take the mode too (the router stays float): the int8 engine
+    computes what a float engine of its dequantized weights, experts included, computes."""
+    from tensorrt_llm import kernels
+
+    q = build_engine(mixtral_dir, tmp_path / "q", quant_algo="W8A16")
+    f = build_engine(mixtral_dir, tmp_path / "f")
+    wq, wf = load_file(q / "rank0.safetensors"), load_file(f / "rank0.safetensors")
+    assert wq["layers.0.mlp.gate_up"].dtype == torch.int8 and wq["layers.0.mlp.gate_up_scale"].shape == (4, 256)
+    assert wq["layers.0.mlp.router.weight"].dtype == torch.float32
+    for name in [n[: -len("_scale")] for n in wq if n.endswith("_scale")]:
+        w, s = wq[name], wq[name + "_scale"]
+        deq = (
+            torch.stack([kernels.dequantize_int8_per_channel(w[e], s[e]) for e in range(4)])
+            if w.dim() == 3
+            else (kernels.dequantize_int8_per_channel(w, s))
+        )
+        wf[name] = deq
+    save_file(wf, f / "rank0.safetensors")
+    torch.testing.assert_close(_logits(q), _logits(f), rtol=1e-4, atol=1e-4)
+
+
+def test_fp8_experts_stay_close(mixtral_dir, tmp_path):
+    """FP8 experts (a scale each; their inputs quantized per token) keep the logits near the float engine's."""
+    q = build_engine(mixtral_dir, tmp_path / "q", quant_algo="FP8")
+    w = load_file(q / "rank0.safetensors")
+    assert w["layers.1.mlp.down"].dtype == torch.float8_e4m3fn and w["layers.1.mlp.down_scale"].shape == (4,)
+    err = _rel(_logits(q), _logits(build_engine(mixtral_dir, tmp_path / "f")))
+    assert 0 < err < 0.25, err
