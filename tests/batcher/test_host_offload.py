@@ -277,6 +277,7 @@ def _tp_worker(rank: int, engine_dir: str, port: int, queue) -> None:
     else:
         run_follower(engine, cfg)
         queue.put(None)
+    torch.distributed.barrier()  # (as in test_tensor_parallel.py: no rank tears the group down under the other)
     torch.distributed.destroy_process_group()
 
 

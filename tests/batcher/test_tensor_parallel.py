@@ -36,6 +36,9 @@ def _worker(rank: int, engine_dir: str, port: int, queue) -> None:
     else:
         run_follower(engine, cfg)
         queue.put(None)
+    # Both ranks leave their last collective before either tears the group down: a rank that destroys it
+    # while the other still talks to it can abort the other at exit (seen once in ~5 runs: SIGABRT).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
