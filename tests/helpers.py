@@ -2,6 +2,8 @@
 trained on the spot (both from `tensorrt_llm.tools.tiny_model`), and engines built from them. No downloads."""
 
 import json
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from tensorrt_llm.tools.tiny_model import CORPUS, make_tiny_llama, make_tiny_model, tiny_llama_config, train_tokenizer
@@ -12,6 +14,7 @@ __all__ = [
     "make_tiny_llama",
     "make_tiny_model",
     "read_json",
+    "run_two_ranks",
     "tiny_llama_config",
     "train_tokenizer",
 ]
@@ -34,3 +37,24 @@ def build_engine(model_dir: Path | str, engine_dir: Path | str, dtype: str = "fl
 
 def read_json(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def run_two_ranks(worker: Callable, *args, timeout: float = 180) -> list:
+    """Runs `worker(rank, *args, port, queue)` in two spawned processes (a tensor-parallel pair: gloo on CPU,
+    `port` free for its process group); returns what the two put on `queue`, in arrival order, once both
+    have exited cleanly."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(r, *args, port, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0, f"a rank's process exited with {p.exitcode}"
+    return results

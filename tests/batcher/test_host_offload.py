@@ -5,7 +5,6 @@ token, and every block and host slot is accounted for at the end."""
 import dataclasses
 import os
 import random
-import socket
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.kv_offload import HostKVPool
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tests.batcher.conftest import BUILD, prompts
+from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
 
 TPB = BUILD["tokens_per_block"]
 
@@ -283,27 +283,12 @@ def _tp_worker(rank: int, engine_dir: str, port: int, queue) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a gloo CPU test (init_distributed picks NCCL on a GPU)")
 def test_tp2_follower_moves_blocks_like_the_leader(tmp_path):
-    import torch.multiprocessing as mp
-
-    from tests.helpers import build_engine, make_tiny_llama
-
     make_tiny_llama(tmp_path / "hf", with_tokenizer=False, vocab_size=384)
     build = dict(max_batch_size=8, max_beam_width=2)
     build_engine(tmp_path / "hf", tmp_path / "tp", world_size=2, tp_size=2, **build)
     build_engine(tmp_path / "hf", tmp_path / "one", **build)
     with Executor.from_engine_dir(tmp_path / "one", ExecutorConfig(max_beam_width=2, cuda_graphs=False)) as ex:
         want, _ = _traffic(ex)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_tp_worker, args=(r, str(tmp_path / "tp"), port, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=180) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_two_ranks(_tp_worker, str(tmp_path / "tp"))
     got, onboarded = next(r for r in results if r is not None)
     assert onboarded > 0 and got == want

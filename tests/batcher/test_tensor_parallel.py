@@ -2,20 +2,12 @@
 outputs are those of Hugging Face, under preemption and with beam search (KV block copies) too."""
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests.batcher.conftest import hf_greedy, prompts
-from tests.helpers import build_engine, make_tiny_llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
 
 
 def _worker(rank: int, engine_dir: str, port: int, queue) -> None:
@@ -46,16 +38,7 @@ def _worker(rank: int, engine_dir: str, port: int, queue) -> None:
 def test_tp2_leader_and_follower(tmp_path):
     hf = make_tiny_llama(tmp_path / "hf", with_tokenizer=False, vocab_size=384)
     build_engine(tmp_path / "hf", tmp_path / "engine", world_size=2, tp_size=2, max_batch_size=8, max_beam_width=2)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "engine"), port, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=180) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_two_ranks(_worker, str(tmp_path / "engine"))
     tokens, preemptions = next(r for r in results if r is not None)
     assert preemptions > 0  # 20 blocks of 8 tokens for 6 x ~40 tokens
     for p, t in zip(prompts(6, lo=10, hi=30, seed=1), tokens, strict=False):

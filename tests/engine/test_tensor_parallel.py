@@ -2,23 +2,15 @@
 replicated) and every other family (q/k/v biases, QK-norm, fused checkpoint tensors, tied heads split)."""
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests.engine.test_families_vs_hf import FAMILIES, make_family_model
-from tests.helpers import build_engine, make_tiny_llama
+from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, engine_dirs: list[str], port: int, prompts: list, queue) -> None:
+def _worker(rank: int, engine_dirs: list[str], prompts: list, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from tensorrt_llm.runtime import ModelRunner, init_distributed
 
@@ -29,21 +21,13 @@ def _worker(rank: int, engine_dirs: list[str], port: int, prompts: list, queue) 
         runner = ModelRunner.from_dir(engine_dir, device="cpu", rank=rank)
         outs.append(runner.generate(prompts, max_new_tokens=16, end_id=-1, pad_id=0).tolist())
     queue.put((rank, outs))
+    torch.distributed.barrier()  # no rank tears the group down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 
 def _run_tp2(engine_dirs: list, prompts: list) -> list:
     """Generates `prompts` on each 2-rank engine; returns rank 0's output ids per engine (ranks agree)."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    args = ([str(d) for d in engine_dirs], port, prompts, queue)
-    procs = [ctx.Process(target=_worker, args=(r, *args)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = dict(run_two_ranks(_worker, [str(d) for d in engine_dirs], prompts))
     assert results[0] == results[1]
     return results[0]
 
@@ -93,6 +77,7 @@ def _calls_worker(rank: int, engine_dir: str, port: int, queue) -> None:
         error = str(e)
     again = runner.generate(prompts, **kw).tolist()
     queue.put((rank, plain, steps, error, again))
+    torch.distributed.barrier()  # no rank tears the group down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 
@@ -101,15 +86,7 @@ def test_tp2_runner_calls_stream_and_errors(tmp_path):
     rank 0 and the final result on rank 1; an error of rank 0's executor reaches rank 1."""
     make_tiny_llama(tmp_path / "hf", with_tokenizer=False, vocab_size=384)
     build_engine(tmp_path / "hf", tmp_path / "engine", world_size=2, tp_size=2)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_calls_worker, args=(r, str(tmp_path / "engine"), port, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = {r[0]: r[1:] for r in (queue.get(timeout=180) for _ in procs)}
-    for p in procs:
-        p.join(timeout=60)
+    results = {r[0]: r[1:] for r in run_two_ranks(_calls_worker, str(tmp_path / "engine"))}
     (plain0, steps0, err0, again0), (plain1, steps1, err1, again1) = results[0], results[1]
     assert plain0 == plain1 == again0 == again1
     assert len(steps0) == 6 and steps0[-1] == plain0 and steps1 == [plain0]
