@@ -14,7 +14,7 @@ from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.kv_offload import HostKVPool
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tests.batcher.conftest import BUILD, prompts
-from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
+from tests.helpers import build_engine, end_rank, make_tiny_llama, run_two_ranks
 
 TPB = BUILD["tokens_per_block"]
 
@@ -279,6 +279,7 @@ def _tp_worker(rank: int, engine_dir: str, port: int, queue) -> None:
         queue.put(None)
     torch.distributed.barrier()  # (as in test_tensor_parallel.py: no rank tears the group down under the other)
     torch.distributed.destroy_process_group()
+    end_rank(queue)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a gloo CPU test (init_distributed picks NCCL on a GPU)")

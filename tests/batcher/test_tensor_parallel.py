@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.batcher.conftest import hf_greedy, prompts
-from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
+from tests.helpers import build_engine, end_rank, make_tiny_llama, run_two_ranks
 
 
 def _worker(rank: int, engine_dir: str, port: int, queue) -> None:
@@ -32,6 +32,7 @@ def _worker(rank: int, engine_dir: str, port: int, queue) -> None:
     # while the other still talks to it can abort the other at exit (seen once in ~5 runs: SIGABRT).
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    end_rank(queue)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a gloo CPU test (init_distributed picks NCCL on a GPU)")

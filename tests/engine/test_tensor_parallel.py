@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.engine.test_families_vs_hf import FAMILIES, make_family_model
-from tests.helpers import build_engine, make_tiny_llama, run_two_ranks
+from tests.helpers import build_engine, end_rank, make_tiny_llama, run_two_ranks
 
 
 def _worker(rank: int, engine_dirs: list[str], prompts: list, port: int, queue) -> None:
@@ -23,6 +23,7 @@ def _worker(rank: int, engine_dirs: list[str], prompts: list, port: int, queue) 
     queue.put((rank, outs))
     torch.distributed.barrier()  # no rank tears the group down while the other still talks to it
     torch.distributed.destroy_process_group()
+    end_rank(queue)
 
 
 def _run_tp2(engine_dirs: list, prompts: list) -> list:
@@ -79,6 +80,7 @@ def _calls_worker(rank: int, engine_dir: str, port: int, queue) -> None:
     queue.put((rank, plain, steps, error, again))
     torch.distributed.barrier()  # no rank tears the group down while the other still talks to it
     torch.distributed.destroy_process_group()
+    end_rank(queue)
 
 
 def test_tp2_runner_calls_stream_and_errors(tmp_path):
