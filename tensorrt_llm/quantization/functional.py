@@ -3,6 +3,7 @@ reference elsewhere (CPU, `TRTLLM_KERNELS=ref`), chosen as `tensorrt_llm.functio
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
 # M = 1: 53-85 % of copy bandwidth against the GEMV's 29-34 %; benchmarks/bench_quant_kernels.py).
 FP8_GEMV_MAX_M = 0
 _ROWWISE_OUT: dict[torch.dtype, torch.dtype] = {}
+
+
+@functools.cache
+def _has_fp8(index: int) -> bool:
+    """FP8 tensor cores (Ada, Hopper and later) on CUDA device `index` (-1: CPU); asked once per device, not
+    on every linear layer of every step."""
+    return index >= 0 and torch.cuda.get_device_capability(index) >= (8, 9)
 
 
 def quant_linear(layer: _Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -57,7 +65,7 @@ def fp8_linear(
 ) -> torch.Tensor:
     """FP8 W8A8: `x_scale` a static per-tensor activation scale, or None for dynamic per-token scales;
     `w_scale` per tensor ([]) or per output channel ([N])."""
-    if not (tf._use_kernels(x) and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)):
+    if not (tf._use_kernels(x) and _has_fp8(x.get_device())):
         return kernels.fp8_linear_ref(x, w, w_scale, x_scale, bias)
     if x.shape[0] <= FP8_GEMV_MAX_M:
         return kernels.fp8_weight_gemv(x, w, w_scale, bias)
