@@ -9,6 +9,7 @@ steps that computed prompt tokens (context or mixed) against generation-only ste
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
 from tensorrt_llm.builder import BuildConfig, convert_in_memory  # noqa: E402
+from tensorrt_llm.kernels import attention  # noqa: E402
 from tensorrt_llm.quantization import QuantConfig  # noqa: E402
 from tensorrt_llm.runtime import Engine  # noqa: E402
 
@@ -100,8 +102,11 @@ def main() -> None:
     p.add_argument("--quant_algo", default=None, help="as trtllm-build: W8A16, W4A16, FP8, ...")
     p.add_argument("--kv_cache_quant_algo", default=None, help="as trtllm-build: INT8 or FP8")
     p.add_argument("--group_size", type=int, default=128)
+    p.add_argument("--decode_quant_config", default=None, help="JSON: decode attention launch config, quantized KV")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    if args.decode_quant_config:
+        attention.DECODE_QUANT_CONFIG = json.loads(args.decode_quant_config)
     quant = QuantConfig(args.quant_algo, args.kv_cache_quant_algo, args.group_size)
     qname = "".join(
         f"_{a.lower()}" for a in (args.quant_algo, args.kv_cache_quant_algo and f"{args.kv_cache_quant_algo}kv") if a

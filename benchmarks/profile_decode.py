@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from tensorrt_llm.builder import BuildConfig, convert_in_memory, tune_kernels  # noqa: E402
+from tensorrt_llm.quantization import QuantConfig  # noqa: E402
 from tensorrt_llm.runtime import Engine, build_step_input  # noqa: E402
 from tensorrt_llm.runtime.sampling import make_sampling_tensors, sample  # noqa: E402
 
@@ -49,12 +50,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--ctx", type=int, default=256)
     p.add_argument("--tune", action="store_true", help="tune kernel choices on this GPU, as trtllm-build --device cuda")
+    p.add_argument("--quant_algo", default=None, help="as trtllm-build: W8A16, W4A16, FP8, ...")
+    p.add_argument("--kv_cache_quant_algo", default=None, help="as trtllm-build: INT8 or FP8")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    quant = QuantConfig(args.quant_algo, args.kv_cache_quant_algo)
     build = BuildConfig(max_batch_size=max(8, args.batch), max_input_len=2048, max_seq_len=4096)
-    cfg, weights = convert_in_memory(SHAPES[args.model], "float16", build, "cuda")
+    cfg, weights = convert_in_memory(SHAPES[args.model], "float16", build, "cuda", quant=quant)
     if args.tune:  # as trtllm-build --device cuda: kernel choices timed here, applied at load
-        cfg = dataclasses.replace(cfg, kernels=tune_kernels(cfg.model, cfg.mapping, build, torch.float16, "cuda"))
+        kernels = tune_kernels(cfg.model, cfg.mapping, build, torch.float16, "cuda", quant)
+        cfg = dataclasses.replace(cfg, kernels=kernels)
     engine = Engine.from_weights(cfg, weights, torch.device("cuda"))
     del weights
     tpb = build.tokens_per_block
@@ -62,7 +67,10 @@ def main() -> None:
     nblk = -(-(ctx + 1) // tpb)
     kv = engine.make_kv_cache(B * nblk + 2048 // tpb)
     tables = [list(range(b * nblk, (b + 1) * nblk)) for b in range(B)]
-    lines = [f"GPU: {torch.cuda.get_device_name()}; {args.model} fp16, batch {B}, context {ctx}"]
+    mode = f"{args.quant_algo or 'fp16'}{f' + {args.kv_cache_quant_algo} KV' if args.kv_cache_quant_algo else ''}"
+    kv_tag = args.kv_cache_quant_algo and f"{args.kv_cache_quant_algo}kv"
+    tag = "".join(f"_{a.lower()}" for a in (args.quant_algo, kv_tag) if a)
+    lines = [f"GPU: {torch.cuda.get_device_name()}; {args.model} {mode}, batch {B}, context {ctx}"]
 
     def step():
         return build_step_input([[5]] * B, [ctx] * B, tables, tpb, "cuda")
@@ -120,7 +128,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     print(table)
-    Path(args.out, f"profile_decode_b{B}.txt").write_text(text + "\n" + table)
+    Path(args.out, f"profile_decode_b{B}{tag}.txt").write_text(text + "\n" + table)
 
 
 if __name__ == "__main__":

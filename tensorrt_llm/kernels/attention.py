@@ -60,6 +60,8 @@ LOG2E = 1.4426950408889634
 # An engine's tuning cache may replace these dicts at load time (tuning.apply_configs).
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+# The decode kernel over an int8 / fp8 cache: a tile holds half the bytes, so the float choice need not hold.
+DECODE_QUANT_CONFIG = dict(DECODE_CONFIG)
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
 # tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal);
 # decode only: SINGLE_PASS_CTX (default DECODE_SINGLE_PASS_CTX: contexts up to this many keys are one
@@ -562,7 +564,8 @@ def _decode(
     B, H, D = q.shape
     Hkv, tpb = k_cache.shape[2], k_cache.shape[1]
     group = H // Hkv
-    cfg = DECODE_CONFIG if q.is_cuda else INTERPRET_DECODE_CONFIG
+    quant = k_cache.dtype in _QUANT_DTYPES
+    cfg = (DECODE_QUANT_CONFIG if quant else DECODE_CONFIG) if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
     single_pass_ctx = cfg.get("SINGLE_PASS_CTX", DECODE_SINGLE_PASS_CTX)
     if window:  # keys walked per sequence: the window, widened to whole tiles (see _window_start), and
@@ -588,7 +591,7 @@ def _decode(
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), TOKENS_PER_BLOCK=tpb, BLOCK_N=block_n, BLOCK_D=block_d,
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0, SLIDING_WINDOW=window > 0,
-        SOFTCAP=softcap > 0, KV_QUANT=k_cache.dtype in _QUANT_DTYPES, SINKS=sinks > 0, ALIBI=alibi is not None,
+        SOFTCAP=softcap > 0, KV_QUANT=quant, SINKS=sinks > 0, ALIBI=alibi is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if splits > 1 and not fused:

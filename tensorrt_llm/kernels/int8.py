@@ -193,8 +193,8 @@ def int8_linear_ref(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     _check_gemm(xq, x_scale, w, w_scale, bias)
-    # int64 products are exact (float32 would round sums past 2^24)
-    acc = (xq.long() @ w.long().t()).double()
+    # float64 sums of int8 products are exact below 2^53 (float32 would round past 2^24; CUDA has no int64 GEMM)
+    acc = xq.double() @ w.double().t()
     y = acc * x_scale.double().reshape(-1, 1) * w_scale.double()[None, :]
     if bias is not None:
         y = y + bias.double()

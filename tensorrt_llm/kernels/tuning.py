@@ -36,7 +36,11 @@ CONTEXT_CANDIDATES = [  # the best few of the H100 sweep
     {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "SPLIT_CAUSAL": False},
     {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
 ]
-_KEYS = {"attention_decode": "DECODE_CONFIG", "attention_context": "CONTEXT_CONFIG"}
+_KEYS = {
+    "attention_decode": "DECODE_CONFIG",
+    "attention_decode_quant": "DECODE_QUANT_CONFIG",
+    "attention_context": "CONTEXT_CONFIG",
+}
 # GEMV launch configs (BLOCK_N, BLOCK_K, num_warps, num_stages) tried per shape at M = 1; the first is the
 # best over all Llama-2-7B shapes in the H100 sweep
 GEMV_CANDIDATES = [(4, 512, 4, 3), (8, 512, 4, 4), (8, 256, 4, 3)]
