@@ -29,6 +29,7 @@ from backend.params import Params
 from backend.preprocessing_model import PreprocessingModel
 from backend.text_front import PASS_THROUGH
 from backend.triton_utils import InputError, error_response, get_logger, input_array, log_info, log_warn, pb_utils
+from backend.wire import PERF_OUTPUTS
 
 # The TensorRT-LLM BLS calls these by these names (lib/triton_decoder.py defaults; no config parameter).
 PREPROCESSING_MODEL = "preprocessing"
@@ -267,10 +268,12 @@ class BlsModel:
         if streaming and not self.decoupled:
             raise InputError("streaming is only supported if the model is deployed in decoupled mode")
         engine_id = f"bls-{uuid.uuid4().hex}"
+        # Asked for only when wanted: an engine model whose config predates them does not declare them.
+        perf = PERF_OUTPUTS if _flag(input_array(request, "return_perf_metrics")) else ()
         engine_req = pb_utils.InferenceRequest(
             model_name=self.engine_model,
             inputs=tensors,
-            requested_output_names=["output_ids", "sequence_length", "stream_final", *FORWARDED_OUTPUTS],
+            requested_output_names=["output_ids", "sequence_length", "stream_final", *FORWARDED_OUTPUTS, *perf],
             # Our own unique id, so that a cancelled client's engine request can be stopped by id.
             request_id=engine_id,
         )
@@ -305,7 +308,7 @@ class BlsModel:
                     final = _flag(outs.get("stream_final"))
                     delta = detok.add(ids[0, 0, : int(lens[0, 0])].tolist(), final=final)
                     piece = detok.text if self.accumulate else delta
-                    extras = [t(n, outs[n]) for n in FORWARDED_OUTPUTS if n in outs]
+                    extras = [t(n, outs[n]) for n in (*FORWARDED_OUTPUTS, *perf) if n in outs]
                     if delta or self.accumulate:
                         sender.send(pb_utils.InferenceResponse(output_tensors=[_text_output([piece]), *extras]))
                 last = outs
@@ -356,7 +359,7 @@ class BlsModel:
             out = _call(POSTPROCESSING_MODEL, {"TOKENS_BATCH": ids, "SEQUENCE_LENGTH": lens}, ["OUTPUT"])
             text_output = t("text_output", out["OUTPUT"].reshape(-1))
         response = pb_utils.InferenceResponse(
-            output_tensors=[text_output, *[t(n, last[n]) for n in FORWARDED_OUTPUTS if n in last]]
+            output_tensors=[text_output, *[t(n, last[n]) for n in (*FORWARDED_OUTPUTS, *perf) if n in last]]
         )
         if sender is None:
             return response

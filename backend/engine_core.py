@@ -127,6 +127,8 @@ class EngineCore:
         self.decoupled = bool((model_config.get("model_transaction_policy") or {}).get("decoupled", False))
         logits = [o for o in model_config.get("output", []) if o.get("name") == "context_logits"]
         self.logits_dtype = logits[0].get("data_type", "TYPE_FP32") if logits else "TYPE_FP32"
+        self.perf_outputs = wire.declares_perf_outputs(model_config)
+        self.model_name = config.get("model_name", "tensorrt_llm")
         model_type = (params.str("gpt_model_type", "inflight_fused_batching") or "").lower()
         if model_type not in GPT_MODEL_TYPES:
             raise ValueError(f"gpt_model_type {model_type!r}: must be one of {sorted(GPT_MODEL_TYPES)}")
@@ -261,6 +263,12 @@ class EngineCore:
                 raise InputError("streaming is only supported if the model is deployed in decoupled mode")
             if len(parsed.rows) > 1 and not decoupled:
                 raise InputError("a request with batch size > 1 needs the model in decoupled mode")
+            if any(r.return_perf_metrics for r in parsed.rows) and not (front or self).perf_outputs:
+                name = front.name if front is not None else self.model_name
+                raise InputError(
+                    f"return_perf_metrics: model {name!r} does not declare its outputs "
+                    f"({', '.join(wire.PERF_OUTPUTS)}) in its config.pbtxt"
+                )
             s = _Slot(slot=slot, triton_id=triton_id, streaming=parsed.streaming, front=front)
             s.rows = [_Row(batch_index=b, parsed=row) for b, row in enumerate(parsed.rows)]
             if front is not None and s.streaming:
@@ -282,6 +290,7 @@ class EngineCore:
                                 stop_words=p.stop_words,
                                 bad_words=p.bad_words,
                                 return_log_probs=p.return_log_probs,
+                                return_perf_metrics=p.return_perf_metrics,
                                 exclude_input_in_output=p.exclude_input_in_output,
                                 client_id=triton_id or None,
                             )
@@ -372,7 +381,7 @@ class EngineCore:
         lp = out.log_probs
         if s.streaming:
             new = out.new_tokens[0] if out.new_tokens else []
-            if len(new) == 1 and lp is None:
+            if len(new) == 1 and lp is None and out.perf is None:
                 wire.encode_token_record(buf, s.slot, row.batch_index, flags | wire.STREAM, new[0])
                 return 1
             if not new and not out.finished:
@@ -382,7 +391,9 @@ class EngineCore:
                 flags |= wire.LOGPROBS
                 lp = [list(x[-k:]) if k else [] for x in lp]
             flags |= wire.STREAM
-            wire.encode_record(buf, s.slot, row.batch_index, flags, [new], [len(new)], out.cum_log_probs, lp)
+            wire.encode_record(
+                buf, s.slot, row.batch_index, flags, [new], [len(new)], out.cum_log_probs, lp, perf=out.perf
+            )
             return 1
         if not out.finished:
             return 0  # non-streaming requests answer once, at the end
@@ -401,7 +412,7 @@ class EngineCore:
             flags |= wire.LOGPROBS
             w = max(len(x) for x in lp)
             lp = [list(x) + [0.0] * (w - len(x)) for x in lp]
-        wire.encode_record(buf, s.slot, row.batch_index, flags, ids, lengths, cum, lp)
+        wire.encode_record(buf, s.slot, row.batch_index, flags, ids, lengths, cum, lp, perf=out.perf)
         return 1
 
     # -- text-front outputs (text thread) -------------------------------------------------------------
@@ -474,7 +485,9 @@ class EngineCore:
         if lp is not None:
             flags |= wire.LOGPROBS
             lp, cum = lp[: len(texts)], cum[: len(texts)]
-        wire.encode_record(buf, s.slot, row.batch_index, flags, [], [0] * len(texts), cum, lp, texts=texts)
+        wire.encode_record(
+            buf, s.slot, row.batch_index, flags, [], [0] * len(texts), cum, lp, texts=texts, perf=out.perf
+        )
         return 1
 
     def _forget(self, s: _Slot) -> None:

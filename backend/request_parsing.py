@@ -41,6 +41,7 @@ class ParsedRow:
     stop_words: list[list[int]] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
     return_log_probs: bool = False
+    return_perf_metrics: bool = False
     exclude_input_in_output: bool = False
     clipped_from: int | None = None  # max_new_tokens asked for, when clipped to the sequence limit
     num_return_sequences: int = 1  # beams returned (the best first), at most beam_width
@@ -204,6 +205,7 @@ def parse_request(inputs: dict, limits: EngineLimits, default_exclude_input: boo
                 stop_words=_words(inputs, "stop_words_list", b),
                 bad_words=_words(inputs, "bad_words_list", b),
                 return_log_probs=_bool(inputs, "return_log_probs", b),
+                return_perf_metrics=_bool(inputs, "return_perf_metrics", b),
                 exclude_input_in_output=_bool(inputs, "exclude_input_in_output", b, default_exclude_input),
                 clipped_from=clipped_from,
                 num_return_sequences=nrs,

@@ -18,6 +18,7 @@ from backend.detokenizer import IncrementalDetokenizer, decode
 from backend.params import Params
 from backend.preprocessing_model import Preprocessor
 from backend.tokenization import load_tokenizer
+from backend.wire import declares_perf_outputs
 
 # Text input -> preprocessing input.
 TO_PREPROCESSING = {
@@ -89,6 +90,7 @@ class TextFront:
     def __init__(self, spec: dict):
         self.name = spec.get("name", "ensemble")
         self.decoupled = bool(spec.get("decoupled", False))
+        self.perf_outputs = declares_perf_outputs(spec.get("config", {}))
         pre = Params(spec["preprocessing"])
         post = Params(spec["postprocessing"])
         pre_dir = pre.str("tokenizer_dir", required=True)

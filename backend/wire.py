@@ -11,8 +11,9 @@ Backend -> engine:
   data`. One frame carries every request of one `execute` call. `front` 0: a request to the engine model
   (token ids in, token ids out); k > 0: a request to text front k (below), in that model's input names.
 - FRONT: `u32 front | JSON {"name", "decoupled", "preprocessing": model config, "postprocessing": model
-  config}`: a text front (the `ensemble` model served by this backend) attaches to this engine. Sent before
-  the front's first request, and again to a restarted engine process.
+  config, "config": the front's own model config}`: a text front (the `ensemble` model served by this
+  backend) attaches to this engine. Sent before the front's first request, and again to a restarted engine
+  process.
 - CANCEL: `u64 slot` (the client cancelled or went away).
 - SHUTDOWN: `f64 drain_seconds`.
 
@@ -28,9 +29,11 @@ A response record: `u64 slot | i32 batch_index | u32 flags | u32 beams | u32 tok
 `i32 tokens[beams * tokens_per_beam] | i32 sequence_length[beams]`; with LOGPROBS `u32 n |
 f32 cum_log_probs[beams] | f32 log_probs[beams * n]`; with TEXT (a text front's record; no tokens, width 0)
 `(u32 len | utf-8 bytes)[beams]`; with ERROR `u32 code (TRITONSERVER_Error_Code) |
-u32 len | message`. Flags: FINAL (the Triton request's last response), STREAM (a streamed chunk: new tokens
-only; the backend keeps the prefix for `stream_prefix_ids`), ROW_END (`stream_final`: this batch row is
-done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone), TEXT.
+u32 len | message`; with PERF (`return_perf_metrics`) `u32 kv_cache_alloc_new_blocks | u32 kv_cache_reused_blocks |
+u32 kv_cache_alloc_total_blocks | i64 arrival_time_ns | i64 first_scheduled_time_ns | i64 first_token_time_ns |
+i64 last_token_time_ns` after the TEXT part. Flags: FINAL (the Triton request's last response), STREAM (a
+streamed chunk: new tokens only; the backend keeps the prefix for `stream_prefix_ids`), ROW_END
+(`stream_final`: this batch row is done), ERROR, LOGPROBS, EMPTY (no outputs: the final flag alone), TEXT, PERF.
 """
 
 from __future__ import annotations
@@ -48,7 +51,21 @@ CONFIG, REQUESTS, CANCEL, SHUTDOWN, FRONT = 1, 2, 3, 4, 5
 READY, RESPONSES, METRICS, FATAL = 11, 12, 13, 14
 
 # Response record flags.
-FINAL, STREAM, ROW_END, ERROR, LOGPROBS, EMPTY, TEXT = 1, 2, 4, 8, 16, 32, 64
+FINAL, STREAM, ROW_END, ERROR, LOGPROBS, EMPTY, TEXT, PERF = 1, 2, 4, 8, 16, 32, 64, 128
+# The outputs of `return_perf_metrics` (TensorRT-LLM's names): the PERF part of a record, then three the
+# backend fills with zeros (there is no speculative decoding).
+PERF_OUTPUTS = (
+    "kv_cache_alloc_new_blocks",
+    "kv_cache_reused_blocks",
+    "kv_cache_alloc_total_blocks",
+    "arrival_time_ns",
+    "first_scheduled_time_ns",
+    "first_token_time_ns",
+    "last_token_time_ns",
+    "acceptance_rate",
+    "total_accepted_draft_tokens",
+    "total_draft_tokens",
+)
 
 # TRITONSERVER_Error_Code values.
 ERR_INTERNAL, ERR_NOT_FOUND, ERR_INVALID_ARG, ERR_UNAVAILABLE, ERR_UNSUPPORTED = 1, 2, 3, 4, 5
@@ -70,10 +87,18 @@ DTYPES = {
 }
 TYPE_BYTES, TYPE_BF16 = 13, 14
 
+
+def declares_perf_outputs(model_config: dict) -> bool:
+    """Whether a model's config declares the `return_perf_metrics` outputs (older configs do not)."""
+    names = {o.get("name") for o in model_config.get("output", [])}
+    return all(n in names for n in PERF_OUTPUTS)
+
+
 _FRAME = struct.Struct("<IB")
 _TOKEN = struct.Struct("<ii")  # one token, its sequence length (1)
 _RECORD = struct.Struct("<QiIII")
 _REQUEST_HEAD = struct.Struct("<QII")
+_PERF = struct.Struct("<IIIqqqq")
 
 
 class Connection:
@@ -180,9 +205,13 @@ def encode_record(
     log_probs: list[list[float]] | None = None,
     error: tuple[int, str] | None = None,
     texts: list[bytes] | None = None,
+    perf=None,
 ) -> None:
     """Appends one response record to `out`. `beams` are equally long (the caller pads). With `texts`
-    (flag TEXT), `beams` is empty and `seq_lens` has one entry per text."""
+    (flag TEXT), `beams` is empty and `seq_lens` has one entry per text. `perf`: an
+    `inflight_batcher.PerfMetrics` (sets flag PERF)."""
+    if perf is not None:
+        flags |= PERF
     width = len(beams[0]) if beams else 0
     out += _RECORD.pack(slot, batch_index, flags, len(texts) if flags & TEXT else len(beams), width)
     if len(beams) == 1:
@@ -199,6 +228,12 @@ def encode_record(
     if flags & TEXT:
         for t in texts:
             out += struct.pack("<I", len(t)) + t
+    if flags & PERF:
+        p = perf
+        out += _PERF.pack(
+            p.kv_alloc_new_blocks, p.kv_reused_blocks, p.kv_alloc_total_blocks, p.arrival_time_ns,
+            p.first_scheduled_time_ns, p.first_token_time_ns, p.last_token_time_ns,
+        )  # fmt: skip
     if flags & ERROR:
         code, message = error
         b = message.encode()
@@ -246,6 +281,9 @@ def decode_records(payload: memoryview | bytes) -> list[dict]:
                 (length,) = struct.unpack_from("<I", payload, off)
                 rec["texts"].append(bytes(payload[off + 4 : off + 4 + length]))
                 off += 4 + length
+        if flags & PERF:
+            rec["perf"] = dict(zip(PERF_OUTPUTS, _PERF.unpack_from(payload, off), strict=False))
+            off += _PERF.size
         if flags & ERROR:
             code, length = struct.unpack_from("<II", payload, off)
             off += 8

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tensorrt_llm._utils import str_to_dtype  # noqa: E402
 from tensorrt_llm.builder import BuildConfig, convert_in_memory, tune_kernels  # noqa: E402
-from tensorrt_llm.quantization import QuantConfig  # noqa: E402
+from tensorrt_llm.quantization import QuantConfig, functional  # noqa: E402
 from tensorrt_llm.runtime import Engine, ModelRunner  # noqa: E402
 
 SHAPES = {
@@ -38,6 +38,31 @@ SHAPES = {
         rms_norm_eps=1e-5, rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                           original_max_position_embeddings=8192),
+    ),
+    # Issue 11's families, next to Llama-3.1-8B.
+    "mistral-7b": dict(
+        architectures=["MistralForCausalLM"], vocab_size=32768, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+        rms_norm_eps=1e-5, rope_theta=1000000.0, sliding_window=None, bos_token_id=1, eos_token_id=2,
+    ),
+    "qwen2.5-7b": dict(
+        architectures=["Qwen2ForCausalLM"], vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False, tie_word_embeddings=False,
+        bos_token_id=151643, eos_token_id=151645,
+    ),
+    "gemma2-9b": dict(
+        architectures=["Gemma2ForCausalLM"], vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+        num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+        max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=10000.0, query_pre_attn_scalar=256,
+        sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+        hidden_activation="gelu_pytorch_tanh", bos_token_id=2, eos_token_id=1,
+    ),
+    "mixtral-8x7b": dict(
+        architectures=["MixtralForCausalLM"], vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+        rms_norm_eps=1e-5, rope_theta=1000000.0, num_local_experts=8, num_experts_per_tok=2,
+        bos_token_id=1, eos_token_id=2,
     ),
 }  # fmt: skip
 
@@ -86,8 +111,11 @@ def main() -> None:
     p.add_argument("--quant_algo", default=None, help="as trtllm-build: W8A16, W4A16, FP8, ...")
     p.add_argument("--kv_cache_quant_algo", default=None, help="as trtllm-build: INT8 or FP8")
     p.add_argument("--group_size", type=int, default=128)
+    p.add_argument("--fp8_gemv_max_m", type=int, default=None, help="FP8 linears read by the Triton GEMV up to M")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    if args.fp8_gemv_max_m is not None:
+        functional.FP8_GEMV_MAX_M = args.fp8_gemv_max_m
     quant = QuantConfig(args.quant_algo, args.kv_cache_quant_algo, args.group_size)
     qname = "".join(
         f"_{a.lower()}" for a in (args.quant_algo, args.kv_cache_quant_algo and f"{args.kv_cache_quant_algo}kv") if a

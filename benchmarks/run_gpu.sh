@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# On the H100 machine (no network): run from the project root; results land in $OUT (default ./out).
+# On the GPU machine (no network): run from the project root; results land in $OUT (default ./out).
 #   bash benchmarks/run_gpu.sh [tests] [batcher] [kernels] [kernels_new] [engine] [engine8b] [throughput] [serving]
-#                              [quant_tests] [quant_kernels] [quant_engine] [quant_throughput]
+#                              [quant_tests] [quant_kernels] [quant_engine] [quant_throughput] [families]
 # serving needs .whl/ (../shared/tools/stage_wheels.sh and a numpy 1.26 cp312 wheel): see serving_env.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -29,6 +29,12 @@ for what in "$@"; do
     quant_throughput)  # offline throughput, fp16 and FP8 + FP8 KV cache, in one run
       for q in "" "--quant_algo FP8 --kv_cache_quant_algo FP8"; do
         python benchmarks/bench_throughput.py --overlap on --budget_s ${BUDGET_S:-20} ${CASES:+--cases $CASES} $q --out "$OUT" 2>&1 | tee -a "$OUT/quant_throughput.log" | tail -8
+      done ;;
+    families)  # issue 11: batch 1 and offline throughput (128/128, 2048/128) per family shape, Llama-3.1-8B too
+      for m in ${FAMILY_SHAPES:-llama3-8b mistral-7b qwen2.5-7b gemma2-9b mixtral-8x7b}; do
+        python benchmarks/bench_engine.py --model $m --out "$OUT" 2>&1 | tee -a "$OUT/families.log" | tail -9
+        python benchmarks/bench_throughput.py --model $m --overlap on --budget_s ${BUDGET_S:-10} \
+          --cases 128/128,2048/128 --out "$OUT" 2>&1 | tee -a "$OUT/families.log" | tail -4
       done ;;
     batcher) BATCHER_TEST_DEVICE=cuda python -m pytest -q -x tests/batcher 2>&1 | tee "$OUT/gpu_batcher_tests.log" | tail -5 ;;
     serving) bash benchmarks/serving_env.sh /tmp/venv && python benchmarks/bench_serving.py --target core \

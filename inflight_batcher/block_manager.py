@@ -71,6 +71,7 @@ class BlockManager:
         # collision can never hand a request another prompt's KV.
         self.made_of: dict[int, tuple[int | None, tuple[int, ...]]] = {}
         self.reused_blocks = 0  # blocks found by `match` and taken, since start
+        self.evicted_blocks = 0  # cached blocks an allocation took (their keys dropped or offloaded), since start
         self.reused_tokens = 0
         self.matched_requests = 0
         # Host offload: slots 0..host_blocks-1, named `host_base + slot` where a device id could be.
@@ -124,6 +125,7 @@ class BlockManager:
                 b = self.free_queue.popleft()
             else:  # evict the least recently freed cached block: offloaded to the host, or dropped
                 b, _ = self.cached.popitem(last=False)
+                self.evicted_blocks += 1
                 k = self.key_of[b]
                 del self.block_of[k]
                 self.key_of[b] = None

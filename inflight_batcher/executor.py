@@ -205,10 +205,10 @@ class Executor:
             limit = self.config.max_queue_size
             if limit is not None and queued + len(requests) > limit:
                 raise QueueFullError(f"queue is full ({limit} requests waiting)")
-            now = time.time()
+            now = time.time_ns()
             for r in requests:
                 r.request_id = next(self._ids)
-                r.arrival_time = now
+                r.perf.arrival_time_ns = now
                 self._live[r.request_id] = r
                 self._incoming.append(r)
             self._lock.notify_all()
@@ -480,7 +480,7 @@ class Executor:
             # Before any request below ends (and frees its table): the step's full blocks become findable.
             bad = [s.request for row, s in zip(result.rows, sampled, strict=True) if row.bad_logits]
             self._publish(inflight.seqs, bad)
-        outputs, copies, now = [], [], time.time()
+        outputs, copies, now = [], [], time.time_ns()
         beam_done: set[int] = set()
         for row, s in zip(result.rows, sampled, strict=True):
             req = s.request
@@ -489,8 +489,9 @@ class Executor:
             if row.bad_logits:
                 outputs.append(self._finish(req, RequestStatus.FINISHED_ERROR, "logits are NaN or inf"))
                 continue
-            if req.first_token_time is None:
-                req.first_token_time = now
+            if not req.perf.first_token_time_ns:
+                req.perf.first_token_time_ns = now
+            req.perf.last_token_time_ns = now
             if req.is_beam_search:
                 if req.request_id in beam_done:
                     continue
@@ -576,6 +577,7 @@ class Executor:
             cum_log_probs=[s.cum_log_prob for s in beams] if lp else None,
             log_probs=[list(s.log_probs) for s in beams] if lp else None,
             client_id=req.client_id,
+            perf=replace(req.perf) if req.return_perf_metrics else None,
         )
 
     def _deliver(self, outputs: list[tuple[Request, Output]]) -> None:

@@ -220,6 +220,7 @@ class Request:
     stop_words: list[list[int]] | None = None
     bad_words: list[list[int]] | None = None
     return_log_probs: bool = False
+    return_perf_metrics: bool = False
     exclude_input_in_output: bool = False
     client_id: object = None
     callback: Callable[[Output], None] | None = None
@@ -243,8 +244,7 @@ class Request:
     finished_beams: list[tuple[float, Sequence]] = field(default_factory=list, init=False, repr=False)
     beam_improvable: bool = field(default=True, init=False, repr=False)
     error: str | None = field(default=None, init=False)
-    arrival_time: float = field(default=0.0, init=False)
-    first_token_time: float | None = field(default=None, init=False)
+    perf: PerfMetrics = field(default_factory=lambda: PerfMetrics(), init=False, repr=False)
     seed: int = field(default=0, init=False, repr=False)  # sampling noise seed: random_seed, or drawn at enqueue
     # Every token id that ends this request (end_id and end_ids, -1 left out); set at enqueue.
     end_set: frozenset = field(default=frozenset(), init=False, repr=False)
@@ -267,7 +267,7 @@ class Request:
             raise ValueError(f"sampling must be SamplingParams, got {type(self.sampling).__name__}")
         self.stop_words = _word_list("stop_words", self.stop_words)
         self.bad_words = _word_list("bad_words", self.bad_words)
-        for name in ("streaming", "return_log_probs", "exclude_input_in_output"):
+        for name in ("streaming", "return_log_probs", "return_perf_metrics", "exclude_input_in_output"):
             v = getattr(self, name)
             if hasattr(v, "item") and isinstance(v.item(), bool):  # numpy.bool_ from a Triton tensor
                 v = v.item()
@@ -377,6 +377,24 @@ def validate_request(req: Request, limits: Limits) -> None:
 
 
 @dataclass
+class PerfMetrics:
+    """One request's KV-cache use and timeline, as TensorRT-LLM's `return_perf_metrics` reports them.
+
+    Blocks are counted over the request's life, every beam and every resume after a pause included:
+    `kv_alloc_total_blocks` were allocated for it (reused blocks are not), `kv_alloc_new_blocks` of them
+    were blank (the rest evicted a cached block), `kv_reused_blocks` were found in the prefix cache.
+    Times are nanoseconds since the epoch (0: not yet)."""
+
+    kv_alloc_new_blocks: int = 0
+    kv_reused_blocks: int = 0
+    kv_alloc_total_blocks: int = 0
+    arrival_time_ns: int = 0
+    first_scheduled_time_ns: int = 0
+    first_token_time_ns: int = 0
+    last_token_time_ns: int = 0
+
+
+@dataclass
 class Output:
     """What a callback receives. Lists are per beam; `tokens` never include the prompt."""
 
@@ -389,3 +407,4 @@ class Output:
     cum_log_probs: list[float] | None = None  # per beam, when return_log_probs
     log_probs: list[list[float]] | None = None  # per beam, one per token of `tokens`
     client_id: object = None
+    perf: PerfMetrics | None = None  # a copy, when return_perf_metrics

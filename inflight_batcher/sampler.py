@@ -16,7 +16,7 @@ import torch
 
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.request import Request, RequestStatus, Sequence
-from inflight_batcher.scheduler import ScheduledSeq
+from inflight_batcher.scheduler import ScheduledSeq, count_allocation
 from tensorrt_llm.runtime import sampling as ops
 
 PLACEHOLDER = -1  # a token sampled on the device, not yet read by the host
@@ -251,7 +251,9 @@ def _copy_on_write(req: Request, live: list[Sequence], bm: BlockManager, copies:
             claimed.add(p)
             continue
         src = s.block_table[-1]
+        evicted = bm.evicted_blocks
         (dst,) = bm.allocate(1)
+        count_allocation(req, bm, 1, evicted)
         bm.free([src])
         s.block_table[-1] = dst
         copies.append((src, dst))

@@ -27,6 +27,7 @@ through the step's plan.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,6 +46,13 @@ class ScheduledSeq:
     num_new: int
     block_table: list[int]  # a copy, long enough for start + num_new tokens
     sample: bool  # the step reaches the end of the sequence: its logits pick the next token
+
+
+def count_allocation(req: Request, bm: BlockManager, n: int, evicted_before: int) -> None:
+    """Adds `n` blocks just allocated for `req` to its perf metrics; those past `evicted_before` (the block
+    manager's eviction count before the allocation) took a cached block, the rest were blank."""
+    req.perf.kv_alloc_total_blocks += n
+    req.perf.kv_alloc_new_blocks += n - (bm.evicted_blocks - evicted_before)
 
 
 @dataclass
@@ -272,6 +280,9 @@ class Scheduler:
                 seq.block_table = self.bm.take(found, matched)
                 seq.block_keys = keys[: len(found)]
                 req.num_computed_tokens = matched
+                req.perf.kv_reused_blocks += len(found)
+            if not req.perf.first_scheduled_time_ns:
+                req.perf.first_scheduled_time_ns = time.time_ns()
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             self._place(req, n, out)
@@ -285,7 +296,9 @@ class Scheduler:
         sample = start + n == req.num_tokens
         is_context = n > 1 or start < req.prompt_len
         for s in req.seqs:
-            self.bm.extend(s.block_table, start + n)
+            evicted = self.bm.evicted_blocks
+            if new := self.bm.extend(s.block_table, start + n):  # most steps allocate nothing
+                count_allocation(req, self.bm, len(new), evicted)
             sched = ScheduledSeq(req, s, start, n, list(s.block_table), sample)
             (out.context if is_context else out.generation).append(sched)
 

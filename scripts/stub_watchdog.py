@@ -110,15 +110,29 @@ class StubWatchdog(threading.Thread):
 
     def run(self) -> None:
         known = stubs_of(self.http_port)
+        pending: dict[str, tuple[list[int], float]] = {}  # model -> (dead stub pids, when first seen)
         while not self.stopping.wait(self.interval):
             now = stubs_of(self.http_port)
-            dead = {(pid, model) for pid, model in known.items() if pid not in now and not _alive(pid)}
-            for model in sorted({m for _, m in dead}):
-                # Not ready: unloaded on purpose, or the server is stopping; only a model that still
-                # claims to be ready without its stub is broken.
-                if self.stopping.is_set() or self._call("GET", f"/v2/models/{model}/ready", timeout=5) != 200:
-                    continue
-                pids = sorted(p for p, m in dead if m == model)
+            for pid, model in known.items():
+                if pid not in now and not _alive(pid):
+                    pids, since = pending.get(model, ([], time.monotonic()))
+                    pending[model] = (sorted({*pids, pid}), since)
+            known = now
+            if pending and not self.stopping.is_set():
+                self.check(pending)
+                known = stubs_of(self.http_port)
+
+    def check(self, pending: dict[str, tuple[list[int], float]], give_up_s: float = 300.0) -> None:
+        """Reloads each model of `pending` (those with a dead stub) that still claims to be ready, and forgets
+        it; one that is not ready was unloaded on purpose, or the server is stopping: forgotten too. A server
+        too busy to answer keeps the model pending for the next round (forgetting it then would leave the
+        model broken for good), up to `give_up_s`."""
+        for model in sorted(pending):
+            pids, since = pending[model]
+            status = self._call("GET", f"/v2/models/{model}/ready", timeout=5)
+            if status == 0 and time.monotonic() - since < give_up_s:
+                continue
+            del pending[model]
+            if status == 200:
                 self.log(f"stub watchdog: the Python stub of model '{model}' (pid {pids}) died; reloading it")
                 self.reload(model)
-            known = stubs_of(self.http_port) if dead else now

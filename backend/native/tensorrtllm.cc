@@ -76,16 +76,33 @@ enum Output : int {
   kSequenceIndex,
   kStreamPrefixIds,
   kStreamFinal,
+  // return_perf_metrics (a record with PERF), in backend/wire.py's PERF_OUTPUTS order
+  kKvAllocNewBlocks,
+  kKvReusedBlocks,
+  kKvAllocTotalBlocks,
+  kArrivalTime,
+  kFirstScheduledTime,
+  kFirstTokenTime,
+  kLastTokenTime,
+  kAcceptanceRate,
+  kTotalAcceptedDraftTokens,
+  kTotalDraftTokens,
   kNumOutputs,
 };
+#define TRTLLM_PERF_OUTPUT_NAMES                                                                                \
+  "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", "arrival_time_ns",     \
+      "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns", "acceptance_rate",                \
+      "total_accepted_draft_tokens", "total_draft_tokens"
 const char* const kOutputNames[kNumOutputs] = {
     "output_ids",    "sequence_length", "cum_log_probs",  "output_log_probs",  "context_logits",
     "generation_logits", "batch_index", "sequence_index", "stream_prefix_ids", "stream_final",
+    TRTLLM_PERF_OUTPUT_NAMES,
 };
 // The same outputs as a text front (the `ensemble` interface) names them; null: the front has none.
 const char* const kTextOutputNames[kNumOutputs] = {
     "text_output", nullptr, "cum_log_probs", "output_log_probs", "context_logits",
     "generation_logits", "batch_index", "sequence_index", nullptr, nullptr,
+    TRTLLM_PERF_OUTPUT_NAMES,
 };
 constexpr uint32_t kAllOutputs = (1u << kNumOutputs) - 1;
 
@@ -654,6 +671,17 @@ class Instance {
               add(kStreamPrefixIds, TRITONSERVER_TYPE_INT32, {1, prefix ? static_cast<int64_t>(prefix->size()) : 0},
                   prefix ? prefix->data() : nullptr, prefix ? 4 * prefix->size() : 0) &&
               add(kStreamFinal, TRITONSERVER_TYPE_BOOL, {1, 1}, &stream_final, 1);
+    if (ok && (r.flags & kPerf)) {  // no speculative decoding: its three outputs are zero
+      const float zero_rate = 0.0f;
+      const int32_t zero = 0;
+      for (int k = 0; k < 3 && ok; ++k)
+        ok = add(kKvAllocNewBlocks + k, TRITONSERVER_TYPE_INT32, {1, 1}, &r.kv_blocks[k], 4);
+      for (int k = 0; k < 4 && ok; ++k)
+        ok = add(kArrivalTime + k, TRITONSERVER_TYPE_INT64, {1, 1}, &r.times_ns[k], 8);
+      ok = ok && add(kAcceptanceRate, TRITONSERVER_TYPE_FP32, {1, 1}, &zero_rate, 4) &&
+           add(kTotalAcceptedDraftTokens, TRITONSERVER_TYPE_INT32, {1, 1}, &zero, 4) &&
+           add(kTotalDraftTokens, TRITONSERVER_TYPE_INT32, {1, 1}, &zero, 4);
+    }
     if (prefix != nullptr) prefix->insert(prefix->end(), r.tokens.begin(), r.tokens.end());
     return ok ? std::string() : "failed to build the response's outputs";
   }
@@ -871,7 +899,8 @@ class Front {
     std::string pre, post;
     if (!OtherConfig(pre_model_, &pre, why) || !OtherConfig(post_model_, &post, why)) return 0;
     const std::string spec = "{\"name\": \"" + model_ + "\", \"decoupled\": " + (decoupled_ ? "true" : "false") +
-                             ", \"preprocessing\": " + pre + ", \"postprocessing\": " + post + "}";
+                             ", \"preprocessing\": " + pre + ", \"postprocessing\": " + post +
+                             ", \"config\": " + config_ + "}";
     id_ = engine->RegisterFront(model_, spec);
     attached_ = engine;
     return id_;

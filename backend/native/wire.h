@@ -30,6 +30,7 @@ enum RecordFlag : uint32_t {
   kLogProbs = 16,
   kEmpty = 32,
   kText = 64,
+  kPerf = 128,
 };
 
 // Appends little-endian values (the only byte order of the machines we serve on).
@@ -100,6 +101,10 @@ struct Record {
   std::vector<float> cum_log_probs;  // [beams] (LOGPROBS)
   std::vector<float> log_probs;      // [beams * log_prob_width] (LOGPROBS)
   std::vector<std::string> texts;    // [beams] (TEXT)
+  // PERF: kv_cache_alloc_new_blocks, kv_cache_reused_blocks, kv_cache_alloc_total_blocks
+  uint32_t kv_blocks[3] = {0, 0, 0};
+  // PERF: arrival, first scheduled, first token, last token (ns since the epoch)
+  int64_t times_ns[4] = {0, 0, 0, 0};
   uint32_t error_code = 0;
   std::string error;
 };
@@ -137,6 +142,10 @@ inline bool ParseRecords(const std::string& body, std::vector<Record>* out, std:
         return false;
       }
       for (uint32_t b = 0; b < rec.beams && !r.failed(); ++b) rec.texts.push_back(r.String(r.Get<uint32_t>()));
+    }
+    if (rec.flags & kPerf) {
+      for (uint32_t& v : rec.kv_blocks) v = r.Get<uint32_t>();
+      for (int64_t& v : rec.times_ns) v = r.Get<int64_t>();
     }
     if (rec.flags & kError) {
       rec.error_code = r.Get<uint32_t>();

@@ -43,6 +43,10 @@ std::string OneRecord(uint32_t flags) {
       w.Bytes(t, std::strlen(t));
     }
   }
+  if (flags & kPerf) {
+    for (uint32_t v : {4u, 2u, 6u}) w.Put<uint32_t>(v);
+    for (int64_t v : {int64_t{1} << 60, int64_t{11}, int64_t{12}, int64_t{13}}) w.Put<int64_t>(v);
+  }
   if (flags & kError) {
     w.Put<uint32_t>(3);
     w.Put<uint32_t>(3);
@@ -64,9 +68,12 @@ void SelfTest() {
   CHECK(r.error_code == 3 && r.error == "bad");
   CHECK(ParseRecords(OneRecord(kText), &recs, &err));
   CHECK((recs[0].texts == std::vector<std::string>{"ab", "\xc3\xa9"}));
+  CHECK(ParseRecords(OneRecord(kText | kPerf | kError), &recs, &err));
+  CHECK(recs[0].kv_blocks[0] == 4 && recs[0].kv_blocks[2] == 6 && recs[0].times_ns[0] == int64_t{1} << 60);
+  CHECK(recs[0].times_ns[3] == 13 && recs[0].error == "bad");
 
   // Every truncation is refused, never read past the end.
-  const std::string whole = OneRecord(kLogProbs | kText | kError);
+  const std::string whole = OneRecord(kLogProbs | kText | kPerf | kError);
   for (size_t n = 0; n < whole.size(); ++n) CHECK(!ParseRecords(whole.substr(0, n), &recs, &err));
   CHECK(!ParseRecords(whole + "x", &recs, &err));
   // A header claiming more tokens than the frame holds is refused before allocating them.
@@ -100,7 +107,13 @@ int Decode(const char* path) {
     for (float v : r.log_probs) std::cout << " " << v;
     std::cout << " |";
     for (const std::string& t : r.texts) std::cout << " " << t;
-    std::cout << " | " << r.error_code << " " << r.error << "\n";
+    std::cout << " | " << r.error_code << " " << r.error;
+    if (r.flags & kPerf) {
+      std::cout << " | perf";
+      for (uint32_t v : r.kv_blocks) std::cout << " " << v;
+      for (int64_t v : r.times_ns) std::cout << " " << v;
+    }
+    std::cout << "\n";
   }
   return 0;
 }

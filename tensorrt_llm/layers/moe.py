@@ -17,10 +17,16 @@ class MoeMLP(nn.Module):
     all-reduce after the experts' sum. With `shared_intermediate_size`, a shared expert (`shared`, a
     GatedMLP) runs on every token, weighted by sigmoid(`shared_gate.weight` [1, H] · x) (Qwen2-MoE).
 
-    Every expert runs on every token of the step, weighted by its routing weight (0 for the ones not
-    chosen): shapes and work fixed by the step alone, so CUDA graphs capture it, and a decode step reads
-    each expert's weights once, as a grouped kernel would. Prefill pays num_experts / top_k times the
-    MLP arithmetic; a grouped GEMM over the routed tokens is the faster path not built yet."""
+    Two paths, the same result. Dense (steps under ROUTED_MIN_TOKENS, and any step a CUDA graph captures):
+    every expert runs on every token of the step, weighted by its routing weight (0 for the ones not
+    chosen): shapes and work fixed by the step alone, so CUDA graphs capture it, and a decode step reads each
+    expert's weights once, as a grouped kernel would. Routed (larger steps, eager: prefill): tokens are
+    sorted by expert and each expert runs on its own tokens only, top_k / num_experts of the dense
+    arithmetic, at the price of one host synchronisation for the counts."""
+
+    # Below this many tokens a step reads every expert's weights anyway (the GEMMs are bandwidth-bound):
+    # the dense path costs no more and needs no host synchronisation.
+    ROUTED_MIN_TOKENS = 256
 
     def __init__(
         self,
@@ -105,12 +111,28 @@ class MoeMLP(nn.Module):
             top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter_(1, idx, top)
 
+    def _run(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        return self._expert(self.act_and_mul(self._expert(x, "gate_up", e)), "down", e)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.routing(x)  # [T, E]
         out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)  # [T, H]
-        for e in range(self.gate_up.shape[0]):
-            y = self._expert(self.act_and_mul(self._expert(x, "gate_up", e)), "down", e)  # [T, H]
-            out += weights[:, e : e + 1] * y
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if x.shape[0] < self.ROUTED_MIN_TOKENS or capturing:
+            for e in range(self.gate_up.shape[0]):
+                out += weights[:, e : e + 1] * self._run(x, e)
+        else:
+            tok, exp = weights.nonzero(as_tuple=True)  # [T * top_k] each, token-major
+            order = torch.argsort(exp, stable=True)
+            tok, exp = tok[order], exp[order]  # grouped by expert
+            w = weights[tok, exp].unsqueeze(1)  # [T * top_k, 1]
+            counts = torch.bincount(exp, minlength=weights.shape[1]).tolist()  # the host synchronisation
+            start = 0
+            for e, n in enumerate(counts):
+                if n:
+                    rows = tok[start : start + n]
+                    out.index_add_(0, rows, w[start : start + n] * self._run(x[rows], e))
+                start += n
         out = out.to(x.dtype)
         if self.mapping.tp_size > 1:
             dist.all_reduce(out)

@@ -150,3 +150,25 @@ def test_reuse_composes_with_chunked_context_and_preemption(make_executor, solo)
     st = ex.stats()
     assert st.reused_blocks > 0 and st.used_blocks == 0
     ex.block_manager.check([])
+
+
+def test_per_request_perf_metrics_count_reused_new_and_evicting_blocks(make_executor):
+    # 8 blocks of 8 tokens. A: 40-token prompt + 6 new = 6 blocks, all blank; its 5 computed whole blocks
+    # stay cached, its last goes back blank. B (A's prompt): takes 4 cached blocks (the last prompt token is
+    # always computed) and allocates 2 blank ones (blank again after: A's copy of their content is the
+    # cached one). C (another prompt, 6 blocks): 3 blank blocks are left, the other 3 evict cached ones.
+    import time
+
+    ex = make_executor(enable_kv_cache_reuse=True, max_tokens_in_paged_kv_cache=8 * TPB)
+    a, c = prompts(2, lo=40, hi=41, seed=5)
+    t0 = time.time_ns()
+    outs = [ex.generate([Request(p, max_new_tokens=6, end_id=-1, return_perf_metrics=True)])[0] for p in (a, a, c)]
+    t1 = time.time_ns()
+    kv = [(o.perf.kv_alloc_new_blocks, o.perf.kv_reused_blocks, o.perf.kv_alloc_total_blocks) for o in outs]
+    assert kv == [(6, 0, 6), (2, 4, 2), (3, 0, 6)]
+    for o in outs:
+        p = o.perf
+        assert t0 <= p.arrival_time_ns <= p.first_scheduled_time_ns <= p.first_token_time_ns <= p.last_token_time_ns
+        assert p.last_token_time_ns <= t1
+    plain = ex.generate([Request(a, max_new_tokens=2, end_id=-1)])[0]
+    assert plain.perf is None  # only when asked for

@@ -237,3 +237,26 @@ def test_random_weight_build_from_config_alone(tmp_path, name):
     engine = Engine.from_dir(tmp_path, device="cpu")
     logits = engine.forward(build_step_input([[5, 6, 7]], [0], [[0]], 8), engine.make_kv_cache(4))
     assert logits.shape == (1, VOCAB) and logits.isfinite().all()
+
+
+@pytest.mark.parametrize("name", [n for n, (arch, _) in FAMILIES.items() if "Moe" in arch or "Mixtral" in arch])
+def test_moe_routed_path_matches_hf(tmp_path, monkeypatch, name):
+    """Steps of at least ROUTED_MIN_TOKENS run each expert on its own tokens only: prompts and a mixed step
+    still match Hugging Face (the small model's prompts are made to take that path)."""
+    from tensorrt_llm.layers.moe import MoeMLP
+
+    monkeypatch.setattr(MoeMLP, "ROUTED_MIN_TOKENS", 4)
+    hf = make_family_model(name, tmp_path / "hf")
+    build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_num_tokens=512)
+    engine = Engine.from_dir(tmp_path / "engine", device="cpu")
+    kv = engine.make_kv_cache(32)
+    tpb = engine.config.build.tokens_per_block
+    torch.manual_seed(4)
+    a, b = torch.randint(4, VOCAB, (37,)).tolist(), torch.randint(4, VOCAB, (9,)).tolist()
+    ours = engine.forward(build_step_input([a], [0], [list(range(5))], tpb, all_logits=True), kv)
+    mixed = engine.forward(build_step_input([[7], b], [37, 0], [list(range(5)), [10, 11]], tpb), kv)
+    with torch.no_grad():
+        ref = hf(torch.tensor([a + [7]])).logits[0]
+        ref_b = hf(torch.tensor([b])).logits[0, -1]
+    assert _rel_err(ours, ref[:-1]) <= 1e-4
+    assert _rel_err(mixed[0], ref[-1]) <= 1e-4 and _rel_err(mixed[1], ref_b) <= 1e-4

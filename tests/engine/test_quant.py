@@ -328,3 +328,14 @@ def test_fp8_experts_stay_close(mixtral_dir, tmp_path):
     assert w["layers.1.mlp.down"].dtype == torch.float8_e4m3fn and w["layers.1.mlp.down_scale"].shape == (4,)
     err = _rel(_logits(q), _logits(build_engine(mixtral_dir, tmp_path / "f")))
     assert 0 < err < 0.25, err
+
+
+@pytest.mark.parametrize("algo", ["W8A16", "W4A16", "FP8"])
+def test_quantized_experts_take_the_routed_path_unchanged(mixtral_dir, tmp_path, monkeypatch, algo):
+    """Prefill-sized steps run each quantized expert on its own tokens: the logits of the dense path."""
+    from tensorrt_llm.layers.moe import MoeMLP
+
+    q = build_engine(mixtral_dir, tmp_path / "q", quant_algo=algo)
+    dense = _logits(q)
+    monkeypatch.setattr(MoeMLP, "ROUTED_MIN_TOKENS", 2)
+    torch.testing.assert_close(_logits(q), dense, rtol=1e-4, atol=1e-4)

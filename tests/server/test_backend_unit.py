@@ -75,6 +75,29 @@ def test_launcher_owns_the_repository_api_unless_the_user_chose_a_mode():
     assert not any("restricted" in a or a == "--model-control-mode=explicit" for a in own)
 
 
+def test_stub_watchdog_keeps_a_dead_stubs_model_pending_while_the_server_does_not_answer():
+    """A ready check that gets no answer (a busy server) must not forget the model: it would stay broken."""
+    import stub_watchdog
+
+    answers = {"busy": [0, 0, 200], "unloaded": [400], "gone": [0]}
+    calls, logs = [], []
+    w = stub_watchdog.StubWatchdog(1, "k", log=logs.append)
+    w._call = lambda method, path, timeout: answers[path.split("/")[3]].pop(0) if method == "GET" else 200
+    w.reload = calls.append
+    pending = {
+        "busy": ([11], time.monotonic()),
+        "unloaded": ([12], time.monotonic()),
+        "gone": ([13], time.monotonic() - 1000),
+    }
+    w.check(pending)  # "gone" has waited past give_up_s with no answer: dropped
+    assert pending.keys() == {"busy"} and calls == []
+    w.check(pending)
+    assert pending.keys() == {"busy"} and calls == []
+    w.check(pending)
+    assert pending == {} and calls == ["busy"]
+    assert logs == ["stub watchdog: the Python stub of model 'busy' (pid [11]) died; reloading it"]
+
+
 def test_launcher_mpmd_command():
     cmd = launcher.build_command(_args(), Path("/bin/tritonserver"), ["--backend-directory=/b"])
     assert cmd[:3] == ["mpirun", "--allow-run-as-root", "--oversubscribe"]
@@ -190,7 +213,7 @@ def engine_dir(tmp_path_factory):
 class _Backend:
     """The backend's end of the socket: sends CONFIG, requests and cancels; collects response records."""
 
-    def __init__(self, engine_dir, decoupled: bool):
+    def __init__(self, engine_dir, decoupled: bool, outputs: tuple[str, ...] = ()):
         import json
         import socket
         import threading
@@ -206,6 +229,7 @@ class _Backend:
                 "device": {"string_value": "cpu"},
                 "stats_check_period_ms": {"string_value": "20"},
             },
+            "output": [{"name": n} for n in outputs],
         }
         self.conn.send(wire.CONFIG, json.dumps({"model_config": cfg}).encode())
         self.thread = threading.Thread(target=engine_core.main, args=(["--fd", str(theirs.detach())],), daemon=True)
@@ -349,3 +373,31 @@ def test_bls_iterator_graveyard_releases_only_after_a_later_round_trip():
     assert ref() is None and len(g) == 1
     g.flushed(g.ticket())
     assert len(g) == 0
+
+
+def test_perf_metrics_only_where_the_model_declares_their_outputs(engine_dir):
+    from backend import wire
+
+    ask = {**_ids(1, 5, 6), "request_output_len": np.array([[3]], np.int32), "return_perf_metrics": np.array([[1]])}
+    b = _Backend(engine_dir, decoupled=True)  # a config.pbtxt from before these outputs existed
+    try:
+        b.send(1, ask)
+        (bad,) = b.until_final(1)
+        assert bad["error"][0] == wire.ERR_INVALID_ARG
+        assert "return_perf_metrics" in bad["error"][1] and "kv_cache_reused_blocks" in bad["error"][1]
+        b.send(2, {**ask, "return_perf_metrics": np.array([[0]])})  # asking for none is fine
+        (ok,) = b.until_final(2)
+        assert "perf" not in ok and "error" not in ok
+    finally:
+        b.close()
+    b = _Backend(engine_dir, decoupled=True, outputs=wire.PERF_OUTPUTS)
+    try:
+        b.send(1, {**ask, "streaming": np.array([[1]])})
+        chunks = b.until_final(1)
+        assert len(chunks) == 3 and all(c["flags"] & wire.PERF for c in chunks)
+        last = chunks[-1]["perf"]
+        assert last["kv_cache_alloc_total_blocks"] >= 1 and last["kv_cache_reused_blocks"] == 0
+        assert 0 < last["arrival_time_ns"] <= last["first_scheduled_time_ns"] <= last["first_token_time_ns"]
+        assert chunks[0]["perf"]["last_token_time_ns"] <= last["last_token_time_ns"]
+    finally:
+        b.close()

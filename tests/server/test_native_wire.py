@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from backend import wire
+from inflight_batcher.request import PerfMetrics
 
 WIRE_TEST = Path(__file__).resolve().parents[2] / "build" / "wire_test"
 pytestmark = pytest.mark.skipif(not WIRE_TEST.exists(), reason="native backend not built: bash scripts/setup.sh")
@@ -23,12 +24,14 @@ def test_cpp_self_checks():
 
 
 def test_python_records_decode_in_cpp(tmp_path):
-    buf = bytearray(struct.pack("<I", 4))
+    buf = bytearray(struct.pack("<I", 5))
     wire.encode_record(buf, 9, 0, wire.STREAM, [[11]], [1])
     wire.encode_record(buf, 2**40, 1, wire.FINAL | wire.ROW_END | wire.LOGPROBS, [[1, 2, 3], [4, 5, 0]], [3, 2],
                        [-1.5, -2.0], [[-0.5, -1.0], [-1.0, -1.0]])  # fmt: skip
     wire.encode_record(buf, 3, 0, wire.FINAL | wire.ERROR, error=(wire.ERR_INVALID_ARG, "bad input_ids"))
     wire.encode_record(buf, 5, 0, wire.FINAL | wire.TEXT, [], [2, 1], texts=[b"ab", "é".encode()])
+    perf = PerfMetrics(4, 2, 6, 2**62, 11, 12, 13)
+    wire.encode_record(buf, 6, 0, wire.STREAM, [[7]], [1], perf=perf)
     (tmp_path / "records.bin").write_bytes(bytes(buf))
     r = subprocess.run([str(WIRE_TEST), "decode", str(tmp_path / "records.bin")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -37,9 +40,11 @@ def test_python_records_decode_in_cpp(tmp_path):
         f"{2**40} 1 21 2 3 | 1 2 3 4 5 0 | 3 2 | -1.5 -2 | -0.5 -1 -1 -1 | | 0 ",
         "3 0 9 0 0 | | | | | | 3 bad input_ids",
         "5 0 65 2 0 | | 2 1 | | | ab é | 0 ",
+        f"6 0 130 1 1 | 7 | 1 | | | | 0  | perf 4 2 6 {2**62} 11 12 13",
     ]
     records = wire.decode_records(bytes(buf))
-    assert [r["slot"] for r in records] == [9, 2**40, 3, 5]
+    assert [r["slot"] for r in records] == [9, 2**40, 3, 5, 6]
+    assert records[4]["perf"] == dict(zip(wire.PERF_OUTPUTS, [4, 2, 6, 2**62, 11, 12, 13], strict=False))
     assert records[3]["texts"] == [b"ab", "é".encode()]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from tests.server.conftest import start_server
@@ -69,3 +70,37 @@ def test_streamed_text_through_the_ensemble_is_unchanged(reuse_server, reference
         lambda: reuse_server.metric("nv_trt_llm_kv_cache_block_metrics", "used") == 0,
     )
     assert reuse_server.metric("nv_trt_llm_kv_cache_block_metrics", "used") == 0
+
+
+def _one(v) -> int:
+    return int(np.asarray(v).reshape(-1)[0])
+
+
+def test_perf_metrics_report_each_requests_blocks_and_times(reuse_server, reference):
+    # TensorRT-LLM's `return_perf_metrics` outputs, on the engine model, the ensemble and the BLS.
+    tok = reference.tokenizer
+    ids = tok.encode(SYSTEM + "Report your metrics")
+    body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": 4, "return_perf_metrics": True}
+    url = f"{reuse_server.http_url}/v2/models/tensorrt_llm/generate"
+    t0 = time.time_ns()
+    outs = [post(url, body) for _ in range(2)]
+    t1 = time.time_ns()
+    for status, out in outs:
+        assert status == 200, out
+        times = [_one(out[k]) for k in ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns")]
+        assert t0 <= times[0] <= times[1] <= times[2] <= _one(out["last_token_time_ns"]) <= t1
+        assert _one(out["total_draft_tokens"]) == 0 and float(np.asarray(out["acceptance_rate"]).reshape(-1)[0]) == 0
+    first, again = (out for _, out in outs)
+    # The repeat finds every whole block of its prompt but the one holding the last token (always computed).
+    assert _one(again["kv_cache_reused_blocks"]) == (len(ids) - 1) // 8 >= 1
+    assert _one(first["kv_cache_reused_blocks"]) <= _one(again["kv_cache_reused_blocks"])
+    assert _one(again["kv_cache_alloc_total_blocks"]) == -(-(len(ids) + 4) // 8) - (len(ids) - 1) // 8
+    plain = post(url, {**body, "return_perf_metrics": False})[1]
+    assert "kv_cache_reused_blocks" not in plain
+
+    text = {"text_input": SYSTEM + "Report your metrics", "max_tokens": 3, "return_perf_metrics": True}
+    events = list(stream(f"{reuse_server.http_url}/v2/models/ensemble/generate_stream", {**text, "stream": True}))
+    assert events and all(_one(e["kv_cache_reused_blocks"]) >= 1 for e in events)
+    status, bls = post(f"{reuse_server.http_url}/v2/models/tensorrt_llm_bls/generate", text)
+    assert status == 200, bls
+    assert _one(bls["kv_cache_reused_blocks"]) >= 1 and _one(bls["first_token_time_ns"]) > 0
