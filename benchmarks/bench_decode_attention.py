@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.profile_decode import cuda_ms as gpu_ms  # noqa: E402
 from tensorrt_llm.kernels import attention  # noqa: E402
 from tensorrt_llm.kernels.attention import paged_attention  # noqa: E402
 
@@ -30,19 +31,6 @@ CONFIGS = [
     for bn, w, s in itertools.product([64, 128, 256], [4, 8], [2, 3, 4])
     if not (bn == 256 and w == 4)
 ]
-
-
-def gpu_ms(fn, n: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n
 
 
 def inputs(cache: str, B: int, ctx: int) -> tuple[tuple, dict, int]:

@@ -150,20 +150,22 @@ async def cut_short(
         tally.errors[f"{kind} {model}: {str(e)[:80]}"] += 1
 
 
-async def worker(base: str, tally: Tally, seed: int, deadline: float, tokenize, cut_models: list[str]) -> None:
+async def worker(
+    base: str, tally: Tally, seed: int, deadline: float, tokenize, cut_models: list[str], cut_share: float = 0.15
+) -> None:
     import aiohttp
 
     rng = random.Random(seed)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while time.monotonic() < deadline:
-            x = rng.random()
-            if x < 0.7:
+            x = rng.random()  # bad inputs 15 %, streams cut short `cut_share` (half abandoned), normal the rest
+            if x < 0.85 - cut_share:
                 await normal(session, base, tally, rng, tokenize)
-            elif x < 0.85:
+            elif x < 1 - cut_share:
                 await bad(session, base, tally, rng)
             else:
-                await cut_short(session, base, tally, rng, tokenize, x >= 0.93, cut_models)
+                await cut_short(session, base, tally, rng, tokenize, x >= 1 - cut_share / 2, cut_models)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -259,7 +261,10 @@ async def soak(args, base: str, pid: int) -> dict:
     warm_end = time.monotonic() + args.warmup
     deadline = time.monotonic() + args.warmup + 60 * args.minutes
     cut = args.cut_models.split(",")
-    tasks = [asyncio.create_task(worker(base, tally, s, deadline, tokenize, cut)) for s in range(args.workers)]
+    tasks = [
+        asyncio.create_task(worker(base, tally, s, deadline, tokenize, cut, args.cut_share))
+        for s in range(args.workers)
+    ]
     while time.monotonic() < warm_end:
         await asyncio.sleep(1)
     rss0 = rss_by_process(pid)
@@ -281,6 +286,7 @@ def main() -> int:
         default="ensemble,tensorrt_llm",
         help="models that get cancelled and abandoned streams (ensemble ones leak on Triton 2.51: issue #16)",
     )
+    p.add_argument("--cut-share", type=float, default=0.15, help="share of requests that are streams cut short")
     p.add_argument("--url", help="host:port of a running server's HTTP endpoint (default: start the quick start)")
     p.add_argument("--metrics", help="host:port of its metrics endpoint")
     p.add_argument("--server-pid", type=int, help="tritonserver's pid (for RSS)")
@@ -318,7 +324,7 @@ def main() -> int:
     rss1 = r["samples"][-1][1] if r["samples"] else {}
     lines = [
         f"soak: {args.minutes:g} min after {args.warmup:g} s warm-up, {args.workers} clients, server {args.url}, "
-        f"streams cut short on {args.cut_models}",
+        f"streams cut short ({args.cut_share:.0%} of requests) on {args.cut_models}",
         "requests: " + ", ".join(f"{k} {v}" for k, v in sorted(t.counts.items())),
         f"errors: {sum(t.errors.values())}" + "".join(f"\n  {v:6d}  {k}" for k, v in t.errors.most_common()),
         f"engine outcomes: {outcomes}",
