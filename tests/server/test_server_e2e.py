@@ -169,7 +169,7 @@ def test_16_concurrent_grpc_streams_deliver_every_token_once(server, reference):
                 if result.get_response().parameters["triton_final_response"].bool_param:
                     return p, chunks, prefixes, finals
         finally:
-            s.close()
+            s.close(cancel=True)  # never waits for a stream that stopped answering
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, prompts))
@@ -312,7 +312,7 @@ def test_same_request_id_twice_no_cross_talk(server, reference):
             assert err is None and tokens == reference(prompt, 12)
     finally:
         for s in streams:
-            s.close()
+            s.close(cancel=True)
 
 
 def test_200_identical_requests_at_once(server, reference):
