@@ -68,7 +68,8 @@ DECODE_QUANT_CONFIG = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 4}
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
 # tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal);
 # decode only: SINGLE_PASS_CTX (default DECODE_SINGLE_PASS_CTX: contexts up to this many keys are one
-# pass, no split and no merge) and FUSED_MERGE (default True: the last slice merges, no reduce kernel).
+# pass, no split and no merge), FUSED_MERGE (default True: the last slice merges, no reduce kernel) and
+# SWAP_AB (default False: the products transposed, the KV tile as the MMA's A operand; _attend_tile_t).
 DECODE_SINGLE_PASS_CTX = 128  # H100: one pass wins at 128 keys, loses at 256 (results/kernels_new_h100.log)
 # fp32 partials the merge holds at once (BLOCK_GM heads x BLOCK_S slices x BLOCK_D): ~32 registers a
 # thread at 4 warps; more slices are merged in turns
@@ -115,6 +116,41 @@ if HAS_TRITON:
         v = tl.load(vc_ptr + kv_ptrs, mask=kv_mask, other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         return acc, m_new, l_i * alpha + tl.sum(p, 1)
+
+    @triton.jit
+    def _attend_tile_t(
+        q, acc_t, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
+        start_n, n_mask, visible_n, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+        slope, q_pos, ALIBI: tl.constexpr,
+    ):  # fmt: skip
+        # _attend_tile with the products transposed (SWAP_AB, decode only): s^T = K q^T and acc^T += V^T p^T,
+        # so the KV tile, converted in registers from a quantized cache, is each MMA's A operand (which may
+        # stay in registers) and the query group, padded to 16 rows, the small B operand. acc_t [BLOCK_D,
+        # rows]; visible_n [BLOCK_N] (one query per row: the same keys for every row).
+        if TILE_IN_BLOCK:
+            blk = tl.load(bt_row_ptr + start_n // TOKENS_PER_BLOCK).to(tl.int64)
+            rows = start_n % TOKENS_PER_BLOCK + tl.arange(0, BLOCK_N)
+        else:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
+            rows = offs_n % TOKENS_PER_BLOCK
+        kv_off = blk * stride_cb + rows * stride_ct + kvh * stride_ch  # [BLOCK_N]
+        k = tl.load(kc_ptr + kv_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        s = tl.dot(k.to(q.dtype), tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, rows]
+        if SOFTCAP:
+            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
+        if ALIBI:  # slope, q_pos [rows]
+            rel = (start_n + tl.arange(0, BLOCK_N))[:, None] - q_pos[None, :]
+            s = s + slope[None, :] * rel.to(tl.float32)
+        s = tl.where(visible_n[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[None, :])  # [BLOCK_N, rows]
+        v_t = tl.load(vc_ptr + kv_off[None, :] + offs_d[:, None], mask=d_mask[:, None] & n_mask[None, :], other=0.0)
+        acc_t = acc_t * alpha[None, :] + tl.dot(v_t.to(q.dtype), p.to(q.dtype), input_precision=DOT_PRECISION)
+        return acc_t, m_new, l_i * alpha + tl.sum(p, 0)
 
     # A mixed step's generation tail passes slices (block_tables[Bp:], context_lens[Bp:]) whose addresses
     # are 16-byte aligned or not by Bp, and the table's row stride changes with the step: specializing
@@ -277,7 +313,7 @@ if HAS_TRITON:
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_MERGE: tl.constexpr, BLOCK_GM: tl.constexpr,
         BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
         SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr, SINKS: tl.constexpr,
-        ALIBI: tl.constexpr = False,
+        ALIBI: tl.constexpr = False, SWAP_AB: tl.constexpr = False,
     ):  # fmt: skip
         # sequence b's single query is packed token b; rows of the tile are the GROUP heads of KV head kvh
         b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -305,7 +341,10 @@ if HAS_TRITON:
             )
             m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_G], tl.float32)
-            acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+            if SWAP_AB:  # acc^T [BLOCK_D, BLOCK_G] (_attend_tile_t)
+                acc = tl.zeros([BLOCK_D, BLOCK_G], tl.float32)
+            else:
+                acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
             if KV_QUANT:
                 qk_scale = qk_scale * tl.load(ks_ptr)
             slope, q_pos = 0.0, 0
@@ -317,29 +356,47 @@ if HAS_TRITON:
                 v1 = tl.minimum(v0 + split_size, ctx - kv_lo + sink_end)
                 for start_n in range(v0, tl.minimum(v1, sink_end), BLOCK_N):
                     n_mask = start_n + tl.arange(0, BLOCK_N) < sinks  # (sink tiles lie before the window)
-                    acc, m_i, l_i = _attend_tile(
-                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                        stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
-                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
-                    )  # fmt: skip
+                    if SWAP_AB:
+                        acc, m_i, l_i = _attend_tile_t(
+                            q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                            stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask, offs_d,
+                            offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                            DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+                        )  # fmt: skip
+                    else:
+                        acc, m_i, l_i = _attend_tile(
+                            q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                            stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
+                            offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                            DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+                        )  # fmt: skip
                 start = tl.maximum(v0, sink_end) - sink_end + kv_lo
                 end = v1 - sink_end + kv_lo
             for start_n in range(start, end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_mask = offs_n < end
-                visible = n_mask[None, :]
+                visible = n_mask  # [BLOCK_N]: one query, the same keys for every row
                 if SLIDING_WINDOW:  # the query (position ctx - 1) sees keys ctx - window .. ctx - 1
                     if SINKS:  # and the sinks
-                        visible = visible & ((offs_n >= ctx - window) | (offs_n < sinks))[None, :]
+                        visible = visible & ((offs_n >= ctx - window) | (offs_n < sinks))
                     else:
-                        visible = visible & (offs_n >= ctx - window)[None, :]
-                acc, m_i, l_i = _attend_tile(
-                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                    stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
-                    offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK, DOT_PRECISION,
-                    SOFTCAP, slope, q_pos, ALIBI,
-                )  # fmt: skip
+                        visible = visible & (offs_n >= ctx - window)
+                if SWAP_AB:
+                    acc, m_i, l_i = _attend_tile_t(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                        stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
+                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+                    )  # fmt: skip
+                else:
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                        stride_cb, stride_ct, stride_ch, start_n, n_mask, visible[None, :], offs_d,
+                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+                    )  # fmt: skip
+            if SWAP_AB:
+                acc = tl.trans(acc)  # [BLOCK_G, BLOCK_D]
             if KV_QUANT:  # before the output or the partials: the merge then needs no scale
                 acc = acc * tl.load(vs_ptr)
             if active == 1:  # the whole context in this program: normalize and write the output here
@@ -595,7 +652,7 @@ def _decode(
         FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s, DOT_PRECISION=_precision(q.dtype),
         TILE_IN_BLOCK=cfg.get("TILE_IN_BLOCK", True) and tpb % block_n == 0, SLIDING_WINDOW=window > 0,
         SOFTCAP=softcap > 0, KV_QUANT=quant, SINKS=sinks > 0, ALIBI=alibi is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        SWAP_AB=cfg.get("SWAP_AB", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if splits > 1 and not fused:
         _decode_reduce_kernel[(B, Hkv)](

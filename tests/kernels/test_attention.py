@@ -561,3 +561,22 @@ def test_alibi_reference_matches_dense_softmax_with_hf_bias():
     s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
     dense = torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
     torch.testing.assert_close(out, dense[-n:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile_in_block", [True, False])
+def test_decode_swap_ab_variant(device, monkeypatch, tile_in_block):
+    # the transposed products (K and V tiles as the MMA's A operand): every decode feature, float and
+    # quantized caches, one pass and split
+    for name in ("DECODE_CONFIG", "DECODE_QUANT_CONFIG", "INTERPRET_DECODE_CONFIG"):
+        monkeypatch.setattr(attention, name, {**getattr(attention, name), "SWAP_AB": True,
+                                              "TILE_IN_BLOCK": tile_in_block})  # fmt: skip
+    s4 = _alibi(4, device)
+    for splits in (None, 3):
+        run_both([1, 1, 1, 1], [1, 37, 64, 100], 8, 2, 32, 16, torch.float16, device, num_splits=splits)
+        run_both([1, 1, 1], [13, 70, 100], 4, 1, 32, 16, torch.float32, device, num_splits=splits, window=16,
+                 sinks=3, softcap=1.5, alibi_slopes=s4)  # fmt: skip
+        for cache_dtype in CACHE_DTYPES:
+            run_both_quant([1, 1, 1], [30, 64, 100], 8, 2, 32, 16, torch.float16, cache_dtype, device,
+                           num_splits=splits)  # fmt: skip
+    run_both_quant([9, 1, 1], [30, 64, 100], 8, 2, 32, 16, torch.float16, torch.int8, device, window=16, sinks=5,
+                   decode_tail=2, num_splits=3, softcap=1.5)  # fmt: skip

@@ -52,6 +52,18 @@ class Server:
         raise KeyError(f"{family} {label}")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed server test carries the tail of its server's log: on a CI machine that log is gone after
+    the run, and a crash of tritonserver shows only there."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Server) and value.log.exists():
+                report.sections.append(("server log (tail)", value.log.read_text(errors="replace")[-6000:]))
+    return report
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     from tests.helpers import build_engine, make_tiny_llama
