@@ -12,7 +12,7 @@ Modules (each importable without Triton, so unit tests can use them):
 - `tokenization`: tokenizer loading, prompt checks, word lists `[B, 2, L]`, embedding bias;
 - `detokenizer`: streaming-correct detokenization (concatenated chunks == the whole text);
 - `request_parsing`: `tensorrt_llm` model inputs -> `inflight_batcher.Request` arguments, with validation;
-- `preprocessing_model`, `postprocessing_model`, `bls_model`: what the thin
-  `all_models/inflight_batcher_llm/*/1/model.py` adapters delegate to;
+- `preprocessing_model`, `postprocessing_model`: what the thin `all_models/inflight_batcher_llm/*/1/model.py`
+  adapters delegate to; `text_front`: the text API (`ensemble`, `tensorrt_llm_bls`) in the engine process;
 - `metrics`: the `nv_trt_llm_*` custom metric families (declared and valued by the engine process).
 """

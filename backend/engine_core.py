@@ -442,6 +442,8 @@ class EngineCore:
                     if pieces is None:
                         raise RuntimeError(error)
                     piece = next(pieces) if s.streaming and out.finish_reason != "error" else None
+                    if piece is not None and s.front.accumulate:  # the whole text so far (a BLS setting)
+                        piece = row.detok.text
                     n += self._encode_text(buf, s, row, out, final, piece)
                 except Exception as e:
                     flags = (wire.FINAL if final else 0) | wire.ROW_END | wire.ERROR

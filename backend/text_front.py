@@ -1,20 +1,30 @@
-"""The text interface of the `ensemble` model (text in, text out), served inside the engine process.
+"""The text interface of the `ensemble` and `tensorrt_llm_bls` models (text in, text out), served inside the
+engine process.
 
-The native backend serves `ensemble` as a *text front* of the `tensorrt_llm` engine (`backend/native`,
-`Front`): its requests reach the engine process with the ensemble's input names and a front id. Here they
-are tokenized with the preprocessing logic, become engine inputs (the wiring the Triton ensemble had in its
-`ensemble_scheduling`), and their outputs are detokenized incrementally, exactly as the postprocessing
-model would (`backend/detokenizer.py`: streamed chunks concatenate to the non-streamed text). The tokenizer
-settings are those of the `preprocessing` and `postprocessing` models, which stay the one place to set them.
+The native backend serves both as *text fronts* of the `tensorrt_llm` engine (`backend/native`, `Front`):
+their requests reach the engine process with the text interface's input names and a front id. Here they are
+tokenized with the preprocessing logic, become engine inputs (the wiring the Triton ensemble had in its
+`ensemble_scheduling`, and the TensorRT-LLM BLS in Python), and their outputs are detokenized
+incrementally, exactly as the postprocessing model would (`backend/detokenizer.py`: streamed chunks
+concatenate to the non-streamed text). The tokenizer settings are those of the `preprocessing` and
+`postprocessing` models, which stay the one place to set them, unless a BLS config sets its own
+`tokenizer_dir`.
+
+The BLS front (a config with upstream's `tensorrt_llm_model_name` parameter) also honours
+`accumulate_tokens` (each streamed response carries the whole text so far) and refuses the BLS inputs this
+engine has no use for (draft-model speculation, multimodal encoders), as the Python BLS did. Unlike the
+TensorRT-LLM BLS, stop words are matched on token ids by the engine, not again on the decoded text.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
 
 from backend.detokenizer import IncrementalDetokenizer, decode
+from backend.interface import check_rejected, rejected_inputs, unsupported_parameter_warnings
 from backend.params import Params
 from backend.preprocessing_model import Preprocessor
 from backend.tokenization import load_tokenizer
@@ -74,6 +84,8 @@ PASS_THROUGH = {
     "guided_decoding_guide_type": "guided_decoding_guide_type",
     "guided_decoding_guide": "guided_decoding_guide",
 }
+# Inputs the BLS config declares (upstream's) that nothing here passes on: refused by the front itself.
+BLS_ONLY = set(rejected_inputs("tensorrt_llm_bls")) - set(PASS_THROUGH) - set(TO_PREPROCESSING)
 # Engine input names in the engine's error messages -> the names this client sent.
 _CLIENT_NAMES = {
     **{v: k for k, v in PASS_THROUGH.items() if k != v},
@@ -81,6 +93,7 @@ _CLIENT_NAMES = {
     "stop_words_list": "stop_words",
     "bad_words_list": "bad_words",
 }
+_log = logging.getLogger("trtllm.engine")
 _ENGINE_NAME = re.compile(r"\b(" + "|".join(map(re.escape, _CLIENT_NAMES)) + r")\b")
 
 
@@ -90,6 +103,12 @@ class TextFront:
     def __init__(self, spec: dict):
         self.name = spec.get("name", "ensemble")
         self.decoupled = bool(spec.get("decoupled", False))
+        own = Params(spec.get("config", {}))
+        self.bls = "tensorrt_llm_model_name" in own.raw and "engine_model" not in own.raw
+        self.accumulate = self.bls and own.bool("accumulate_tokens", False)
+        if self.bls:
+            for message in unsupported_parameter_warnings(own.raw, "tensorrt_llm_bls"):
+                _log.warning("%s: %s", self.name, message)
         self.perf_outputs = declares_perf_outputs(spec.get("config", {}))
         pre = Params(spec["preprocessing"])
         post = Params(spec["postprocessing"])
@@ -101,6 +120,8 @@ class TextFront:
 
     def engine_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The request's text inputs -> the engine model's inputs; raises InputError."""
+        if self.bls:
+            check_rejected(inputs.get, "tensorrt_llm_bls", only=BLS_ONLY)
         pre = self.pre.process({p: inputs.get(t) for t, p in TO_PREPROCESSING.items()})
         out = {engine: pre[p] for p, engine in FROM_PREPROCESSING.items()}
         for name, engine in PASS_THROUGH.items():

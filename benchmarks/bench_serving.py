@@ -13,9 +13,11 @@ Needs the nvidia-pytriton wheel (tritonserver) importable; random weights, no do
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -241,6 +243,35 @@ def wait_ready(server: subprocess.Popen, work: Path, url: str = "http://localhos
             time.sleep(1)
 
 
+@contextlib.contextmanager
+def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
+    """py-spy samples every thread of `pid` while the block runs (collapsed stacks, one file per run), so the
+    executor thread's time can be split the same way on both sides."""
+    if not py_spy:
+        yield
+        return
+    cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", "200", "-f", "raw"]
+    spy = subprocess.Popen([*cmd, "-o", str(out / f"{name}.txt")], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the measured run
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(60)
+
+
+def engine_pid() -> int | None:
+    """The server's engine process (`python -m backend.engine_core`), if one runs."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"backend.engine_core" in (d / "cmdline").read_bytes():
+                    return int(d.name)
+            except OSError:
+                continue
+    return None
+
+
 def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
     if target == "openai":  # the OpenAI front end over the engine model; ignore_eos as min_length elsewhere
         return [
@@ -290,6 +321,12 @@ def main() -> None:
     p.add_argument("--openai-workers", type=int, default=1, help="the OpenAI front end's processes")
     p.add_argument("--guidellm", default=None, metavar="PYTHON",
                    help="also run guidellm (with this Python) on the OpenAI front end at each level")  # fmt: skip
+    p.add_argument(
+        "--py-spy",
+        default=None,
+        metavar="BIN",
+        help="py-spy binary: sample the engine process in the last server run at the last concurrency",
+    )
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     if args.guidellm and args.target != "openai":
@@ -373,10 +410,12 @@ def main() -> None:
             base(short)  # warm-up: the same prompts and batch shapes
             run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
             runs = {"engine": [], "server": []}
-            for _ in range(args.repeats):
+            for i in range(args.repeats):
                 runs["engine"].append(base(out_lens))
                 bodies = request_bodies(args.target, prompts, ids, out_lens)
-                runs["server"].append(run_server(pool, url, bodies, out_lens, c))
+                spy = args.py_spy and c == levels[-1] and i == args.repeats - 1
+                with sampled(args.py_spy if spy else None, engine_pid(), Path(args.out), f"pyspy_engine_c{c}"):
+                    runs["server"].append(run_server(pool, url, bodies, out_lens, c))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
             if args.guidellm:
                 try:

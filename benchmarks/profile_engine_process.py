@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,25 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend import wire  # noqa: E402
-from benchmarks.bench_serving import SHAPES, workload  # noqa: E402
+from benchmarks.bench_serving import SHAPES, sampled, workload  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
-
-
-@contextlib.contextmanager
-def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
-    """py-spy samples every thread of `pid` while the block runs (collapsed stacks, one file per run), so the
-    executor thread's time can be split the same way on both sides."""
-    if not py_spy:
-        yield
-        return
-    cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", "200", "-f", "raw"]
-    spy = subprocess.Popen([*cmd, "-o", str(out / f"{name}.txt")], stdout=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the measured run
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        spy.wait(60)
 
 
 def run_inprocess(executor, ids, n, c) -> dict:

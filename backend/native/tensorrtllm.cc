@@ -811,6 +811,20 @@ std::string ParamString(const std::string& json, const std::string& key, const s
   return json.substr(p + 1, end - p - 1);
 }
 
+bool IsPlaceholder(const std::string& value) { return value.rfind("${", 0) == 0; }
+
+// The engine model a text front serves from, or "" for a model that is an engine itself. A front is a model
+// with parameter `engine_model` (our `ensemble`), or with `tensorrt_llm_model_name` (upstream's
+// `tensorrt_llm_bls` parameter, which names the engine model it calls: "tensorrt_llm" when left unfilled).
+std::string FrontEngineModel(const std::string& config) {
+  const std::string engine = ParamString(config, "engine_model");
+  if (!engine.empty()) return engine;
+  const std::string absent = "\x01";
+  const std::string named = ParamString(config, "tensorrt_llm_model_name", absent);
+  if (named == absent) return "";
+  return named.empty() || IsPlaceholder(named) ? "tensorrt_llm" : named;
+}
+
 // Position of the value of `"decoupled"` in the JSON (or a pbtxt's text), npos when absent.
 size_t DecoupledValue(const std::string& text) {
   size_t p = text.find("decoupled");
@@ -863,11 +877,12 @@ std::string ConfigJson(TRITONBACKEND_Model* model, TRITONSERVER_Error** err) {
   return config;
 }
 
-// A text model (the `ensemble` interface: text in, text out) served by the engine of another model of this
-// backend: no Python model and no Triton ensemble sits between the client and the engine, so a client's
-// cancellation reaches the engine (Triton 2.51 ensembles do not pass it to their steps) and each response
-// costs no Python stub. The engine process tokenizes and detokenizes with the tokenizer settings of the
-// `preprocessing` / `postprocessing` models (read from the server, so that they stay the one place to set them).
+// A text model (the `ensemble` and `tensorrt_llm_bls` interfaces: text in, text out) served by the engine of
+// another model of this backend: no Python model and no Triton ensemble sits between the client and the
+// engine, so a client's cancellation reaches the engine (Triton 2.51 ensembles do not pass it to their steps)
+// and each response costs no Python stub. The engine process tokenizes and detokenizes with the tokenizer
+// settings of the `preprocessing` / `postprocessing` models (read from the server, so that they stay the one
+// place to set them), or with the front's own when its config sets `tokenizer_dir`.
 class Front {
  public:
   Front(TRITONBACKEND_ModelInstance* instance, TRITONSERVER_Server* server, std::string model, const std::string& config)
@@ -875,16 +890,17 @@ class Front {
         server_(server),
         model_(std::move(model)),
         config_(config),
-        engine_model_(ParamString(config, "engine_model", "tensorrt_llm")),
+        engine_model_(FrontEngineModel(config)),
         pre_model_(ParamString(config, "preprocessing_model", "preprocessing")),
         post_model_(ParamString(config, "postprocessing_model", "postprocessing")),
+        own_tokenizer_(!ParamString(config, "tokenizer_dir").empty() && !IsPlaceholder(ParamString(config, "tokenizer_dir"))),
         decoupled_(JsonDecoupled(config)) {}
 
   bool decoupled() const { return decoupled_; }
 
   void Execute(TRITONBACKEND_Request** requests, uint32_t count) {
     std::shared_ptr<Instance> engine = FindEngine(engine_model_);
-    std::string why = "model '" + engine_model_ + "', whose engine model '" + model_ + "' uses, is not loaded";
+    std::string why = "model '" + model_ + "' serves from engine model '" + engine_model_ + "', which is not loaded";
     const uint32_t id = engine ? Attach(engine, &why) : 0;
     if (id == 0) {
       Reject(requests, count, why);
@@ -896,8 +912,9 @@ class Front {
  private:
   uint32_t Attach(const std::shared_ptr<Instance>& engine, std::string* why) {
     if (attached_.lock() == engine) return id_;
-    std::string pre, post;
-    if (!OtherConfig(pre_model_, &pre, why) || !OtherConfig(post_model_, &post, why)) return 0;
+    // Tokenizer settings: the front's own (a BLS config with `tokenizer_dir`), else those of the two models.
+    std::string pre = config_, post = config_;
+    if (!own_tokenizer_ && (!OtherConfig(pre_model_, &pre, why) || !OtherConfig(post_model_, &post, why))) return 0;
     const std::string spec = "{\"name\": \"" + model_ + "\", \"decoupled\": " + (decoupled_ ? "true" : "false") +
                              ", \"preprocessing\": " + pre + ", \"postprocessing\": " + post +
                              ", \"config\": " + config_ + "}";
@@ -940,7 +957,7 @@ class Front {
   TRITONBACKEND_ModelInstance* instance_;
   TRITONSERVER_Server* server_;
   std::string model_, config_, engine_model_, pre_model_, post_model_;
-  bool decoupled_;
+  bool own_tokenizer_, decoupled_;
   std::weak_ptr<Instance> attached_;
   uint32_t id_ = 0;
 };
@@ -972,8 +989,9 @@ TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND
   return nullptr;
 }
 
-// A text front takes the transaction policy of its engine model, as a Triton ensemble is decoupled when its
-// engine step is: upstream fills the ensemble's config with two keys only, neither of them the policy.
+// The `ensemble` front takes the transaction policy of its engine model, as a Triton ensemble is decoupled when
+// its engine step is: upstream fills the ensemble's config with two keys only, neither of them the policy (a
+// BLS config sets its own, `decoupled_mode`, which stays).
 // Triton 2.51 takes the completed config even with --disable-auto-complete-config (which the launchers
 // pass); the instance reads the policy back from it.
 TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
@@ -1012,12 +1030,13 @@ TRITON_BACKEND_EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(
   const std::string config = trtllm::ConfigJson(model, &err);
   if (err != nullptr) return err;
   auto state = std::make_unique<trtllm::State>();
-  if (!trtllm::ParamString(config, "engine_model").empty()) {
+  const std::string engine_model = trtllm::FrontEngineModel(config);
+  if (!engine_model.empty()) {
     TRITONSERVER_Server* server = nullptr;
     if ((err = TRITONBACKEND_ModelServer(model, &server)) != nullptr) return err;
     state->front = std::make_unique<trtllm::Front>(instance, server, name, config);
-    LOG_INFO(std::string("tensorrtllm: model ") + name + " is a text front of model " +
-             trtllm::ParamString(config, "engine_model") + (state->front->decoupled() ? " (decoupled)" : ""));
+    LOG_INFO(std::string("tensorrtllm: model ") + name + " is a text front of model " + engine_model +
+             (state->front->decoupled() ? " (decoupled)" : ""));
   } else {
     state->engine = std::make_shared<trtllm::Instance>(instance, name, std::to_string(version));
     if ((err = state->engine->Start(config)) != nullptr) return err;

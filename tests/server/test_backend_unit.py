@@ -347,34 +347,6 @@ def test_orphan_shared_memory_regions_are_removed_and_live_ones_kept():
                 f.unlink(missing_ok=True)
 
 
-# -- tensorrt_llm_bls: finished BLS iterators released only after the stub's clean-up (IteratorGraveyard) ---
-def test_bls_iterator_graveyard_releases_only_after_a_later_round_trip():
-    import gc
-    import weakref
-
-    from backend.bls_model import IteratorGraveyard
-
-    class It:  # stands for a finished response iterator
-        pass
-
-    g = IteratorGraveyard()
-    early = g.ticket()  # a round trip that began before the iterator was retired
-    a = It()
-    ref = weakref.ref(a)
-    g.retire(a)
-    del a
-    g.flushed(early)
-    gc.collect()
-    assert ref() is not None and len(g) == 1  # its clean-up may still be queued behind that round trip
-    late = g.ticket()
-    b = It()
-    g.retire(b)  # retired after `late` began: kept
-    g.flushed(late)
-    assert ref() is None and len(g) == 1
-    g.flushed(g.ticket())
-    assert len(g) == 0
-
-
 def test_perf_metrics_only_where_the_model_declares_their_outputs(engine_dir):
     from backend import wire
 

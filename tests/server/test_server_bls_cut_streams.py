@@ -1,13 +1,11 @@
 """Reliability: a storm of `tensorrt_llm_bls` streams that clients cut short (closed after the first event, or
-left unread, then dropped) must leave the model's Python stub alive, and later requests must get the same
-answers as before (docs/reliability.md, soak run 2).
+left unread, then dropped) must leave the server serving, every cut stream's engine request must end and
+free its KV blocks, and later requests must get the same answers as before (docs/reliability.md, soak run 2).
 
-Before the fix the stub died with SIGSEGV after tens to a few hundred such streams, and every later request
-got HTTP 400 "Stub process 'tensorrt_llm_bls_0_0' is not healthy": the model let go of a finished BLS response
-iterator before the stub's clean-up thread had dropped its own reference, so that thread destroyed it, with
-its responses' numpy arrays, without the GIL (`IteratorGraveyard` in backend/bls_model.py). It is a race, so
-the storm runs cutters and normal streams side by side for up to `STORM_S` seconds; on a 2-core machine the
-unfixed model's stub died within that in every run measured."""
+History: while the BLS was a Python model, its stub died with SIGSEGV after tens to a few hundred such streams
+(a finished BLS response iterator freed without the GIL), and after a fix of that, the storm could still stall
+the model (streams with no event for 180 s) inside the full suite on 2 cores. The BLS is now a text front of
+the native backend (no Python stub, cancellation reaches the engine): this test guards that path."""
 
 from __future__ import annotations
 
@@ -24,18 +22,15 @@ import pytest
 from tests.server.conftest import start_server
 from tests.server.http_utils import post, stream
 
-# Left out of the default run (CI): on 2 cores, inside the full suite, the storm now ends in a stall (streams
-# with no event for 180 s, the stub alive; docs/reliability.md) that this test reproduces but does not fix.
-pytestmark = [pytest.mark.server, pytest.mark.storm]
+pytestmark = pytest.mark.server
 
 PROMPTS = ["What is machine learning?", "Tell me about the ocean and the stars", "Why is the sky blue?"]
 CUTTERS, NORMALS = 6, 2  # client threads
 STORM_S, MAX_CUTS = 40.0, 1000
-CHECK_EVERY_S = 1.0  # the stub's liveness, checked this often during the storm
-# How long any one request may wait. During the storm the engine's 8 slots can stay full of cut streams for
-# tens of seconds on 2 cores (docs/reliability.md: a storm of cut BLS streams can starve others), which is
-# not what this test is about: slowness is tolerated here, a dead stub or a wrong answer is not.
-WAIT_S = 180
+CHECK_EVERY_S = 1.0  # the engine process's liveness, checked this often during the storm
+# How long any one request may wait: slowness under the storm is tolerated here, a dead process, a stall or
+# a wrong answer is not.
+WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +38,13 @@ def storm_server(tiny_model, tmp_path_factory):
     yield from start_server(tiny_model, tmp_path_factory.mktemp("bls_cut_streams"), decoupled=True)
 
 
-def _bls_stub_pid(server) -> int | None:
-    """The `tensorrt_llm_bls` stub under this test's tritonserver (other servers may be running)."""
+def _engine_pid(server) -> int | None:
+    """The engine process under this test's tritonserver (other servers may be running)."""
     rows = [line.split(None, 2) for line in subprocess.run(
         ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
     ).stdout.splitlines()]  # fmt: skip
     servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={server.http_port}" in args}
-    pids = [int(p) for p, pp, args in rows if int(pp) in servers and "tensorrt_llm_bls/1/model.py" in args]
+    pids = [int(p) for p, pp, args in rows if int(pp) in servers and "backend.engine_core" in args]
     return pids[0] if pids else None
 
 
@@ -79,15 +74,15 @@ def _text(events: list[dict]) -> str:
     return "".join(e["text_output"] for e in events)
 
 
-def test_streams_cut_short_leave_the_bls_stub_alive(storm_server):
+def test_streams_cut_short_cost_nothing(storm_server):
     srv = storm_server
     stream_url = f"{srv.http_url}/v2/models/tensorrt_llm_bls/generate_stream"
     plain_url = f"{srv.http_url}/v2/models/tensorrt_llm_bls/generate"
     want = {p: _text(stream(stream_url, {"text_input": p, "max_tokens": 24, "stream": True})) for p in PROMPTS}
     status, plain = post(plain_url, {"text_input": PROMPTS[0], "max_tokens": 8})
     assert status == 200, plain
-    stub = _bls_stub_pid(srv)
-    assert stub is not None
+    engine = _engine_pid(srv)
+    assert engine is not None
     free = srv.metric("nv_trt_llm_kv_cache_block_metrics", "max")
 
     stop = threading.Event()
@@ -131,10 +126,8 @@ def test_streams_cut_short_leave_the_bls_stub_alive(storm_server):
         try:
             while not stop.is_set() and time.monotonic() - t0 < STORM_S:
                 stop.wait(CHECK_EVERY_S)
-                # The stub must live through the storm. (Requests are checked after it: during it, the
-                # engine's 8 slots are the cutters' to fill, and a plain request once waited > 60 s for one.)
-                assert _bls_stub_pid(srv) == stub, (
-                    f"the tensorrt_llm_bls stub {stub} died after {cuts[0]} streams cut short "
+                assert _engine_pid(srv) == engine, (
+                    f"the engine process {engine} died after {cuts[0]} streams cut short "
                     f"({time.monotonic() - t0:.0f} s into the storm)"
                 )
         finally:
@@ -143,14 +136,14 @@ def test_streams_cut_short_leave_the_bls_stub_alive(storm_server):
             f.result()
 
     assert cuts[0] >= 200, f"only {cuts[0]} streams cut short in {STORM_S} s"
-    assert _bls_stub_pid(srv) == stub, f"the tensorrt_llm_bls stub {stub} is gone after {cuts[0]} streams cut short"
+    assert _engine_pid(srv) == engine, f"the engine process {engine} is gone after {cuts[0]} streams cut short"
     assert not problems, f"{len(problems)} problems in {cuts[0]} cut and {normals[0]} normal streams: {problems[:5]}"
     # The model still answers, the same as before, and every abandoned request has ended and freed its blocks.
     status, out = post(plain_url, {"text_input": PROMPTS[0], "max_tokens": 8}, timeout=WAIT_S)
     assert status == 200 and out["text_output"] == plain["text_output"], f"HTTP {status} {out}"
     for p in PROMPTS:
         assert _text(stream(stream_url, {"text_input": p, "max_tokens": 24, "stream": True})) == want[p]
-    deadline = time.monotonic() + 60  # cut streams still queued run out first
+    deadline = time.monotonic() + 30  # cancellations still on their way
     while srv.metric("nv_trt_llm_kv_cache_block_metrics", "free") != free and time.monotonic() < deadline:
         time.sleep(0.1)
     assert srv.metric("nv_trt_llm_kv_cache_block_metrics", "free") == free

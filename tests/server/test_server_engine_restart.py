@@ -91,9 +91,17 @@ def _stub_pid(server, model: str) -> int:
     return pid
 
 
-PY_MODEL_REQUESTS = {
-    "tensorrt_llm_bls": ("generate", {"text_input": "hello", "max_tokens": 6}),
+PY_MODEL_REQUESTS = {  # the Python models left (ensemble and BLS are text fronts of the native backend)
     "preprocessing": ("generate", {"QUERY": "hello", "REQUEST_OUTPUT_LEN": 6}),
+    "postprocessing": (
+        "infer",
+        {
+            "inputs": [
+                {"name": "TOKENS_BATCH", "shape": [1, 1, 3], "datatype": "INT32", "data": [5, 6, 7]},
+                {"name": "SEQUENCE_LENGTH", "shape": [1, 1], "datatype": "INT32", "data": [3]},
+            ]
+        },
+    ),
 }
 
 
