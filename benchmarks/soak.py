@@ -4,8 +4,9 @@
     python benchmarks/soak.py --url localhost:8000 --metrics localhost:8002 --server-pid PID --minutes 30
 
 Localhost only, bounded in time and in requests in flight (`--workers`). Every worker loops over a mix:
-- normal: greedy streams to `ensemble` and `tensorrt_llm` over a fixed prompt set; each answer must equal
-  the first answer seen for that prompt (greedy is deterministic), else it counts as a lost healthy request;
+- normal: greedy streams to `ensemble`, `tensorrt_llm_bls` and `tensorrt_llm` over a fixed prompt set; each
+  answer must equal the first answer seen for that prompt (greedy is deterministic), else it counts as a lost
+  healthy request;
 - bad: a case from a table of bad inputs, which must be answered 4xx (anything else is counted);
 - cancelled: a stream closed by the client after its first event (the engine must end it);
 - abandoned: a stream whose client stops reading and goes away mid-generation.
@@ -81,16 +82,19 @@ async def _events(session, url: str, body: dict):
                 yield event
 
 
+TEXT_MODELS = ("ensemble", "tensorrt_llm_bls")
+
+
 def _answer(model: str, events: list[dict]) -> list:
-    if model == "ensemble":
+    if model in TEXT_MODELS:
         return ["".join(e.get("text_output", "") for e in events)]
     return [e["output_ids"] for e in events]
 
 
 async def normal(session, base: str, tally: Tally, rng: random.Random, tokenize) -> None:
-    model = rng.choice(["ensemble", "tensorrt_llm"])
+    model = rng.choice([*TEXT_MODELS, "tensorrt_llm"])
     i = rng.randrange(len(PROMPTS))
-    if model == "ensemble":
+    if model in TEXT_MODELS:
         body = {"text_input": PROMPTS[i], "max_tokens": 24, "stream": True}
     else:
         ids = tokenize(PROMPTS[i])
@@ -283,8 +287,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=16, help="clients, each with one request in flight")
     p.add_argument(
         "--cut-models",
-        default="ensemble,tensorrt_llm",
-        help="models that get cancelled and abandoned streams (ensemble ones leak on Triton 2.51: issue #16)",
+        default="ensemble,tensorrt_llm_bls,tensorrt_llm",
+        help="models that get cancelled and abandoned streams",
     )
     p.add_argument("--cut-share", type=float, default=0.15, help="share of requests that are streams cut short")
     p.add_argument("--url", help="host:port of a running server's HTTP endpoint (default: start the quick start)")

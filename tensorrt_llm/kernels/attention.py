@@ -82,14 +82,12 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _attend_tile(
-        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
-        start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
-        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
-        slope, q_pos, ALIBI: tl.constexpr,
+    def _tile_offsets(
+        bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch, start_n, n_mask, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr,
     ):  # fmt: skip
-        # one KV tile (positions start_n + [0, BLOCK_N)) read through the block table, folded into the
-        # running softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
+        # cache offsets [BLOCK_N] of the rows of KV head kvh at positions start_n + [0, BLOCK_N), through the
+        # block table
         if TILE_IN_BLOCK:  # tiles start at multiples of BLOCK_N, which divides tokens_per_block:
             # the tile lies in one cache block, so one table load and plain strided rows
             blk = tl.load(bt_row_ptr + start_n // TOKENS_PER_BLOCK).to(tl.int64)
@@ -98,7 +96,19 @@ if HAS_TRITON:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
             rows = offs_n % TOKENS_PER_BLOCK
-        kv_off = blk * stride_cb + rows * stride_ct + kvh * stride_ch  # [BLOCK_N]
+        return blk * stride_cb + rows * stride_ct + kvh * stride_ch
+
+    @triton.jit
+    def _attend_tile(
+        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
+        start_n, n_mask, visible, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+        slope, q_pos, ALIBI: tl.constexpr,
+    ):  # fmt: skip
+        # one KV tile (positions start_n + [0, BLOCK_N)) read through the block table, folded into the
+        # running softmax state (m_i: row max, l_i: row sum, acc: unnormalized output) of q [rows, BLOCK_D]
+        kv_off = _tile_offsets(bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch, start_n, n_mask, TOKENS_PER_BLOCK,
+                               BLOCK_N, TILE_IN_BLOCK)  # fmt: skip
         kv_ptrs = kv_off[:, None] + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kc_ptr + kv_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # a quantized cache: exact
@@ -128,14 +138,8 @@ if HAS_TRITON:
         # so the KV tile, converted in registers from a quantized cache, is each MMA's A operand (which may
         # stay in registers) and the query group, padded to 16 rows, the small B operand. acc_t [BLOCK_D,
         # rows]; visible_n [BLOCK_N] (one query per row: the same keys for every row).
-        if TILE_IN_BLOCK:
-            blk = tl.load(bt_row_ptr + start_n // TOKENS_PER_BLOCK).to(tl.int64)
-            rows = start_n % TOKENS_PER_BLOCK + tl.arange(0, BLOCK_N)
-        else:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            blk = tl.load(bt_row_ptr + offs_n // TOKENS_PER_BLOCK, mask=n_mask, other=0).to(tl.int64)
-            rows = offs_n % TOKENS_PER_BLOCK
-        kv_off = blk * stride_cb + rows * stride_ct + kvh * stride_ch  # [BLOCK_N]
+        kv_off = _tile_offsets(bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch, start_n, n_mask, TOKENS_PER_BLOCK,
+                               BLOCK_N, TILE_IN_BLOCK)  # fmt: skip
         k = tl.load(kc_ptr + kv_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
         s = tl.dot(k.to(q.dtype), tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, rows]
         if SOFTCAP:
