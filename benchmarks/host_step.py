@@ -1,0 +1,109 @@
+"""The executor's host work per step, alone: the real scheduler, block manager, step building, sampling
+bookkeeping and output delivery around an engine whose forward pass is replaced by zero logits, so that
+nothing but host work is timed (on CPU; on a GPU the same host work overlaps the device's step).
+
+    python benchmarks/host_step.py [--batch 64,256] [--py-spy .venv/bin/py-spy]
+
+Prints per batch size: steps/s and host µs per step and per row, over the generation phase of one batch of
+streaming requests (prompt 128 tokens, 128 new); with `--py-spy`, the executor thread's functions that take
+the most time (inclusive share of its samples). Issue 13's target: at batch 256 on the 1B shape the host
+work per step costs less than the GPU step, so that overlapped scheduling hides it.
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_serving import sampled  # noqa: E402
+from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
+from tensorrt_llm.runtime import Engine  # noqa: E402
+
+
+def null_forward(engine: Engine):
+    """Zero logits [N, V] for the step's N sampled rows: the host work around the model, not the model."""
+    vocab = engine.config.vocab_size
+
+    def forward(step, kv):
+        return torch.zeros(step.logits_indices.shape[0], vocab)
+
+    return forward
+
+
+def run(engine_dir: Path, batch: int, prompt: int, new: int, py_spy: str | None, out: Path) -> dict:
+    engine = Engine.from_dir(engine_dir, device="cpu")
+    engine.forward = null_forward(engine)
+    kv_tokens = batch * (prompt + new + 16)
+    ex = Executor(engine, ExecutorConfig(max_batch_size=batch, max_tokens_in_paged_kv_cache=kv_tokens))
+    done, lock, left = threading.Event(), threading.Lock(), [batch]
+
+    def cb(out):
+        if out.finished:
+            with lock:
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+    prompts = [[3 + (i * 7 + j) % 200 for j in range(prompt)] for i in range(batch)]
+    reqs = [Request(p, max_new_tokens=new, streaming=True, sampling=SamplingParams(min_length=new), callback=cb)
+            for p in prompts]  # fmt: skip
+    ex.enqueue_batch(reqs)
+    while ex.stats().generation_requests < batch and not done.is_set():  # the generation phase only
+        time.sleep(0.001)
+    with sampled(py_spy, os.getpid(), out, f"host_step_b{batch}"):
+        it0, t0 = ex.stats().iteration, time.perf_counter()
+        done.wait()
+        dt = time.perf_counter() - t0
+        steps = ex.stats().iteration - it0
+    ex.shutdown()
+    return {"steps/s": steps / dt, "us/step": dt / steps * 1e6, "us/row": dt / steps / batch * 1e6}
+
+
+def top_functions(raw: Path, thread: str = "inflight-batcher", n: int = 25) -> list[str]:
+    """The functions holding the most of `thread`'s samples (inclusive) in a py-spy raw file."""
+    total, incl = 0, collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if thread not in frames[0]:
+            continue
+        total += int(count)
+        for f in {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in frames[1:]}:
+            incl[f] += int(count)
+    return [f"  {c / total:6.1%} {f}" for f, c in incl.most_common(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", default="64,256")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--py-spy", default=None, metavar="BIN", help="sample the executor thread with py-spy")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
+    args = p.parse_args()
+    from tensorrt_llm.tools.tiny_model import make_tiny_llama
+
+    work = Path(tempfile.mkdtemp(prefix="host_step_"))
+    make_tiny_llama(work / "hf")
+    from tensorrt_llm.commands.build import main as build
+
+    build(["--model_dir", str(work / "hf"), "--output_dir", str(work / "engine"), "--dtype", "float32",
+           "--max_batch_size", "256", "--max_input_len", "512", "--max_seq_len", "1024",
+           "--max_num_tokens", "16384"])  # fmt: skip
+    for b in (int(x) for x in args.batch.split(",")):
+        r = run(work / "engine", b, args.prompt, args.new, args.py_spy, args.out)
+        print(f"batch {b:>4}: " + "  ".join(f"{k} {v:,.1f}" for k, v in r.items()), flush=True)
+        if args.py_spy:
+            print("\n".join(top_functions(args.out / f"host_step_b{b}.txt")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
