@@ -117,10 +117,12 @@ def main() -> None:
                 consts = dict(GROUP=group, BLOCK_G=max(16, p2(group)), TOKENS_PER_BLOCK=64, BLOCK_N=64, BLOCK_D=128,
                               FUSED_MERGE=fused, BLOCK_GM=block_gm, BLOCK_S=block_s,
                               DOT_PRECISION="tf32", TILE_IN_BLOCK=True, SLIDING_WINDOW=window,
-                              SOFTCAP=softcap, KV_QUANT=quant, SINKS=sinks, ALIBI=alibi)  # fmt: skip
-                compile_one(attention._decode_attention_kernel, ptrs, consts, ("qk_scale", "softcap"), num_warps=4,
-                            num_stages=2)  # fmt: skip
-                n += 1
+                              SOFTCAP=softcap, KV_QUANT=quant, SINKS=sinks, ALIBI=alibi, SWAP_AB=False)  # fmt: skip
+                # the transposed tile (SWAP_AB) too, on the quantized caches it is meant for
+                for swap in (False, True) if quant else (False,):
+                    compile_one(attention._decode_attention_kernel, ptrs, {**consts, "SWAP_AB": swap},
+                                ("qk_scale", "softcap"), num_warps=4, num_stages=2)  # fmt: skip
+                    n += 1
                 if splits > 1 and not fused and not quant:
                     ptrs = {"part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "o_ptr": f"*{dt}", "ctx_lens_ptr": "*i32"}
                     consts = dict(GROUP=group, BLOCK_N=64, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_D=128,
