@@ -12,6 +12,7 @@ work per step costs less than the GPU step, so that overlapped scheduling hides 
 
 import argparse
 import collections
+import gc
 import os
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from tensorrt_llm.runtime import Engine  # noqa: E402
 
 def null_forward(engine: Engine):
     """Zero logits [N, V] for the step's N sampled rows: the host work around the model, not the model."""
-    vocab = engine.config.vocab_size
+    vocab = engine.config.model.vocab_size
 
     def forward(step, kv):
         return torch.zeros(step.logits_indices.shape[0], vocab)
@@ -38,33 +39,45 @@ def null_forward(engine: Engine):
     return forward
 
 
-def run(engine_dir: Path, batch: int, prompt: int, new: int, py_spy: str | None, out: Path) -> dict:
+def run(engine_dir: Path, batch: int, prompt: int, new: int, rounds: int, py_spy: str | None, out: Path) -> dict:
     engine = Engine.from_dir(engine_dir, device="cpu")
     engine.forward = null_forward(engine)
     kv_tokens = batch * (prompt + new + 16)
-    ex = Executor(engine, ExecutorConfig(max_batch_size=batch, max_tokens_in_paged_kv_cache=kv_tokens))
-    done, lock, left = threading.Event(), threading.Lock(), [batch]
-
-    def cb(out):
-        if out.finished:
-            with lock:
-                left[0] -= 1
-                if not left[0]:
-                    done.set()
-
+    steps_at: list[float] = []  # when each step's outputs were delivered: the gaps are the step times
+    ex = Executor(
+        engine,
+        ExecutorConfig(max_batch_size=batch, max_tokens_in_paged_kv_cache=kv_tokens),
+        on_outputs=lambda outs: steps_at.append(time.perf_counter()),
+    )
     prompts = [[3 + (i * 7 + j) % 200 for j in range(prompt)] for i in range(batch)]
-    reqs = [Request(p, max_new_tokens=new, streaming=True, sampling=SamplingParams(min_length=new), callback=cb)
-            for p in prompts]  # fmt: skip
-    ex.enqueue_batch(reqs)
-    while ex.stats().generation_requests < batch and not done.is_set():  # the generation phase only
-        time.sleep(0.001)
-    with sampled(py_spy, os.getpid(), out, f"host_step_b{batch}"):
-        it0, t0 = ex.stats().iteration, time.perf_counter()
-        done.wait()
-        dt = time.perf_counter() - t0
-        steps = ex.stats().iteration - it0
+    out.mkdir(parents=True, exist_ok=True)
+    gaps, total_t, total_steps = [], 0.0, 0
+    with sampled(py_spy, os.getpid(), out, f"host_step_b{batch}"):  # (py-spy sees the prompts' steps too)
+        for _ in range(rounds):
+            done, lock, left = threading.Event(), threading.Lock(), [batch]
+
+            def cb(o, done=done, lock=lock, left=left):
+                if o.finished:
+                    with lock:
+                        left[0] -= 1
+                        if not left[0]:
+                            done.set()
+
+            ex.enqueue_batch([Request(p, max_new_tokens=new, streaming=True, sampling=SamplingParams(min_length=new),
+                                      callback=cb) for p in prompts])  # fmt: skip
+            while ex.stats().generation_requests < batch and not done.is_set():  # time the generation phase
+                time.sleep(0.0005)
+            it0, t0, first = ex.stats().iteration, time.perf_counter(), len(steps_at)
+            done.wait()
+            total_t += time.perf_counter() - t0
+            total_steps += ex.stats().iteration - it0
+            gaps += [b - a for a, b in zip(steps_at[first:], steps_at[first + 1 :], strict=False)]
     ex.shutdown()
-    return {"steps/s": steps / dt, "us/step": dt / steps * 1e6, "us/row": dt / steps / batch * 1e6}
+    gaps.sort()
+    pct = lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))] * 1e3  # noqa: E731
+    return {"steps/s": total_steps / total_t, "us/step": total_t / total_steps * 1e6,
+            "us/row": total_t / total_steps / batch * 1e6, "step p50 ms": pct(0.5), "p99 ms": pct(0.99),
+            "max ms": gaps[-1] * 1e3}  # fmt: skip
 
 
 def top_functions(raw: Path, thread: str = "inflight-batcher", n: int = 25) -> list[str]:
@@ -86,6 +99,8 @@ def main() -> None:
     p.add_argument("--batch", default="64,256")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=4, help="batches run one after another per batch size")
+    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() first, as the engine process does")
     p.add_argument("--py-spy", default=None, metavar="BIN", help="sample the executor thread with py-spy")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
     args = p.parse_args()
@@ -95,11 +110,16 @@ def main() -> None:
     make_tiny_llama(work / "hf")
     from tensorrt_llm.commands.build import main as build
 
-    build(["--model_dir", str(work / "hf"), "--output_dir", str(work / "engine"), "--dtype", "float32",
-           "--max_batch_size", "256", "--max_input_len", "512", "--max_seq_len", "1024",
-           "--max_num_tokens", "16384"])  # fmt: skip
+    rc = build(["--model_dir", str(work / "hf"), "--output_dir", str(work / "engine"), "--dtype", "float32",
+                "--max_batch_size", "256", "--max_input_len", "256", "--max_seq_len", "512",
+                "--max_num_tokens", "16384"])  # fmt: skip
+    if rc:
+        raise SystemExit(f"trtllm-build failed ({rc})")
     for b in (int(x) for x in args.batch.split(",")):
-        r = run(work / "engine", b, args.prompt, args.new, args.py_spy, args.out)
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()
+        r = run(work / "engine", b, args.prompt, args.new, args.rounds, args.py_spy, args.out)
         print(f"batch {b:>4}: " + "  ".join(f"{k} {v:,.1f}" for k, v in r.items()), flush=True)
         if args.py_spy:
             print("\n".join(top_functions(args.out / f"host_step_b{b}.txt")), flush=True)
