@@ -156,6 +156,27 @@ if HAS_TRITON:
         acc_t = acc_t * alpha[None, :] + tl.dot(v_t.to(q.dtype), p.to(q.dtype), input_precision=DOT_PRECISION)
         return acc_t, m_new, l_i * alpha + tl.sum(p, 0)
 
+    @triton.jit
+    def _decode_tile(
+        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch,
+        start_n, n_mask, visible_n, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK: tl.constexpr,
+        BLOCK_N: tl.constexpr, TILE_IN_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+        slope, q_pos, ALIBI: tl.constexpr, SWAP_AB: tl.constexpr,
+    ):  # fmt: skip
+        # one decode tile in the kernel's orientation; visible_n [BLOCK_N] (one query: the same keys per row)
+        if SWAP_AB:
+            return _attend_tile_t(
+                q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch, start_n,
+                n_mask, visible_n, offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+            )  # fmt: skip
+        else:
+            return _attend_tile(
+                q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row_ptr, kvh, stride_cb, stride_ct, stride_ch, start_n,
+                n_mask, visible_n[None, :], offs_d, d_mask, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N,
+                TILE_IN_BLOCK, DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
+            )  # fmt: skip
+
     # A mixed step's generation tail passes slices (block_tables[Bp:], context_lens[Bp:]) whose addresses
     # are 16-byte aligned or not by Bp, and the table's row stride changes with the step: specializing
     # on them compiled new variants mid-serving (~1 s stalls). These are scalar loads: nothing is lost.
@@ -360,20 +381,12 @@ if HAS_TRITON:
                 v1 = tl.minimum(v0 + split_size, ctx - kv_lo + sink_end)
                 for start_n in range(v0, tl.minimum(v1, sink_end), BLOCK_N):
                     n_mask = start_n + tl.arange(0, BLOCK_N) < sinks  # (sink tiles lie before the window)
-                    if SWAP_AB:
-                        acc, m_i, l_i = _attend_tile_t(
-                            q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                            stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask, offs_d,
-                            offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                            DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
-                        )  # fmt: skip
-                    else:
-                        acc, m_i, l_i = _attend_tile(
-                            q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                            stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask[None, :], offs_d,
-                            offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                            DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
-                        )  # fmt: skip
+                    acc, m_i, l_i = _decode_tile(
+                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                        stride_cb, stride_ct, stride_ch, start_n, n_mask, n_mask, offs_d,
+                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI, SWAP_AB,
+                    )  # fmt: skip
                 start = tl.maximum(v0, sink_end) - sink_end + kv_lo
                 end = v1 - sink_end + kv_lo
             for start_n in range(start, end, BLOCK_N):
@@ -385,20 +398,12 @@ if HAS_TRITON:
                         visible = visible & ((offs_n >= ctx - window) | (offs_n < sinks))
                     else:
                         visible = visible & (offs_n >= ctx - window)
-                if SWAP_AB:
-                    acc, m_i, l_i = _attend_tile_t(
-                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                        stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
-                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
-                    )  # fmt: skip
-                else:
-                    acc, m_i, l_i = _attend_tile(
-                        q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
-                        stride_cb, stride_ct, stride_ch, start_n, n_mask, visible[None, :], offs_d,
-                        offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
-                        DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI,
-                    )  # fmt: skip
+                acc, m_i, l_i = _decode_tile(
+                    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_ptr + b * stride_btb, kvh,
+                    stride_cb, stride_ct, stride_ch, start_n, n_mask, visible, offs_d,
+                    offs_d < head_dim, qk_scale, softcap, TOKENS_PER_BLOCK, BLOCK_N, TILE_IN_BLOCK,
+                    DOT_PRECISION, SOFTCAP, slope, q_pos, ALIBI, SWAP_AB,
+                )  # fmt: skip
             if SWAP_AB:
                 acc = tl.trans(acc)  # [BLOCK_G, BLOCK_D]
             if KV_QUANT:  # before the output or the partials: the merge then needs no scale
