@@ -63,9 +63,13 @@ def run(engine_dir: Path, batch: int, prompt: int, new: int, rounds: int, py_spy
                         if not left[0]:
                             done.set()
 
+            it_start = ex.stats().iteration
             ex.enqueue_batch([Request(p, max_new_tokens=new, streaming=True, sampling=SamplingParams(min_length=new),
                                       callback=cb) for p in prompts])  # fmt: skip
-            while ex.stats().generation_requests < batch and not done.is_set():  # time the generation phase
+            while not done.is_set():  # time the generation phase: from the first step without a prompt in it
+                st = ex.stats()
+                if st.iteration > it_start and st.context_requests == 0 and st.generation_requests:
+                    break
                 time.sleep(0.0005)
             it0, t0, first = ex.stats().iteration, time.perf_counter(), len(steps_at)
             done.wait()

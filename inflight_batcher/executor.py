@@ -32,7 +32,7 @@ import torch
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.config import ExecutorConfig
 from inflight_batcher.kv_offload import HostKVPool
-from inflight_batcher.request import Limits, Output, Request, RequestStatus, validate_request
+from inflight_batcher.request import Limits, ListPrefix, Output, Request, RequestStatus, validate_request
 from inflight_batcher.sampler import (
     PLACEHOLDER,
     PendingSample,
@@ -559,14 +559,21 @@ class Executor:
             beams = [s for _, s in req.finished_beams]
         else:
             beams = req.seqs
-        # Placeholders (tokens still on the device) are never part of an output.
-        tokens = [s.tokens[P : len(s.tokens) - req.num_pending] for s in beams] or [[]]
-        if req.is_beam_search:
-            new = tokens  # beams reorder: every output of a beam request carries whole beams
-        else:
-            new = [tokens[0][req.num_streamed :]]
-        req.num_streamed = len(tokens[0])
         lp = req.return_log_probs and bool(beams)
+        if not req.is_beam_search and not req.status.finished and beams:
+            # A streamed chunk: views of what is resolved (those items never change), the new tokens copied.
+            # Placeholders (tokens still on the device) are never part of an output.
+            seq = beams[0]
+            end = len(seq.tokens) - req.num_pending
+            tokens = [ListPrefix(seq.tokens, P, end)]
+            new = [seq.tokens[P + req.num_streamed : end]]
+            log_probs = [ListPrefix(seq.log_probs, 0, len(seq.log_probs))] if lp else None
+        else:
+            tokens = [s.tokens[P : len(s.tokens) - req.num_pending] for s in beams] or [[]]
+            # beams reorder: every output of a beam request carries whole beams
+            new = tokens if req.is_beam_search else [tokens[0][req.num_streamed :]]
+            log_probs = [list(s.log_probs) for s in beams] if lp else None
+        req.num_streamed = len(tokens[0])
         return Output(
             request_id=req.request_id,
             new_tokens=new,
@@ -575,7 +582,7 @@ class Executor:
             finish_reason=req.status.finish_reason,
             error=req.error,
             cum_log_probs=[s.cum_log_prob for s in beams] if lp else None,
-            log_probs=[list(s.log_probs) for s in beams] if lp else None,
+            log_probs=log_probs,
             client_id=req.client_id,
             perf=replace(req.perf) if req.return_perf_metrics else None,
         )

@@ -394,9 +394,45 @@ class PerfMetrics:
     last_token_time_ns: int = 0
 
 
+class ListPrefix(SeqABC):
+    """`items[start:end]` of a list whose first `end` items never change (a request's resolved tokens, its
+    log-probs), copied only when read: a streamed output's `tokens` would otherwise copy everything generated
+    so far at every step (O(length) per request per step), for consumers that read only `new_tokens`."""
+
+    __slots__ = ("_items", "_start", "_end")
+
+    def __init__(self, items: list, start: int, end: int):
+        self._items, self._start, self._end = items, start, end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step > 0:  # straight from the list: x[-k:] copies k items, not the whole prefix
+                return self._items[self._start + start : self._start + max(start, stop) : step]
+            return self._items[self._start : self._end][i]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("ListPrefix index out of range")
+        return self._items[self._start + (i % n)]
+
+    def __iter__(self):
+        return iter(self._items[self._start : self._end])
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, ListPrefix)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass
 class Output:
-    """What a callback receives. Lists are per beam; `tokens` never include the prompt."""
+    """What a callback receives. Lists are per beam; `tokens` never include the prompt. In a streamed output
+    that is not the last, `tokens` and `log_probs` may be `ListPrefix` views (read-only sequences) rather than
+    lists."""
 
     request_id: int
     new_tokens: list[list[int]]  # per beam, tokens since the last callback

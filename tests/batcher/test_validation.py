@@ -138,3 +138,21 @@ def test_generate_with_a_bad_request_queues_none(make_executor):
     with pytest.raises(ValueError, match="out of range"):
         ex.generate([good, Request([5, VOCAB])])
     assert good.request_id is None and ex.stats().completed == 0
+
+
+def test_list_prefix_reads_like_the_slice_it_stands_for():
+    from inflight_batcher.request import ListPrefix
+
+    src = list(range(20))
+    view, ref = ListPrefix(src, 3, 12), src[3:12]
+    for sl in [slice(None), slice(-4, None), slice(2, 5), slice(5, 2), slice(None, None, 2), slice(None, None, -1),
+               slice(-100, 100), slice(8, 20)]:  # fmt: skip
+        assert view[sl] == ref[sl], sl
+    assert [view[i] for i in range(-9, 9)] == [ref[i] for i in range(-9, 9)]
+    for bad in (9, -10):
+        with pytest.raises(IndexError):
+            view[bad]
+    assert view == ref and ref == view and list(view) == ref and len(view) == 9 and repr(view) == repr(ref)
+    src.append(99)  # the list grows (and its items past `end` change): the view does not
+    src[15] = -1
+    assert view == ref
