@@ -2,6 +2,7 @@
 # On the GPU machine (no network): run from the project root; results land in $OUT (default ./out).
 #   bash benchmarks/run_gpu.sh [tests] [batcher] [kernels] [kernels_new] [engine] [engine8b] [throughput] [serving]
 #                              [quant_tests] [quant_kernels] [quant_engine] [quant_throughput] [families]
+#                              [decode_sweep] [host_step]
 # serving needs .whl/ (../shared/tools/stage_wheels.sh and a numpy 1.26 cp312 wheel): see serving_env.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -36,6 +37,10 @@ for what in "$@"; do
         python benchmarks/bench_throughput.py --model $m --overlap on --budget_s ${BUDGET_S:-10} \
           --cases 128/128,2048/128 --out "$OUT" 2>&1 | tee -a "$OUT/families.log" | tail -4
       done ;;
+    decode_sweep)  # decode attention launch configs, SWAP_AB included, over the quantized caches (issue 12)
+      python benchmarks/bench_decode_attention.py --caches ${CACHES:-float8_e4m3fn,int8} --out "$OUT" 2>&1 \
+        | tee "$OUT/decode_sweep.log" | grep -E "cache, B=|least total|SWAP" | tail -60 ;;
+    host_step) python benchmarks/host_step.py --batch 64,256 --gc-freeze 2>&1 | tee "$OUT/host_step.log" | tail -4 ;;
     batcher) BATCHER_TEST_DEVICE=cuda python -m pytest -q -x tests/batcher 2>&1 | tee "$OUT/gpu_batcher_tests.log" | tail -5 ;;
     serving) bash benchmarks/serving_env.sh /tmp/venv && python benchmarks/bench_serving.py --target core \
                --server-python /tmp/venv/bin/python --out "$OUT" 2>&1 | tee "$OUT/bench_serving.log" | tail -8 ;;

@@ -19,6 +19,11 @@ if [ -d /tmp/gwhl ] && [ ! -x /tmp/gvenv/bin/python ]; then
   for p in "$base"/*; do [ -e "$gsite/$(basename "$p")" ] || ln -s "$p" "$gsite/"; done
   /tmp/gvenv/bin/python -m guidellm --version
 fi
+# py-spy for --py-spy (EXTRA_ARGS): its wheel gathered in /tmp/whl3 (pip download py-spy --only-binary=:all:)
+if [ -d /tmp/whl3 ] && [ ! -x /tmp/pyspy/bin/py-spy ]; then
+  for w in /tmp/whl3/py_spy-*.whl; do python3 -m zipfile -e "$w" /tmp/pyspy_whl; done
+  mkdir -p /tmp/pyspy/bin && cp /tmp/pyspy_whl/py_spy-*.data/scripts/py-spy /tmp/pyspy/bin/ && chmod +x /tmp/pyspy/bin/py-spy
+fi
 python3 benchmarks/bench_serving.py --model "$1" --target "$2" --concurrency "$3" --server-python "$V/bin/python" ${EXTRA_ARGS:-} \
   --work "/tmp/bench_serving_$1" --out "$OUT" 2>&1 | tee "$OUT/bench_serving_$1_$2.log" | tail -12 || true
 cp "/tmp/bench_serving_$1/server.log" "$OUT/server_$1_$2.log" 2>/dev/null || true
