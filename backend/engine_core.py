@@ -201,7 +201,7 @@ class EngineCore:
     def run(self) -> None:
         # Everything loaded so far (torch, transformers, the engine: ~230,000 objects) lives as long as the
         # process: out of the collector's reach, a full collection no longer stops a step for ~150 ms
-        # (benchmarks/host_step.py: the longest batch-256 step 250-270 ms -> ~15 ms, the mean -21 %).
+        # (benchmarks/host_step.py, CPU: the longest batch-256 step 250-270 ms -> 11-16 ms).
         gc.collect()
         gc.freeze()
         self.conn.send(wire.READY, self.ready_text().encode())

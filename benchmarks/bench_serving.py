@@ -260,16 +260,12 @@ def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
         spy.wait(60)
 
 
-def engine_pid() -> int | None:
-    """The server's engine process (`python -m backend.engine_core`), if one runs."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if b"backend.engine_core" in (d / "cmdline").read_bytes():
-                    return int(d.name)
-            except OSError:
-                continue
-    return None
+def engine_pid() -> int:
+    """The server's engine process (`python -m backend.engine_core`)."""
+    from stub_watchdog import proc_rows
+
+    (pid,) = [pid for pid, _, _, argv in proc_rows() if "backend.engine_core" in argv]
+    return pid
 
 
 def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
@@ -413,8 +409,8 @@ def main() -> None:
             for i in range(args.repeats):
                 runs["engine"].append(base(out_lens))
                 bodies = request_bodies(args.target, prompts, ids, out_lens)
-                spy = args.py_spy and c == levels[-1] and i == args.repeats - 1
-                with sampled(args.py_spy if spy else None, engine_pid(), Path(args.out), f"pyspy_engine_c{c}"):
+                spy = args.py_spy if c == levels[-1] and i == args.repeats - 1 else None
+                with sampled(spy, engine_pid() if spy else 0, Path(args.out), f"pyspy_engine_c{c}"):
                     runs["server"].append(run_server(pool, url, bodies, out_lens, c))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
             if args.guidellm:

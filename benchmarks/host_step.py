@@ -109,16 +109,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
     args = p.parse_args()
     from tensorrt_llm.tools.tiny_model import make_tiny_llama
+    from tests.helpers import build_engine
 
     work = Path(tempfile.mkdtemp(prefix="host_step_"))
     make_tiny_llama(work / "hf")
-    from tensorrt_llm.commands.build import main as build
-
-    rc = build(["--model_dir", str(work / "hf"), "--output_dir", str(work / "engine"), "--dtype", "float32",
-                "--max_batch_size", "256", "--max_input_len", "256", "--max_seq_len", "512",
-                "--max_num_tokens", "16384"])  # fmt: skip
-    if rc:
-        raise SystemExit(f"trtllm-build failed ({rc})")
+    build_engine(work / "hf", work / "engine", max_batch_size=256, max_input_len=256, max_seq_len=512,
+                 max_num_tokens=16384, tokens_per_block=64)  # fmt: skip
     for b in (int(x) for x in args.batch.split(",")):
         if args.gc_freeze:
             gc.collect()

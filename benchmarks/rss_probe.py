@@ -22,15 +22,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.soak import server_pid, start_quickstart  # noqa: E402
+from benchmarks.soak import rss_by_process, server_pid, start_quickstart  # noqa: E402
 
 PORTS = (18400, 18401, 18402)
 PROMPT = [1, 15, 27, 99]
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    return next(v for k, v in rss_by_process(pid).items() if k.startswith(f"{pid} ")) / 2**20
 
 
 def http_rounds(path: str, body: dict, n: int):

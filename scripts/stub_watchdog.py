@@ -56,7 +56,7 @@ def _alive(pid: int | str) -> bool:
         return False
 
 
-def _proc_rows() -> list[tuple[int, int, str, list[str]]]:
+def proc_rows() -> list[tuple[int, int, str, list[str]]]:
     """(pid, ppid, comm, argv) of every live process."""
     rows = []
     for d in Path("/proc").iterdir():
@@ -74,7 +74,7 @@ def _proc_rows() -> list[tuple[int, int, str, list[str]]]:
 def stubs_of(http_port: int) -> dict[int, str]:
     """{stub pid: model name} of the tritonserver(s) serving `http_port`; the model is read from the stub's
     first argument, `<repository>/<model>/<version>/model.py`."""
-    rows = _proc_rows()
+    rows = proc_rows()
     servers = {pid for pid, _, comm, argv in rows if comm == "tritonserver" and f"--http-port={http_port}" in argv}
     return {pid: Path(argv[1]).parents[1].name for pid, ppid, comm, argv in rows
             if ppid in servers and comm == STUB_COMM and len(argv) > 1}  # fmt: skip

@@ -811,7 +811,11 @@ std::string ParamString(const std::string& json, const std::string& key, const s
   return json.substr(p + 1, end - p - 1);
 }
 
-bool IsPlaceholder(const std::string& value) { return value.rfind("${", 0) == 0; }
+// A parameter's value, or `fallback` when it is absent, empty or an unfilled `${placeholder}`.
+std::string FilledParam(const std::string& json, const std::string& key, const std::string& fallback = "") {
+  const std::string v = ParamString(json, key);
+  return v.empty() || v.rfind("${", 0) == 0 ? fallback : v;
+}
 
 // The engine model a text front serves from, or "" for a model that is an engine itself. A front is a model
 // with parameter `engine_model` (our `ensemble`), or with `tensorrt_llm_model_name` (upstream's
@@ -820,9 +824,8 @@ std::string FrontEngineModel(const std::string& config) {
   const std::string engine = ParamString(config, "engine_model");
   if (!engine.empty()) return engine;
   const std::string absent = "\x01";
-  const std::string named = ParamString(config, "tensorrt_llm_model_name", absent);
-  if (named == absent) return "";
-  return named.empty() || IsPlaceholder(named) ? "tensorrt_llm" : named;
+  if (ParamString(config, "tensorrt_llm_model_name", absent) == absent) return "";
+  return FilledParam(config, "tensorrt_llm_model_name", "tensorrt_llm");
 }
 
 // Position of the value of `"decoupled"` in the JSON (or a pbtxt's text), npos when absent.
@@ -893,7 +896,7 @@ class Front {
         engine_model_(FrontEngineModel(config)),
         pre_model_(ParamString(config, "preprocessing_model", "preprocessing")),
         post_model_(ParamString(config, "postprocessing_model", "postprocessing")),
-        own_tokenizer_(!ParamString(config, "tokenizer_dir").empty() && !IsPlaceholder(ParamString(config, "tokenizer_dir"))),
+        own_tokenizer_(!FilledParam(config, "tokenizer_dir").empty()),
         decoupled_(JsonDecoupled(config)) {}
 
   bool decoupled() const { return decoupled_; }

@@ -45,6 +45,18 @@ class Server:
         with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
             return r.read().decode()
 
+    def children(self) -> list[tuple[int, str]]:
+        """(pid, command line) of the processes whose parent is this server's tritonserver (other servers
+        may run): its Python stubs and its engine process."""
+        rows = [line.split(None, 2) for line in subprocess.run(
+            ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+        ).stdout.splitlines()]  # fmt: skip
+        servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={self.http_port}" in args}
+        return [(int(p), args) for p, pp, args in rows if int(pp) in servers]
+
+    def engine_pids(self) -> list[int]:
+        return [p for p, args in self.children() if "backend.engine_core" in args]
+
     def metric(self, family: str, label: str, model: str = "tensorrt_llm") -> float:
         for line in self.metrics().splitlines():
             if line.startswith(family + "{") and f'"{label}"' in line and f'model="{model}"' in line:

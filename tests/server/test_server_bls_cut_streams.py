@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,16 +35,6 @@ WAIT_S = 60
 @pytest.fixture(scope="module")
 def storm_server(tiny_model, tmp_path_factory):
     yield from start_server(tiny_model, tmp_path_factory.mktemp("bls_cut_streams"), decoupled=True)
-
-
-def _engine_pid(server) -> int | None:
-    """The engine process under this test's tritonserver (other servers may be running)."""
-    rows = [line.split(None, 2) for line in subprocess.run(
-        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
-    ).stdout.splitlines()]  # fmt: skip
-    servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={server.http_port}" in args}
-    pids = [int(p) for p, pp, args in rows if int(pp) in servers and "backend.engine_core" in args]
-    return pids[0] if pids else None
 
 
 def _cut(port: int, prompt: str, stall: float | None) -> None:
@@ -81,8 +70,8 @@ def test_streams_cut_short_cost_nothing(storm_server):
     want = {p: _text(stream(stream_url, {"text_input": p, "max_tokens": 24, "stream": True})) for p in PROMPTS}
     status, plain = post(plain_url, {"text_input": PROMPTS[0], "max_tokens": 8})
     assert status == 200, plain
-    engine = _engine_pid(srv)
-    assert engine is not None
+    engine = srv.engine_pids()
+    assert len(engine) == 1, engine
     free = srv.metric("nv_trt_llm_kv_cache_block_metrics", "max")
 
     stop = threading.Event()
@@ -126,7 +115,7 @@ def test_streams_cut_short_cost_nothing(storm_server):
         try:
             while not stop.is_set() and time.monotonic() - t0 < STORM_S:
                 stop.wait(CHECK_EVERY_S)
-                assert _engine_pid(srv) == engine, (
+                assert srv.engine_pids() == engine, (
                     f"the engine process {engine} died after {cuts[0]} streams cut short "
                     f"({time.monotonic() - t0:.0f} s into the storm)"
                 )
@@ -136,7 +125,7 @@ def test_streams_cut_short_cost_nothing(storm_server):
             f.result()
 
     assert cuts[0] >= 200, f"only {cuts[0]} streams cut short in {STORM_S} s"
-    assert _engine_pid(srv) == engine, f"the engine process {engine} is gone after {cuts[0]} streams cut short"
+    assert srv.engine_pids() == engine, f"the engine process {engine} is gone after {cuts[0]} streams cut short"
     assert not problems, f"{len(problems)} problems in {cuts[0]} cut and {normals[0]} normal streams: {problems[:5]}"
     # The model still answers, the same as before, and every abandoned request has ended and freed its blocks.
     status, out = post(plain_url, {"text_input": PROMPTS[0], "max_tokens": 8}, timeout=WAIT_S)

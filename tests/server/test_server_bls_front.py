@@ -8,8 +8,6 @@ the `ensemble` interface, through the real tritonserver.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from tests.server.conftest import start_server
@@ -58,6 +56,5 @@ def test_bls_only_inputs_are_refused_by_name(acc_server, name, value):
 
 
 def test_no_python_stub_serves_the_bls(acc_server):
-    rows = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True, check=True).stdout
-    stubs = [line for line in rows.splitlines() if "triton_python_backend_stub" in line]
+    stubs = [args for _, args in acc_server.children() if "triton_python_backend_stub" in args]
     assert stubs and not any("tensorrt_llm_bls" in line for line in stubs), stubs

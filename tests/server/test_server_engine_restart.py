@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -22,17 +21,8 @@ def restart_server(tiny_model, tmp_path_factory):
     yield from start_server(tiny_model, tmp_path_factory.mktemp("restart"), decoupled=True)
 
 
-def _children(server) -> list[tuple[int, str]]:
-    """(pid, command line) of the processes whose parent is this test's tritonserver (others may run)."""
-    rows = [line.split(None, 2) for line in subprocess.run(
-        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
-    ).stdout.splitlines()]  # fmt: skip
-    servers = {int(p) for p, _, args in rows if "tritonserver" in args and f"--http-port={server.http_port}" in args}
-    return [(int(p), args) for p, pp, args in rows if int(pp) in servers]
-
-
 def _engine_pid(server) -> int:
-    (pid,) = [p for p, args in _children(server) if "backend.engine_core" in args]
+    (pid,) = server.engine_pids()
     return pid
 
 
@@ -87,7 +77,7 @@ def test_killed_engine_process_fails_its_requests_and_is_replaced(restart_server
 
 
 def _stub_pid(server, model: str) -> int:
-    (pid,) = [p for p, args in _children(server) if "triton_python_backend_stub" in args and f"/{model}/1/" in args]
+    (pid,) = [p for p, args in server.children() if "triton_python_backend_stub" in args and f"/{model}/1/" in args]
     return pid
 
 
