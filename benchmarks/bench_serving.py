@@ -13,6 +13,7 @@ Needs the nvidia-pytriton wheel (tritonserver) importable; random weights, no do
 """
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -245,19 +246,50 @@ def wait_ready(server: subprocess.Popen, work: Path, url: str = "http://localhos
 
 @contextlib.contextmanager
 def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
-    """py-spy samples every thread of `pid` while the block runs (collapsed stacks, one file per run), so the
-    executor thread's time can be split the same way on both sides."""
+    """py-spy samples every thread of `pid` while the block runs (collapsed stacks), twice over: `{name}_idle`
+    samples every thread at all times (where each thread's wall time goes, waits included), `{name}_gil` only
+    the thread holding the GIL (who keeps the others waiting). Same on both sides, so the executor thread's
+    time can be split the same way in-process and behind tritonserver."""
     if not py_spy:
         yield
         return
     cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", "200", "-f", "raw"]
-    spy = subprocess.Popen([*cmd, "-o", str(out / f"{name}.txt")], stdout=subprocess.DEVNULL)
+    spies = [
+        subprocess.Popen([*cmd, flag, "-o", str(out / f"{name}_{flag[2:]}.txt")], stdout=subprocess.DEVNULL)
+        for flag in ("--idle", "--gil")
+    ]
     time.sleep(1.0)  # attached before the measured run
     try:
         yield
     finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        spy.wait(60)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy in spies:
+            spy.wait(60)
+
+
+def top_functions(raw: Path, thread: str = "inflight-batcher", n: int = 25) -> list[str]:
+    """The functions holding the most of `thread`'s samples (inclusive) in a py-spy raw file."""
+    total, incl = 0, collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if thread not in frames[0]:
+            continue
+        total += int(count)
+        for f in {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in frames[1:]}:
+            incl[f] += int(count)
+    return [f"  {c / max(total, 1):6.1%} {f}" for f, c in incl.most_common(n)]
+
+
+def thread_shares(raw: Path) -> list[str]:
+    """Each thread's share of a py-spy raw file's samples (of the GIL, for a `_gil` file)."""
+    per = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        per[stack.split(";")[0]] += int(count)
+    total = sum(per.values()) or 1
+    return [f"  {c / total:6.1%} {t}" for t, c in per.most_common()]
 
 
 def engine_pid() -> int:
@@ -407,9 +439,11 @@ def main() -> None:
             run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
             runs = {"engine": [], "server": []}
             for i in range(args.repeats):
-                runs["engine"].append(base(out_lens))
-                bodies = request_bodies(args.target, prompts, ids, out_lens)
                 spy = args.py_spy if c == levels[-1] and i == args.repeats - 1 else None
+                # The in-process side is this process (its executor thread); the server side the engine process.
+                with sampled(spy if executor is not None else None, os.getpid(), Path(args.out), f"pyspy_inproc_c{c}"):
+                    runs["engine"].append(base(out_lens))
+                bodies = request_bodies(args.target, prompts, ids, out_lens)
                 with sampled(spy, engine_pid() if spy else 0, Path(args.out), f"pyspy_engine_c{c}"):
                     runs["server"].append(run_server(pool, url, bodies, out_lens, c))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
@@ -420,6 +454,13 @@ def main() -> None:
                 except (subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
                     print(f"guidellm at {c}: {e!r}; see {work / 'guidellm.log'}", flush=True)
             print(c, json.dumps(rows[c]), flush=True)
+            if args.py_spy and c == levels[-1]:  # where each side's threads spend wall time and the GIL
+                for side in ("inproc", "engine"):
+                    for kind in ("idle", "gil"):
+                        raw = Path(args.out, f"pyspy_{side}_c{c}_{kind}.txt")
+                        if raw.exists():
+                            print(f"py-spy {side} {kind}: threads", *thread_shares(raw), sep="\n")
+                            print("executor thread:", *top_functions(raw, n=30), sep="\n", flush=True)
     finally:
         pool.shutdown()
         if executor is not None:

@@ -11,7 +11,6 @@ work per step costs less than the GPU step, so that overlapped scheduling hides 
 """
 
 import argparse
-import collections
 import gc
 import os
 import sys
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_serving import sampled  # noqa: E402
+from benchmarks.bench_serving import sampled, top_functions  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
 from tensorrt_llm.runtime import Engine  # noqa: E402
 
@@ -84,20 +83,6 @@ def run(engine_dir: Path, batch: int, prompt: int, new: int, rounds: int, py_spy
             "max ms": gaps[-1] * 1e3}  # fmt: skip
 
 
-def top_functions(raw: Path, thread: str = "inflight-batcher", n: int = 25) -> list[str]:
-    """The functions holding the most of `thread`'s samples (inclusive) in a py-spy raw file."""
-    total, incl = 0, collections.Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        if thread not in frames[0]:
-            continue
-        total += int(count)
-        for f in {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in frames[1:]}:
-            incl[f] += int(count)
-    return [f"  {c / total:6.1%} {f}" for f, c in incl.most_common(n)]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", default="64,256")
@@ -122,7 +107,7 @@ def main() -> None:
         r = run(work / "engine", b, args.prompt, args.new, args.rounds, args.py_spy, args.out)
         print(f"batch {b:>4}: " + "  ".join(f"{k} {v:,.1f}" for k, v in r.items()), flush=True)
         if args.py_spy:
-            print("\n".join(top_functions(args.out / f"host_step_b{b}.txt")), flush=True)
+            print("\n".join(top_functions(args.out / f"host_step_b{b}_gil.txt")), flush=True)
 
 
 if __name__ == "__main__":
