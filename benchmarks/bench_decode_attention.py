@@ -1,11 +1,12 @@
 """Decode attention over a float16, FP8 or INT8 paged KV cache: launch configurations swept on one GPU, each
 as bytes of K/V read per second (the kernel is bandwidth-bound), so the quantized cache's own choice can be
-set (`attention.DECODE_QUANT_CONFIG`, stored in engines as `attention_decode_quant`).
+set (`attention.DECODE_QUANT_CONFIG` for fp8, `DECODE_INT8_CONFIG`; stored in engines as
+`attention_decode_quant`, `attention_decode_int8`).
 
     python benchmarks/bench_decode_attention.py [--out DIR]
 
-Writes `decode_attention_sweep.txt` (every config and shape) and `decode_quant_config.json` (the config with
-the least total time over the shapes, FP8 cache).
+Writes `decode_attention_sweep.txt` (every config and shape) and `decode_quant_config.json` (per cache dtype,
+the config with the least total time over the shapes).
 """
 
 import argparse
@@ -61,7 +62,7 @@ def sweep_shape(cache: str, B: int, ctx: int, totals: list[float]) -> list[str]:
     def run():
         return paged_attention(*args, **scales)
 
-    attr = "DECODE_CONFIG" if cache == "float16" else "DECODE_QUANT_CONFIG"
+    attr = {"float16": "DECODE_CONFIG", "int8": "DECODE_INT8_CONFIG"}.get(cache, "DECODE_QUANT_CONFIG")
     saved = getattr(attention, attr)
     setattr(attention, attr, CONFIGS[0])
     ref = run().float()
@@ -110,8 +111,7 @@ def main() -> None:
         lines.append(f"\n{cache}: least total time over the shapes: {CONFIGS[i]} ({totals[i]:.2f} ms)")
         print(lines[-1], flush=True)
     Path(args.out, "decode_attention_sweep.txt").write_text("\n".join(lines) + "\n")
-    if "float8_e4m3fn" in best:
-        Path(args.out, "decode_quant_config.json").write_text(json.dumps(best["float8_e4m3fn"]))
+    Path(args.out, "decode_quant_config.json").write_text(json.dumps(best))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from benchmark_serving import WORDS, make_lengths, percentile, sse_events  # noq
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request  # noqa: E402
 from inflight_batcher.request import SamplingParams  # noqa: E402
+from tensorrt_llm.tools.tiny_model import tiny_llama_config  # noqa: E402
 
 SHAPES = dict(
     SHAPES,
@@ -47,6 +48,8 @@ SHAPES = dict(
             num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
         ),
     },
+    # `--device cpu` smoke runs of this script (the CPU tokenizer's 384 ids; not a measurement)
+    tiny=dict(tiny_llama_config(max_position_embeddings=4096).to_dict(), architectures=["LlamaForCausalLM"]),
 )  # fmt: skip
 
 
@@ -68,24 +71,49 @@ def per_token_gaps(gap: float, n: int) -> list[float]:
     return [gap / n] * n
 
 
-def summarize(ttft: list[float], itl: list[float], tokens: int, duration: float) -> dict:
+PHASE_EVERY = 8  # with --phases, every 8th request asks for its timestamps (return_perf_metrics)
+PHASES = (  # the first token's way, between wall-clock stamps (time.time_ns: one clock for every process)
+    ("ingest", "send", "arrival"),  # client -> the executor's enqueue (HTTP, tritonserver, IPC, parsing)
+    ("queue", "arrival", "scheduled"),  # enqueue -> the first step that takes it
+    ("compute", "scheduled", "first_token"),  # that step -> its first token read on the host
+    ("egress", "first_token", "recv"),  # -> the client has it (output encoding, IPC, HTTP, SSE parsing)
+)
+
+
+def phase_stamps(send_ns: int, recv_ns: int, perf) -> dict:
+    """One request's stamps from its first output's perf metrics (an Output's PerfMetrics or a response's
+    fields); `recv` is when the client had the first token."""
+    get = (lambda k: perf[k]) if isinstance(perf, dict) else (lambda k: getattr(perf, k))  # noqa: E731
+    return {"send": send_ns, "recv": recv_ns, "arrival": get("arrival_time_ns"),
+            "scheduled": get("first_scheduled_time_ns"), "first_token": get("first_token_time_ns")}  # fmt: skip
+
+
+def summarize(ttft: list[float], itl: list[float], tokens: int, duration: float, stamps: list | None = None) -> dict:
     ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
-    return {
+    r = {
         "output_token_throughput": tokens / duration,
         "ttft_ms": {"p50": ms(ttft, 50), "p99": ms(ttft, 99), "mean": 1000 * statistics.fmean(ttft)},
         "itl_ms": {"p50": ms(itl, 50), "p99": ms(itl, 99), "mean": 1000 * statistics.fmean(itl)},
     }
+    if stamps:
+        r["phases_ms"] = {
+            name: {q: percentile([(st[b] - st[a]) / 1e6 for st in stamps], int(q[1:])) for q in ("p50", "p90")}
+            for name, a, b in PHASES
+        }
+    return r
 
 
-def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], concurrency: int) -> dict:
+def run_direct(
+    executor: Executor, ids: list[list[int]], out_lens: list[int], concurrency: int, phases: bool = False
+) -> dict:
     """Streams every request through the executor, at most `concurrency` in flight."""
     slots = threading.Semaphore(concurrency)
     done = threading.Event()
     lock = threading.Lock()
-    ttft, itl, produced, remaining = [], [], [0], [len(ids)]
+    ttft, itl, produced, remaining, stamps = [], [], [0], [len(ids)], []
 
     def submit(i: int) -> None:
-        t0 = time.perf_counter()
+        t0, send_ns = time.perf_counter(), time.time_ns()
         last = [None]
 
         def cb(out) -> None:
@@ -93,7 +121,12 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
             n = len(out.new_tokens[0]) if out.new_tokens else 0
             with lock:
                 if n:
-                    (ttft.append(now - t0) if last[0] is None else itl.extend(per_token_gaps(now - last[0], n)))
+                    if last[0] is None:
+                        ttft.append(now - t0)
+                        if out.perf is not None:
+                            stamps.append(phase_stamps(send_ns, time.time_ns(), out.perf))
+                    else:
+                        itl.extend(per_token_gaps(now - last[0], n))
                     last[0] = now
                     produced[0] += n
                 if out.finished:
@@ -104,24 +137,33 @@ def run_direct(executor: Executor, ids: list[list[int]], out_lens: list[int], co
                 slots.release()
 
         sp = SamplingParams(min_length=out_lens[i])
-        executor.enqueue(Request(ids[i], max_new_tokens=out_lens[i], streaming=True, sampling=sp, callback=cb))
+        perf = phases and i % PHASE_EVERY == 0
+        executor.enqueue(
+            Request(
+                ids[i], max_new_tokens=out_lens[i], streaming=True, sampling=sp, callback=cb, return_perf_metrics=perf
+            )  # fmt: skip
+        )
 
     t0 = time.perf_counter()
     for i in range(len(ids)):
         slots.acquire()
         submit(i)
     done.wait()
-    return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
+    return summarize(ttft, itl, produced[0], time.perf_counter() - t0, stamps)
 
 
-async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, list[float], int]:
+async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, list[float], int, dict | None]:
     """One streamed request; `n` tokens are asked for (min_length = max tokens). A core-model event counts
     its `output_ids`, an OpenAI chunk the growth of its `usage`; an ensemble event (text) counts as one
     token, which it is (no merging on this path: the native backend sends one response per step), and the
-    request as its `n` tokens."""
-    t0, last, ttft, itl, count = time.perf_counter(), None, 0.0, [], 0
+    request as its `n` tokens. With return_perf_metrics, also the first token's phase stamps."""
+    t0, last, ttft, itl, count, stamps = time.perf_counter(), None, 0.0, [], 0, None
+    send_ns = time.time_ns()
     async for event in sse_events(session, url, body):
         now = time.perf_counter()
+        if stamps is None and "arrival_time_ns" in event:
+            flat = {k: int(torch.tensor(v).flatten()[0]) for k, v in event.items() if k.endswith("_time_ns")}
+            stamps = phase_stamps(send_ns, time.time_ns(), flat)
         if "output_ids" in event:
             new = len(torch.tensor(event["output_ids"]).flatten())  # one token comes as a bare number
         elif "choices" in event:  # OpenAI: every chunk's `usage` (continuous_usage_stats) counts its tokens
@@ -137,7 +179,7 @@ async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, lis
         else:
             itl.extend(per_token_gaps(now - last, new))
         last, count = now, count + new
-    return ttft, itl, n if "text_input" in body else count
+    return ttft, itl, n if "text_input" in body else count, stamps
 
 
 def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
@@ -190,7 +232,10 @@ def run_server(pool, url: str, bodies: list[dict], out_lens: list[int], concurre
     parts = list(pool.map(_client_process, [url] * procs, jobs, shares))
     results = [r for part, _, _ in parts for r in part]
     dur = max(p[2] for p in parts) - min(p[1] for p in parts)
-    return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
+    stamps = [r[3] for r in results if r[3] is not None]
+    return summarize(
+        [r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur, stamps
+    )
 
 
 def run_guidellm(
@@ -300,7 +345,9 @@ def engine_pid() -> int:
     return pid
 
 
-def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int]) -> list[dict]:
+def request_bodies(
+    target: str, prompts: list[str], ids: list[list[int]], out_lens: list[int], phases: bool = False
+) -> list[dict]:
     if target == "openai":  # the OpenAI front end over the engine model; ignore_eos as min_length elsewhere
         return [
             {
@@ -317,8 +364,9 @@ def request_bodies(target: str, prompts: list[str], ids: list[list[int]], out_le
     if target == "core":  # token ids to the engine model itself, no tokenizer
         return [
             {"input_ids": x, "input_lengths": len(x), "request_output_len": n, "min_length": n, "streaming": True,
-             "exclude_input_in_output": True}
-            for x, n in zip(ids, out_lens, strict=True)
+             "exclude_input_in_output": True, **({"return_perf_metrics": True} if timed else {})}
+            for i, (x, n) in enumerate(zip(ids, out_lens, strict=True))
+            for timed in [phases and i % PHASE_EVERY == 0]
         ]  # fmt: skip
     return [
         {"text_input": t, "max_tokens": n, "min_length": n, "stream": True, "exclude_input_in_output": True}
@@ -355,8 +403,18 @@ def main() -> None:
         metavar="BIN",
         help="py-spy binary: sample the engine process in the last server run at the last concurrency",
     )
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="core target: every 8th request returns its perf metrics, so the first token's time splits into "
+        "ingest / queue / compute / egress on both sides",
+    )
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (with --model tiny)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.phases and args.target != "core":
+        p.error("--phases needs --target core (the engine model's perf metrics outputs)")
     if args.guidellm and args.target != "openai":
         p.error("--guidellm needs --target openai")
     if args.baseline == "core" and args.target == "ensemble":
@@ -372,7 +430,8 @@ def main() -> None:
     tok = train_tokenizer(work / "tokenizer")
     build = BuildConfig(max_batch_size=256, max_input_len=1024, max_seq_len=2048, max_num_tokens=8192)
     t0 = time.perf_counter()
-    build_engine(work / "engine", hf_config=SHAPES[args.model], dtype="float16", build=build, device="cuda")
+    dtype = "float16" if args.device == "cuda" else "float32"
+    build_engine(work / "engine", hf_config=SHAPES[args.model], dtype=dtype, build=build, device=args.device)
     build_s = time.perf_counter() - t0
     levels = [int(c) for c in args.concurrency.split(",")]
     # Chat-like traffic: one system prompt of `--prefix-words` words before every prompt.
@@ -386,7 +445,7 @@ def main() -> None:
     # being measured when the two sides ran minutes apart.
     executor = None
     if args.baseline == "engine":
-        engine = Engine.from_dir(work / "engine", device="cuda")
+        engine = Engine.from_dir(work / "engine", device=args.device)
         executor = Executor(
             engine, ExecutorConfig(max_tokens_in_paged_kv_cache=262144, enable_kv_cache_reuse=args.kv_cache_reuse)
         )
@@ -395,7 +454,7 @@ def main() -> None:
         work / "repo",
         work / "engine",
         work / "tokenizer",
-        device="cuda",
+        device=args.device,
         triton_max_batch_size=64,
         extra={
             "max_tokens_in_paged_kv_cache": "262144",
@@ -432,8 +491,8 @@ def main() -> None:
 
             def base(lens: list[int], prompts=prompts, ids=ids, c=c) -> dict:
                 if executor is not None:
-                    return run_direct(executor, ids, lens, c)
-                return run_server(pool, core_url, request_bodies("core", prompts, ids, lens), lens, c)
+                    return run_direct(executor, ids, lens, c, args.phases)
+                return run_server(pool, core_url, request_bodies("core", prompts, ids, lens, args.phases), lens, c)
 
             base(short)  # warm-up: the same prompts and batch shapes
             run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
@@ -443,7 +502,7 @@ def main() -> None:
                 # The in-process side is this process (its executor thread); the server side the engine process.
                 with sampled(spy if executor is not None else None, os.getpid(), Path(args.out), f"pyspy_inproc_c{c}"):
                     runs["engine"].append(base(out_lens))
-                bodies = request_bodies(args.target, prompts, ids, out_lens)
+                bodies = request_bodies(args.target, prompts, ids, out_lens, args.phases)
                 with sampled(spy, engine_pid() if spy else 0, Path(args.out), f"pyspy_engine_c{c}"):
                     runs["server"].append(run_server(pool, url, bodies, out_lens, c))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
@@ -469,7 +528,8 @@ def main() -> None:
         server.wait(60)
 
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}; {args.model} shape fp16, random weights; prompts of "
+        f"GPU: {torch.cuda.get_device_name() if args.device == 'cuda' else 'none (CPU)'}; {args.model} shape "
+        f"{dtype}, random weights; prompts of "
         f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
         f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
         f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; runs alternated, "
@@ -489,6 +549,15 @@ def main() -> None:
             f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
             f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}   engine {e['runs']} server {s['runs']}"
         )
+    if any("phases_ms" in r["engine"] for r in rows.values()):
+        lines.append("first token's way, p50/p90 ms (every 8th request, median run): " + ", ".join(
+            f"{name} = {a} -> {b}" for name, a, b in PHASES))  # fmt: skip
+        for c, r in rows.items():
+            for side in ("engine", "server"):
+                ph = r.get(side, {}).get("phases_ms")
+                if ph:
+                    lines.append(f"{c:>4} {side:<7} " + "  ".join(
+                        f"{k} {v['p50']:.1f}/{v['p90']:.1f}" for k, v in ph.items()))  # fmt: skip
     if any("guidellm" in r for r in rows.values()):
         lines.append("guidellm on the same front end (its own prompts of as many tokens; one run):")
         for c, r in rows.items():

@@ -60,11 +60,13 @@ LOG2E = 1.4426950408889634
 # An engine's tuning cache may replace these dicts at load time (tuning.apply_configs).
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 CONTEXT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-# The decode kernel over an int8 / fp8 cache: a tile holds half the bytes, so the float choice need not hold.
-# H200 sweep (benchmarks/bench_decode_attention.py, results/decode_attention_sweep_h200.txt): the least total
-# time over five Llama-3-8B shapes, 3 % under the float choice; every config stays near 2 TB/s, bound by the
-# tile's conversion to q's dtype rather than by memory.
-DECODE_QUANT_CONFIG = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 4}
+# The decode kernel over an fp8 / int8 cache: a tile holds half the bytes, so the float choice need not hold.
+# H200 sweep (benchmarks/bench_decode_attention.py, results/decode_attention_sweep_h200_swap_ab.txt), the least
+# total time over five Llama-3-8B shapes, per cache dtype: both transposed (SWAP_AB), which at batch 256-512
+# reads fp8 K/V at 2.6 TB/s instead of 2.3 (-10 %) and int8 at 2.2 instead of 1.9 (-15 %); still below
+# the float cache's rate, bound by the tile's conversion to q's dtype rather than by memory.
+DECODE_QUANT_CONFIG = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 4, "SWAP_AB": True}  # fp8 cache
+DECODE_INT8_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 4, "SWAP_AB": True}
 # Optional keys: TILE_IN_BLOCK (default True: one table load per tile when BLOCK_N divides
 # tokens_per_block), SPLIT_CAUSAL (context only, default True: no causal mask below the diagonal);
 # decode only: SINGLE_PASS_CTX (default DECODE_SINGLE_PASS_CTX: contexts up to this many keys are one
@@ -469,6 +471,13 @@ def _check_args(q, k_cache, v_cache, block_tables, seq_lens, context_lens, k_sca
     return quant
 
 
+def decode_config(cache_dtype: torch.dtype) -> dict:
+    """The decode kernel's launch configuration on CUDA for a cache of this dtype."""
+    if cache_dtype == torch.int8:
+        return DECODE_INT8_CONFIG
+    return DECODE_QUANT_CONFIG if cache_dtype in _QUANT_DTYPES else DECODE_CONFIG
+
+
 def _default_num_splits(batch: int, kv_heads: int, max_context_len: int, block_n: int, device) -> int:
     # enough (sequence, kv head, split) programs for ~2 waves, each split at least one KV tile
     tiles = max(1, math.ceil(max_context_len / block_n))
@@ -634,7 +643,7 @@ def _decode(
     Hkv, tpb = k_cache.shape[2], k_cache.shape[1]
     group = H // Hkv
     quant = k_cache.dtype in _QUANT_DTYPES
-    cfg = (DECODE_QUANT_CONFIG if quant else DECODE_CONFIG) if q.is_cuda else INTERPRET_DECODE_CONFIG
+    cfg = decode_config(k_cache.dtype) if q.is_cuda else INTERPRET_DECODE_CONFIG
     block_n = cfg["BLOCK_N"]
     single_pass_ctx = cfg.get("SINGLE_PASS_CTX", DECODE_SINGLE_PASS_CTX)
     if window:  # keys walked per sequence: the window, widened to whole tiles (see _window_start), and

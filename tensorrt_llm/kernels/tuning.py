@@ -39,6 +39,7 @@ CONTEXT_CANDIDATES = [  # the best few of the H100 sweep
 _KEYS = {
     "attention_decode": "DECODE_CONFIG",
     "attention_decode_quant": "DECODE_QUANT_CONFIG",
+    "attention_decode_int8": "DECODE_INT8_CONFIG",
     "attention_context": "CONTEXT_CONFIG",
 }
 # GEMV launch configs (BLOCK_N, BLOCK_K, num_warps, num_stages) tried per shape at M = 1; the first is the

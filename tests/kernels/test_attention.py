@@ -564,11 +564,12 @@ def test_alibi_reference_matches_dense_softmax_with_hf_bias():
 
 
 @pytest.mark.parametrize("tile_in_block", [True, False])
-def test_decode_swap_ab_variant(device, monkeypatch, tile_in_block):
-    # the transposed products (K and V tiles as the MMA's A operand): every decode feature, float and
-    # quantized caches, one pass and split
-    for name in ("DECODE_CONFIG", "DECODE_QUANT_CONFIG", "INTERPRET_DECODE_CONFIG"):
-        monkeypatch.setattr(attention, name, {**getattr(attention, name), "SWAP_AB": True,
+@pytest.mark.parametrize("swap_ab", [True, False])
+def test_decode_tile_variants(device, monkeypatch, swap_ab, tile_in_block):
+    # both products (SWAP_AB: K and V tiles as the MMA's A operand) whatever the defaults pick per cache
+    # dtype on this device: every decode feature, float and quantized caches, one pass and split
+    for name in ("DECODE_CONFIG", "DECODE_QUANT_CONFIG", "DECODE_INT8_CONFIG", "INTERPRET_DECODE_CONFIG"):
+        monkeypatch.setattr(attention, name, {**getattr(attention, name), "SWAP_AB": swap_ab,
                                               "TILE_IN_BLOCK": tile_in_block})  # fmt: skip
     s4 = _alibi(4, device)
     for splits in (None, 3):
