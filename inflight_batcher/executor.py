@@ -725,8 +725,9 @@ def _to_device(step: StepInput, device: torch.device) -> StepInput:
 def _copy_blocks(kv: KVCachePool, copies: list[tuple[int, int]]) -> None:
     """Copy-on-write of beams' partial last blocks, before the next step writes into them.
     kv.data: [L, 2, num_blocks, tokens_per_block, Hkv, D]"""
-    src = torch.tensor([c[0] for c in copies], device=kv.data.device)
-    dst = torch.tensor([c[1] for c in copies], device=kv.data.device)
+    # Host lists copied without waiting for the stream (torch.tensor(..., device=cuda) would block on it).
+    src = torch.tensor([c[0] for c in copies]).to(kv.data.device, non_blocking=True)
+    dst = torch.tensor([c[1] for c in copies]).to(kv.data.device, non_blocking=True)
     # (an FP8 cache is copied as bytes: indexed copies of float8 tensors are not implemented everywhere)
     data = kv.data.view(torch.uint8) if kv.data.dtype == torch.float8_e4m3fn else kv.data
     data[:, :, dst] = data[:, :, src]

@@ -95,3 +95,29 @@ def test_top_k_1_is_argmax_on_a_big_vocabulary(device):
     n = logits.shape[0]
     out = K.top_k_top_p_sample(logits, *_params(n, k=1, device=device), seeds=torch.arange(n, device=device))
     assert torch.equal(out, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_step_sampling_never_waits_for_the_device(device, greedy):
+    # The executor overlaps host and GPU only if building and applying the sampling tensors never blocks on
+    # the stream: a banned-id fill copied from the host once waited for every step's forward (min_length).
+    # On CUDA any synchronizing op raises here; on CPU the bans still apply.
+    from tensorrt_llm.runtime.sampling import make_sampling_tensors, sample
+
+    n, vocab = 6, 300
+    logits = torch.randn(n, vocab, device=device)
+    top = logits.argmax(-1)
+    banned = [[x] for x in top.tolist()]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        st = make_sampling_tensors(
+            vocab, device, [0.0 if greedy else 0.8] * n, [0] * n, [1.0] * n, banned=banned, seeds=list(range(n)),
+            offsets=[1] * n, presence_penalty=[0.5] * n, output_ids=[[1, 2]] * n,
+        )  # fmt: skip
+        tokens, _ = sample(logits.clone(), st)
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert not (tokens == top).any()  # each row's banned id (its argmax) was never drawn
