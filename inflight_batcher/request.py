@@ -14,6 +14,7 @@ line); callers never set them. Tokens are kept per beam in `Sequence` objects.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -41,13 +42,16 @@ class RequestStatus(enum.IntEnum):
 
     @property
     def finished(self) -> bool:
-        return self >= RequestStatus.FINISHED_END_ID
+        # The plain value: comparing enum members looks the member up through the enum's metaclass, and this
+        # runs for every row of every step.
+        return self._value_ >= 3  # FINISHED_END_ID
 
     @property
     def finish_reason(self) -> str | None:
         return _FINISH_REASONS.get(self)
 
 
+assert RequestStatus.FINISHED_END_ID == 3  # `finished` compares the plain value
 _FINISH_REASONS = {
     RequestStatus.FINISHED_END_ID: "end_id",
     RequestStatus.FINISHED_STOP_WORDS: "stop_words",
@@ -248,6 +252,9 @@ class Request:
     seed: int = field(default=0, init=False, repr=False)  # sampling noise seed: random_seed, or drawn at enqueue
     # Every token id that ends this request (end_id and end_ids, -1 left out); set at enqueue.
     end_set: frozenset = field(default=frozenset(), init=False, repr=False)
+    # The KV blocks the scheduler reserves for the request's whole length (guaranteed_no_evict, beams);
+    # -1 until the scheduler first needs it (Scheduler.reserved).
+    reserve: int = field(default=-1, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.input_ids = _as_list(self.input_ids)
@@ -300,11 +307,11 @@ class Request:
         """Generated tokens the host has read (placeholders excluded)."""
         return self.num_generated - self.num_pending
 
-    @property
+    @functools.cached_property
     def overlappable(self) -> bool:
         """Whether the next step may be scheduled before this request's last token is known: its
         sampling then must not read token values (penalties, multi-token bad words) and its beams must
-        not reorder."""
+        not reorder. Fixed for the request's life (asked for every row of every step)."""
         sp = self.sampling
         return (
             not self.is_beam_search
@@ -313,6 +320,14 @@ class Request:
             and sp.frequency_penalty == 0.0
             and all(len(w) == 1 for w in self.bad_words)
         )
+
+    @functools.cached_property
+    def sampling_row(self) -> tuple[float, int, float, float, float, float]:
+        """(temperature, top_k, top_p, repetition, presence, frequency penalties) of this request's sampling
+        rows, fixed for its life: beam rows are greedy (top-k/p and temperature do not apply to beams)."""
+        sp, beam = self.sampling, self.is_beam_search
+        return (0.0 if beam else sp.temperature, 0 if beam else sp.top_k, 0.0 if beam else sp.top_p,
+                sp.repetition_penalty, sp.presence_penalty, sp.frequency_penalty)  # fmt: skip
 
     @property
     def beam_width(self) -> int:

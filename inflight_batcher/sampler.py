@@ -45,19 +45,11 @@ def hits_stop_word(req: Request, tokens: list[int], end: int | None = None) -> b
 
 def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> ops.SamplingTensors:
     """The per-row tensors of one step (built once, on the host, then moved)."""
-    temperature, top_k, top_p, rep, pres, freq, banned, seeds, offsets = ([] for _ in range(9))
-    for r in rows:
-        req, sp = r.request, r.request.sampling
-        beam = req.is_beam_search
-        temperature.append(0.0 if beam else sp.temperature)
-        top_k.append(0 if beam else sp.top_k)
-        top_p.append(0.0 if beam else sp.top_p)
-        rep.append(sp.repetition_penalty)
-        pres.append(sp.presence_penalty)
-        freq.append(sp.frequency_penalty)
-        banned.append(banned_tokens(req, r.seq))
-        seeds.append(req.seed)
-        offsets.append(len(r.seq.tokens) - req.prompt_len)
+    # Columns of the requests' fixed settings (Request.sampling_row), one transposition per step.
+    temperature, top_k, top_p, rep, pres, freq = zip(*(r.request.sampling_row for r in rows), strict=True)
+    banned = [banned_tokens(r.request, r.seq) for r in rows]
+    seeds = [r.request.seed for r in rows]
+    offsets = [len(r.seq.tokens) - r.request.prompt_len for r in rows]
     # Token histories only when a penalty needs them: copying them is the costly part of a step's prep.
     seen = [r.seq.tokens for r in rows] if any(p != 1.0 for p in rep) else None
     outs = None

@@ -176,8 +176,14 @@ class Scheduler:
                     else:
                         self.bm.release(s.block_table, upto)
 
+    def reserved(self, req: Request) -> int:
+        """`reserve_blocks(req)`, computed once: it depends only on the request and this scheduler."""
+        if req.reserve < 0:
+            req.reserve = self.reserve_blocks(req)
+        return req.reserve
+
     def _outstanding(self) -> int:
-        return sum(max(0, self.reserve_blocks(r) - self._held(r)) for r in self.running if self.reserves(r))
+        return sum(max(0, self.reserved(r) - self._held(r)) for r in self.running if self.reserves(r))
 
     # -- queue --
     def add(self, req: Request) -> None:
@@ -268,7 +274,7 @@ class Scheduler:
             n = min(remaining, budget.tokens) if chunked else remaining
             if n > budget.tokens:
                 break
-            need = self.reserve_blocks(req) if self.reserves(req) else self.bm.blocks_for(matched + n)
+            need = self.reserved(req) if self.reserves(req) else self.bm.blocks_for(matched + n)
             need -= shared
             if need > budget.blocks:
                 break
