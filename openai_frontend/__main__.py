@@ -29,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tokens a chat request without max_tokens may generate (default: up to the engine's max_seq_len, "
         "as OpenAI; the guaranteed_no_evict scheduler reserves KV blocks for all of them)",
     )
+    p.add_argument(
+        "--enable_prompt_tokens_details",
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="usage reports prompt_tokens_details.cached_tokens (as vLLM): the prompt tokens the engine found in "
+        "its prefix cache (enable_kv_cache_reuse); every request then asks for the engine's perf metrics",
+    )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument(
@@ -63,7 +70,13 @@ def app_factory():
 
     args = argparse.Namespace(**json.loads(os.environ[ARGS_ENV]))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s openai_frontend %(levelname)s %(message)s")
-    fe = FrontEnd(args.triton_grpc_url, args.triton_metrics_url, args.tokenizer_dir, args.default_max_tokens)
+    fe = FrontEnd(
+        args.triton_grpc_url,
+        args.triton_metrics_url,
+        args.tokenizer_dir,
+        args.default_max_tokens,
+        args.enable_prompt_tokens_details,
+    )
     return create_app(fe, args.startup_timeout)
 
 

@@ -30,6 +30,7 @@ class EngineLimits:
     max_input_len: int | None = None
     max_seq_len: int | None = None
     vocab_size: int | None = None
+    tokens_per_block: int | None = None  # KV cache block size: a reused block is this many cached prompt tokens
 
 
 @dataclass
@@ -41,6 +42,9 @@ class ServedModel:
     skip_special_tokens: bool
     decoupled: bool  # the engine model streams (else one response per request)
     limits: EngineLimits
+    # The engine model declares the perf outputs (kv_cache_reused_blocks): its cached prompt tokens can be
+    # reported (`prompt_tokens_details`, --enable_prompt_tokens_details).
+    reports_reuse: bool = False
 
 
 def _inputs(cfg: dict) -> set[str]:
@@ -70,7 +74,9 @@ def read_limits(engine_cfg: dict) -> EngineLimits:
         )
         return EngineLimits()
     build, model = cfg.get("build", {}), cfg.get("model", {})
-    return EngineLimits(build.get("max_input_len"), build.get("max_seq_len"), model.get("vocab_size"))
+    return EngineLimits(
+        build.get("max_input_len"), build.get("max_seq_len"), model.get("vocab_size"), build.get("tokens_per_block")
+    )
 
 
 class Discovery:
@@ -139,4 +145,8 @@ class Discovery:
 
     def _model(self, name: str, engine: str, engine_cfg: dict, tokenizer_dir: str, add: bool, skip: bool):
         decoupled = bool(engine_cfg.get("model_transaction_policy", {}).get("decoupled", False))
-        return ServedModel(name, engine, self.tokenizer(tokenizer_dir), add, skip, decoupled, read_limits(engine_cfg))
+        limits = read_limits(engine_cfg)
+        reuse = limits.tokens_per_block is not None and any(
+            o["name"] == "kv_cache_reused_blocks" for o in engine_cfg.get("output", [])
+        )
+        return ServedModel(name, engine, self.tokenizer(tokenizer_dir), add, skip, decoupled, limits, reuse)

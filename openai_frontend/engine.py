@@ -43,6 +43,7 @@ class EngineRequest:
     request_id: str = ""
     seed: int | None = None  # the choice's own seed (the request's + its index)
     stop_words: list[list[int]] = field(default_factory=list)
+    reused_blocks: bool = False  # also ask for kv_cache_reused_blocks (return_perf_metrics)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Chunk:
     ids: list[int]
     log_probs: list[float] | None
     final: bool
+    reused_blocks: int | None = None  # the prompt's KV blocks found in the engine's prefix cache
 
 
 def _tensor(request: service_pb2.ModelInferRequest, name: str, arr: np.ndarray, datatype: str) -> None:
@@ -106,7 +108,12 @@ def build_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
         _tensor(req, "stop_words_list", word_list(words), "INT32")
     if r.gen.logprobs:
         _tensor(req, "return_log_probs", np.array([[True]]), "BOOL")
-    for name in ("output_ids", "sequence_length", *(("output_log_probs",) if r.gen.logprobs else ())):
+    if r.reused_blocks:
+        _tensor(req, "return_perf_metrics", np.array([[True]]), "BOOL")
+    names = ["output_ids", "sequence_length"]
+    names += ["output_log_probs"] if r.gen.logprobs else []
+    names += ["kv_cache_reused_blocks"] if r.reused_blocks else []
+    for name in names:
         req.outputs.add().name = name
     req.parameters["triton_enable_empty_final_response"].bool_param = True
     return req
@@ -124,7 +131,11 @@ def parse_response(resp: service_pb2.ModelInferResponse, logprobs: bool) -> Chun
     lps = None
     if logprobs and "output_log_probs" in outs:
         lps = np.frombuffer(outs["output_log_probs"][1], dtype=np.float32)[:n].tolist()
-    return Chunk(ids[:n].tolist(), lps, final)
+    reused = None
+    if "kv_cache_reused_blocks" in outs:
+        o, raw = outs["kv_cache_reused_blocks"]
+        reused = int(np.frombuffer(raw, dtype=np.int32 if o.datatype == "INT32" else np.int64)[0])
+    return Chunk(ids[:n].tolist(), lps, final, reused)
 
 
 class TritonEngine:

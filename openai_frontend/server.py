@@ -49,9 +49,11 @@ class FrontEnd:
         metrics_url: str | None,
         tokenizer_dir: str | None = None,
         default_max_tokens: int | None = None,
+        prompt_tokens_details: bool = False,
     ):
         self.grpc_url, self.metrics_url = grpc_url, metrics_url
         self.default_max_tokens = default_max_tokens
+        self.prompt_tokens_details = prompt_tokens_details
         self.discovery = Discovery(tokenizer_dir)
         self.models: dict[str, ServedModel] = {}
         self.created = int(time.time())
@@ -109,6 +111,15 @@ class FrontEnd:
                 configs[name] = (await self.control.get_model_config(name, as_json=True))["config"]
             # Loading a tokenizer takes a while: off the event loop.
             self.models = await asyncio.to_thread(self.discovery.served, configs)
+            if self.prompt_tokens_details:
+                for m in self.models.values():
+                    if not m.reports_reuse:
+                        log.warning(
+                            "model %r: no prompt_tokens_details (its engine model %r does not declare "
+                            "kv_cache_reused_blocks, or its engine's config.json is not readable here)",
+                            m.name,
+                            m.engine_model,
+                        )
 
     async def model(self, name: str) -> ServedModel:
         if name not in self.models:
@@ -139,7 +150,14 @@ def _engine_error(e: EngineError) -> OpenAIError:
 def _usage(choices: list[Choice], n: int) -> dict:
     prompt = sum(len(c.prompt_ids) for c in choices[::n])  # each prompt once, however many choices
     completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    # vLLM's --enable-prompt-tokens-details (OpenAI's prompt caching field): each prompt's cached tokens once,
+    # the most any of its choices found (choices are grouped by prompt, n each)
+    if any(c.cached_tokens is not None for c in choices):
+        groups = [choices[i : i + n] for i in range(0, len(choices), n)]
+        cached = sum(max(c.cached_tokens or 0 for c in g) for g in groups)
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def _sse(obj: dict) -> str:
@@ -192,7 +210,7 @@ class Endpoint:
 
     def __init__(self, fe: FrontEnd, served: ServedModel, gen: Generation, choices: list[Choice], chat: bool):
         self.fe, self.served, self.gen, self.choices, self.chat = fe, served, gen, choices, chat
-        self.generator = Generator(fe.engine, served, gen, fe.default_max_tokens)
+        self.generator = Generator(fe.engine, served, gen, fe.default_max_tokens, fe.prompt_tokens_details)
         self.id = ("chatcmpl-" if chat else "cmpl-") + self.generator.request_id
         self.created = int(time.time())
 

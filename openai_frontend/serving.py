@@ -45,6 +45,7 @@ class Choice:
     seed: int | None
     prefix: str = ""  # echoed prompt text (completions' `echo`)
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens whose KV the engine found cached; None: not reported
     emitted: int = field(default=0, repr=False)  # characters of text returned so far
 
 
@@ -90,10 +91,16 @@ class Generator:
     """Runs the choices of one request against one served model."""
 
     def __init__(
-        self, engine: TritonEngine, served: ServedModel, gen: Generation, default_max_tokens: int | None = None
+        self,
+        engine: TritonEngine,
+        served: ServedModel,
+        gen: Generation,
+        default_max_tokens: int | None = None,
+        cached_tokens: bool = False,
     ):
         self.engine, self.served, self.gen = engine, served, gen
         self.default_max_tokens = default_max_tokens
+        self.cached_tokens = cached_tokens and served.reports_reuse  # ask the engine for its reused blocks
         tok = served.tokenizer
         self.stop_words = [tok.encode(s, add_special_tokens=False) for s in gen.stop]
         self.request_id = uuid.uuid4().hex
@@ -131,6 +138,7 @@ class Generator:
             request_id=f"oai-{self.request_id}-{choice.index}",
             seed=choice.seed,
             stop_words=self.stop_words,
+            reused_blocks=self.cached_tokens,
         )
         detok = IncrementalDetokenizer(served.tokenizer, served.skip_special_tokens, choice.prompt_ids)
         stops = StopMatcher(gen.stop)
@@ -139,6 +147,10 @@ class Generator:
         async with contextlib.aclosing(self.engine.generate(request)) as chunks:
             async for chunk in chunks:
                 choice.completion_tokens += len(chunk.ids)
+                if chunk.reused_blocks is not None:
+                    # Whole blocks; the prompt's last token is always computed, so never more than the rest.
+                    tpb = served.limits.tokens_per_block or 0
+                    choice.cached_tokens = min(chunk.reused_blocks * tpb, len(choice.prompt_ids) - 1)
                 if gen.logprobs:
                     # Token by token, so that each log prob is placed at its token's text.
                     text, logprobs, hit = "", [], False

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -363,6 +364,7 @@ def openai_command(args: argparse.Namespace) -> list[str]:
         str(args.openai_port),
         "--workers",
         str(args.openai_workers),
+        *shlex.split(args.openai_args),
     ]
 
 
@@ -440,6 +442,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--openai_workers", type=int, default=1, help="OpenAI front-end processes (its --workers) sharing the port"
+    )
+    p.add_argument(
+        "--openai_args",
+        default="",
+        help="more arguments for the OpenAI front end, given with '=': --openai_args='--enable_prompt_tokens_details "
+        "--default_max_tokens 512' (python -m openai_frontend --help)",
     )
     p.add_argument(
         "--ready-timeout", dest="ready_timeout", type=float, default=600.0, help="seconds to wait for /v2/health/ready"

@@ -104,3 +104,58 @@ def test_perf_metrics_report_each_requests_blocks_and_times(reuse_server, refere
     status, bls = post(f"{reuse_server.http_url}/v2/models/tensorrt_llm_bls/generate", text)
     assert status == 200, bls
     assert _one(bls["kv_cache_reused_blocks"]) >= 1 and _one(bls["first_token_time_ns"]) > 0
+
+
+def test_openai_usage_reports_cached_prompt_tokens(reuse_server, reference):
+    # vLLM's --enable-prompt-tokens-details: usage.prompt_tokens_details.cached_tokens, the prompt tokens found
+    # in the prefix cache (whole blocks of 8; the last prompt token is always computed).
+    pytest.importorskip("fastapi", reason="needs fastapi and uvicorn: pip install -e '.[serve]'")
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.server.conftest import ROOT, _free_ports
+
+    (port,) = _free_ports(1)
+    cmd = [sys.executable, "-m", "openai_frontend", "--triton_grpc_url", f"localhost:{reuse_server.grpc_port}"]
+    cmd += ["--port", str(port), "--log_level", "warning", "--enable-prompt-tokens-details"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://localhost:{port}/v1/completions"
+    prompt = SYSTEM + "Which cached tokens?"
+    n_prompt = len(reference.tokenizer.encode(prompt))
+    body = {"model": "ensemble", "prompt": prompt, "max_tokens": 5, "temperature": 0}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status, first = post(url, body)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the front end did not start"
+                time.sleep(0.25)
+        assert status == 200, first
+        status, again = post(url, body)
+        assert status == 200, again
+        assert again["choices"][0]["text"] == first["choices"][0]["text"]  # reuse changes no token
+        assert again["usage"]["prompt_tokens"] == n_prompt
+        assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": (n_prompt - 1) // 8 * 8}
+        assert (n_prompt - 1) // 8 >= 1
+        # n choices of one prompt count its cached tokens once; streamed usage carries them too
+        status, two = post(url, {**body, "n": 2})
+        assert status == 200, two
+        assert two["usage"]["prompt_tokens_details"] == {"cached_tokens": (n_prompt - 1) // 8 * 8}
+        req = urllib.request.Request(
+            url,
+            data=json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            events = [json.loads(x[5:]) for x in (ln.decode().strip() for ln in r) if x.startswith("data: {")]
+        usage = [e["usage"] for e in events if e.get("usage")]
+        assert usage and usage[-1]["prompt_tokens_details"] == {"cached_tokens": (n_prompt - 1) // 8 * 8}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
