@@ -17,6 +17,7 @@ import collections
 import contextlib
 import json
 import os
+import queue
 import random
 import signal
 import statistics
@@ -49,7 +50,7 @@ SHAPES = dict(
         ),
     },
     # `--device cpu` smoke runs of this script (the CPU tokenizer's 384 ids; not a measurement)
-    tiny=dict(tiny_llama_config(max_position_embeddings=4096).to_dict(), architectures=["LlamaForCausalLM"]),
+    tiny=dict(tiny_llama_config(max_position_embeddings=8192).to_dict(), architectures=["LlamaForCausalLM"]),
 )  # fmt: skip
 
 
@@ -152,11 +153,14 @@ def run_direct(
     return summarize(ttft, itl, produced[0], time.perf_counter() - t0, stamps)
 
 
-async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, list[float], int, dict | None]:
+async def _stream_one(
+    session, url: str, body: dict, n: int, reply: list[int] | None = None
+) -> tuple[float, list[float], int, dict | None]:
     """One streamed request; `n` tokens are asked for (min_length = max tokens). A core-model event counts
     its `output_ids`, an OpenAI chunk the growth of its `usage`; an ensemble event (text) counts as one
     token, which it is (no merging on this path: the native backend sends one response per step), and the
-    request as its `n` tokens. With return_perf_metrics, also the first token's phase stamps."""
+    request as its `n` tokens. With return_perf_metrics, also the first token's phase stamps. `reply`
+    (core target) collects the output ids."""
     t0, last, ttft, itl, count, stamps = time.perf_counter(), None, 0.0, [], 0, None
     send_ns = time.time_ns()
     async for event in sse_events(session, url, body):
@@ -165,7 +169,10 @@ async def _stream_one(session, url: str, body: dict, n: int) -> tuple[float, lis
             flat = {k: int(torch.tensor(v).flatten()[0]) for k, v in event.items() if k.endswith("_time_ns")}
             stamps = phase_stamps(send_ns, time.time_ns(), flat)
         if "output_ids" in event:
-            new = len(torch.tensor(event["output_ids"]).flatten())  # one token comes as a bare number
+            out = torch.tensor(event["output_ids"]).flatten()  # one token comes as a bare number
+            new = len(out)
+            if reply is not None:
+                reply.extend(out.tolist())
         elif "choices" in event:  # OpenAI: every chunk's `usage` (continuous_usage_stats) counts its tokens
             new = event["usage"]["completion_tokens"] - count
         else:
@@ -204,6 +211,95 @@ def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
             return results, t0, time.perf_counter()
 
     return asyncio.run(go())
+
+
+def chat_workload(convs: int, turns: int, in_len: int, tok, prefix: str, seed: int = 0) -> list[list[list[int]]]:
+    """Multi-turn chat replay: per conversation, each turn's new user message as token ids (the first after
+    the shared system prompt `prefix`). Turn k's prompt is turn k-1's prompt + its reply + this message."""
+    rng = random.Random(seed)
+    msg = lambda: " ".join(rng.choice(WORDS) for _ in range(in_len))  # noqa: E731
+    return [[tok.encode((prefix if t == 0 else "") + msg()) for t in range(turns)] for _ in range(convs)]
+
+
+def run_direct_chat(executor: Executor, convs: list[list[list[int]]], out_len: int, concurrency: int) -> dict:
+    """The chat replay through the executor: `concurrency` conversations at a time, each turn sent when the
+    one before ended, with that turn's reply in its prompt."""
+    lock, done = threading.Lock(), queue.SimpleQueue()
+    ttft, itl, produced = [], [], [0]
+
+    def submit(i: int, prompt: list[int]) -> None:
+        t0, last = time.perf_counter(), [None]
+
+        def cb(out) -> None:
+            now = time.perf_counter()
+            n = len(out.new_tokens[0]) if out.new_tokens else 0
+            with lock:
+                if n:
+                    (ttft.append(now - t0) if last[0] is None else itl.extend(per_token_gaps(now - last[0], n)))
+                    last[0] = now
+                    produced[0] += n
+            if out.finished:
+                done.put((i, prompt + list(out.tokens[0])))
+
+        sp = SamplingParams(min_length=out_len)
+        executor.enqueue(Request(prompt, max_new_tokens=out_len, streaming=True, sampling=sp, callback=cb))
+
+    t0 = time.perf_counter()
+    turn, started = [0] * len(convs), min(concurrency, len(convs))
+    for i in range(started):
+        submit(i, convs[i][0])
+    live = started
+    while live:
+        i, history = done.get()
+        turn[i] += 1
+        if turn[i] < len(convs[i]):
+            submit(i, history + convs[i][turn[i]])
+            continue
+        live -= 1
+        if started < len(convs):  # a finished conversation's seat goes to the next one
+            submit(started, convs[started][0])
+            started, live = started + 1, live + 1
+    return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
+
+
+def _chat_client_process(url: str, convs: list[list[list[int]]], out_len: int, concurrency: int):
+    """`_client_process` for the chat replay (core target): each conversation's turns in order."""
+    import asyncio
+
+    import aiohttp
+
+    async def go():
+        sem = asyncio.Semaphore(concurrency)
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=conn) as session:
+
+            async def conversation(turns):
+                results, history = [], []
+                async with sem:
+                    for msg in turns:
+                        prompt, reply = history + msg, []
+                        body = {"input_ids": prompt, "input_lengths": len(prompt), "request_output_len": out_len,
+                                "min_length": out_len, "streaming": True, "exclude_input_in_output": True}  # fmt: skip
+                        results.append(await _stream_one(session, url, body, out_len, reply))
+                        history = prompt + reply
+                return results
+
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(conversation(t) for t in convs))
+            return [r for conv in results for r in conv], t0, time.perf_counter()
+
+    return asyncio.run(go())
+
+
+def run_server_chat(pool, url: str, convs: list[list[list[int]]], out_len: int, concurrency: int) -> dict:
+    """The chat replay through tritonserver, the conversations spread over the client processes."""
+    procs = max(1, min(CLIENT_PROCS, concurrency // 16))
+    shares = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
+    jobs = [convs[k::procs] for k in range(procs)]
+    parts = list(pool.map(_chat_client_process, [url] * procs, jobs, [out_len] * procs, shares))
+    results = [r for part, _, _ in parts for r in part]
+    dur = max(p[2] for p in parts) - min(p[1] for p in parts)
+    return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
 
 
 def _import_client(_: int) -> None:
@@ -409,10 +505,19 @@ def main() -> None:
         help="core target: every 8th request returns its perf metrics, so the first token's time splits into "
         "ingest / queue / compute / egress on both sides",
     )
+    p.add_argument(
+        "--turns",
+        type=int,
+        default=0,
+        help="core target: a multi-turn chat replay instead (this many turns per conversation, each turn's prompt "
+        "the conversation so far + a new message of --input-len words; --prefix-words before the first)",
+    )
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (with --model tiny)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.turns and (args.target != "core" or args.phases or args.baseline != "engine"):
+        p.error("--turns needs --target core against the in-process engine, without --phases")
     if args.phases and args.target != "core":
         p.error("--phases needs --target core (the engine model's perf metrics outputs)")
     if args.guidellm and args.target != "openai":
@@ -428,7 +533,9 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(work / "tokenizer")
-    build = BuildConfig(max_batch_size=256, max_input_len=1024, max_seq_len=2048, max_num_tokens=8192)
+    # A chat replay's prompts grow by a message and a reply each turn.
+    max_input = 1024 if not args.turns else 4096
+    build = BuildConfig(max_batch_size=256, max_input_len=max_input, max_seq_len=max_input + 1024, max_num_tokens=8192)
     t0 = time.perf_counter()
     dtype = "float16" if args.device == "cuda" else "float32"
     build_engine(work / "engine", hf_config=SHAPES[args.model], dtype=dtype, build=build, device=args.device)
@@ -489,6 +596,22 @@ def main() -> None:
             ids = [tok.encode(t) for t in prompts]
             short = [16] * len(ids)
 
+            if args.turns:  # the same number of requests, as conversations of --turns turns
+                convs = chat_workload(max(c, len(ids) // args.turns), args.turns, args.input_len, tok, prefix)
+                longest = max(sum(map(len, cv)) + (args.turns - 1) * args.output_len for cv in convs)
+                if longest > max_input:
+                    raise SystemExit(f"a last turn's prompt would be {longest} tokens, over {max_input}: fewer turns")
+                warm = chat_workload(c, 2, args.input_len, tok, prefix, seed=1)
+                run_direct_chat(executor, warm, 16, c)
+                run_server_chat(pool, url, warm, 16, c)
+                runs = {"engine": [], "server": []}
+                for _ in range(args.repeats):
+                    runs["engine"].append(run_direct_chat(executor, convs, args.output_len, c))
+                    runs["server"].append(run_server_chat(pool, url, convs, args.output_len, c))
+                rows[c] = {side: median_run(r) for side, r in runs.items()}
+                print(c, json.dumps(rows[c]), flush=True)
+                continue
+
             def base(lens: list[int], prompts=prompts, ids=ids, c=c) -> dict:
                 if executor is not None:
                     return run_direct(executor, ids, lens, c, args.phases)
@@ -532,7 +655,9 @@ def main() -> None:
         f"{dtype}, random weights; prompts of "
         f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
         f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
-        f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; runs alternated, "
+        f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; "
+        + (f"multi-turn chat replay, {args.turns} turns a conversation; " if args.turns else "")
+        + "runs alternated, "
         f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line); baseline ('engine' "
         f"columns): {'core, the same server over generate_stream' if executor is None else 'the executor in-process'}"
         + (f"; OpenAI front-end workers: {args.openai_workers}" if args.target == "openai" else ""),
@@ -575,6 +700,7 @@ def main() -> None:
         else ""
     )
     tag += "_vs_core" if args.baseline == "core" else ""
+    tag += f"_chat{args.turns}" if args.turns else ""
     Path(args.out, f"bench_serving_{args.model}_{args.target}{tag}.txt").write_text(text + "\n")
 
 
