@@ -394,7 +394,8 @@ def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
     if not py_spy:
         yield
         return
-    cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", os.environ.get("PYSPY_RATE", "200"), "-f", "raw"]
+    rate = os.environ.get("PYSPY_RATE", "200")  # samples a second
+    cmd = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking", "-r", rate, "-f", "raw"]
     spies = [
         subprocess.Popen([*cmd, flag, "-o", str(out / f"{name}_{flag[2:]}.txt")], stdout=subprocess.DEVNULL)
         for flag in ("--idle", "--gil")
