@@ -224,6 +224,28 @@ def p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100)[98] if len(xs) >= 2 else float("nan")
 
 
+def trend_line(latency: list[tuple[float, float]], start: float, end: float, windows: int = 10) -> str:
+    """The p99 of each of `windows` equal windows after warm-up and the least-squares line through them: its
+    rise over the soak against its start. Two windows alone swing by ±14 % between runs on a 2-core machine
+    (runs 3 and 4 of docs/reliability.md); the trend tells growth from that noise."""
+    width = (end - start) / windows
+    xs, ys = [], []
+    for k in range(windows):
+        ds = [d for e, d in latency if start + k * width <= e < start + (k + 1) * width]
+        if ds:
+            xs.append(k)
+            ys.append(p99(ds))
+    if len(xs) < 3:
+        return "p99 trend: too few windows"
+    slope, fit0 = statistics.linear_regression(xs, ys)
+    fit1 = fit0 + slope * (windows - 1)
+    per = " ".join(f"{y * 1e3:.0f}" for y in ys)
+    return (
+        f"p99 by {width:.0f}-s window (ms): {per}; trend {fit0 * 1e3:.0f} -> {fit1 * 1e3:.0f} ms, "
+        f"drift {(fit1 / fit0 - 1) * 100:+.1f} %"
+    )
+
+
 def start_quickstart(work: Path, ports: tuple[int, int, int]) -> subprocess.Popen:
     log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     proc = subprocess.Popen(
@@ -335,6 +357,7 @@ def main() -> int:
         f"idle {idle_s:.1f} s after the load stopped; KV blocks still used then (leaked): {used}",
         f"p99 latency of normal requests: first {window:.0f} s {p99(first) * 1e3:.0f} ms, last {window:.0f} s "
         f"{p99(last) * 1e3:.0f} ms, drift {(p99(last) / p99(first) - 1) * 100:+.1f} %",
+        trend_line(t.latency, r["warm_end"], r["deadline"]),
         "RSS after warm-up -> end:",
     ]
     for k, v0 in sorted(r["rss0"].items()):
