@@ -366,6 +366,7 @@ def main() -> int:
         lines.append(f"  {k:<48} {v0 / 2**20:8.1f} MiB -> {(v1 or 0) / 2**20:8.1f} MiB  {growth}")
     text = "\n".join(lines)
     print(text)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "soak.txt").write_text(text + "\n")
     return 0 if not t.counts["lost healthy"] and not used else 1
 
