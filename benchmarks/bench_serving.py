@@ -105,17 +105,16 @@ def summarize(ttft: list[float], itl: list[float], tokens: int, duration: float,
 
 
 def run_direct(
-    executor: Executor, ids: list[list[int]], out_lens: list[int], concurrency: int, phases: bool = False
+    executor: Executor, jobs: list[list[list[int]]], out_lens: list[int], concurrency: int, phases: bool = False
 ) -> dict:
-    """Streams every request through the executor, at most `concurrency` in flight."""
-    slots = threading.Semaphore(concurrency)
-    done = threading.Event()
-    lock = threading.Lock()
-    ttft, itl, produced, remaining, stamps = [], [], [0], [len(ids)], []
+    """Streams `jobs` through the executor, at most `concurrency` at a time. A job is one request (one prompt)
+    or a conversation (several messages: each turn's prompt is the conversation so far, replies included,
+    sent when the turn before ended); `out_lens[j]` tokens a turn of job j."""
+    lock, done = threading.Lock(), queue.SimpleQueue()
+    ttft, itl, produced, stamps, sent = [], [], [0], [], [0]
 
-    def submit(i: int) -> None:
-        t0, send_ns = time.perf_counter(), time.time_ns()
-        last = [None]
+    def submit(j: int, prompt: list[int]) -> None:
+        t0, send_ns, last = time.perf_counter(), time.time_ns(), [None]
 
         def cb(out) -> None:
             now = time.perf_counter()
@@ -130,26 +129,37 @@ def run_direct(
                         itl.extend(per_token_gaps(now - last[0], n))
                     last[0] = now
                     produced[0] += n
-                if out.finished:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        done.set()
-            if out.finished:
-                slots.release()
+            if out.finished:  # the conversation so far, for its next turn
+                done.put((j, prompt + list(out.tokens[0]) if len(jobs[j]) > 1 else None))
 
-        sp = SamplingParams(min_length=out_lens[i])
-        perf = phases and i % PHASE_EVERY == 0
+        n, perf = out_lens[j], phases and sent[0] % PHASE_EVERY == 0
+        sent[0] += 1
         executor.enqueue(
             Request(
-                ids[i], max_new_tokens=out_lens[i], streaming=True, sampling=sp, callback=cb, return_perf_metrics=perf
+                prompt,
+                max_new_tokens=n,
+                streaming=True,
+                sampling=SamplingParams(min_length=n),
+                callback=cb,
+                return_perf_metrics=perf,
             )  # fmt: skip
         )
 
     t0 = time.perf_counter()
-    for i in range(len(ids)):
-        slots.acquire()
-        submit(i)
-    done.wait()
+    turn, started = [0] * len(jobs), min(concurrency, len(jobs))
+    for j in range(started):
+        submit(j, jobs[j][0])
+    live = started
+    while live:
+        j, history = done.get()
+        turn[j] += 1
+        if turn[j] < len(jobs[j]):
+            submit(j, history + jobs[j][turn[j]])
+            continue
+        live -= 1
+        if started < len(jobs):  # a finished job's seat goes to the next one
+            submit(started, jobs[started][0])
+            started, live = started + 1, live + 1
     return summarize(ttft, itl, produced[0], time.perf_counter() - t0, stamps)
 
 
@@ -189,10 +199,12 @@ async def _stream_one(
     return ttft, itl, n if "text_input" in body else count, stamps
 
 
-def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
-    """One load-generating process: its share of the requests, at most `concurrency` of them in flight.
-    Returns its results and when its load started and ended (perf_counter is CLOCK_MONOTONIC: one clock
-    for every process), so process start-up and result passing stay out of the measured time."""
+def _client_process(url: str, jobs: list[list[tuple[dict, int]]], concurrency: int, chain: bool = False):
+    """One load-generating process: its share of the jobs, at most `concurrency` of them in flight. A job is
+    one request or, with `chain` (core target), a conversation whose turns go in order, each body's
+    `input_ids` after the conversation so far (replies included). Returns its results and when its load
+    started and ended (perf_counter is CLOCK_MONOTONIC: one clock for every process), so process start-up and
+    result passing stay out of the measured time."""
     import asyncio
 
     import aiohttp
@@ -202,13 +214,22 @@ def _client_process(url: str, jobs: list[tuple[dict, int]], concurrency: int):
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=conn) as session:
 
-            async def task(body, n):
+            async def task(job):
+                results, history = [], []
                 async with sem:
-                    return await _stream_one(session, url, body, n)
+                    for body, n in job:
+                        reply = None
+                        if chain:
+                            ids, reply = history + body["input_ids"], []
+                            body = {**body, "input_ids": ids, "input_lengths": len(ids)}
+                        results.append(await _stream_one(session, url, body, n, reply))
+                        if chain:
+                            history = ids + reply
+                return results
 
             t0 = time.perf_counter()
-            results = await asyncio.gather(*(task(b, n) for b, n in jobs))
-            return results, t0, time.perf_counter()
+            results = await asyncio.gather(*(task(job) for job in jobs))
+            return [r for rs in results for r in rs], t0, time.perf_counter()
 
     return asyncio.run(go())
 
@@ -219,87 +240,6 @@ def chat_workload(convs: int, turns: int, in_len: int, tok, prefix: str, seed: i
     rng = random.Random(seed)
     msg = lambda: " ".join(rng.choice(WORDS) for _ in range(in_len))  # noqa: E731
     return [[tok.encode((prefix if t == 0 else "") + msg()) for t in range(turns)] for _ in range(convs)]
-
-
-def run_direct_chat(executor: Executor, convs: list[list[list[int]]], out_len: int, concurrency: int) -> dict:
-    """The chat replay through the executor: `concurrency` conversations at a time, each turn sent when the
-    one before ended, with that turn's reply in its prompt."""
-    lock, done = threading.Lock(), queue.SimpleQueue()
-    ttft, itl, produced = [], [], [0]
-
-    def submit(i: int, prompt: list[int]) -> None:
-        t0, last = time.perf_counter(), [None]
-
-        def cb(out) -> None:
-            now = time.perf_counter()
-            n = len(out.new_tokens[0]) if out.new_tokens else 0
-            with lock:
-                if n:
-                    (ttft.append(now - t0) if last[0] is None else itl.extend(per_token_gaps(now - last[0], n)))
-                    last[0] = now
-                    produced[0] += n
-            if out.finished:
-                done.put((i, prompt + list(out.tokens[0])))
-
-        sp = SamplingParams(min_length=out_len)
-        executor.enqueue(Request(prompt, max_new_tokens=out_len, streaming=True, sampling=sp, callback=cb))
-
-    t0 = time.perf_counter()
-    turn, started = [0] * len(convs), min(concurrency, len(convs))
-    for i in range(started):
-        submit(i, convs[i][0])
-    live = started
-    while live:
-        i, history = done.get()
-        turn[i] += 1
-        if turn[i] < len(convs[i]):
-            submit(i, history + convs[i][turn[i]])
-            continue
-        live -= 1
-        if started < len(convs):  # a finished conversation's seat goes to the next one
-            submit(started, convs[started][0])
-            started, live = started + 1, live + 1
-    return summarize(ttft, itl, produced[0], time.perf_counter() - t0)
-
-
-def _chat_client_process(url: str, convs: list[list[list[int]]], out_len: int, concurrency: int):
-    """`_client_process` for the chat replay (core target): each conversation's turns in order."""
-    import asyncio
-
-    import aiohttp
-
-    async def go():
-        sem = asyncio.Semaphore(concurrency)
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=conn) as session:
-
-            async def conversation(turns):
-                results, history = [], []
-                async with sem:
-                    for msg in turns:
-                        prompt, reply = history + msg, []
-                        body = {"input_ids": prompt, "input_lengths": len(prompt), "request_output_len": out_len,
-                                "min_length": out_len, "streaming": True, "exclude_input_in_output": True}  # fmt: skip
-                        results.append(await _stream_one(session, url, body, out_len, reply))
-                        history = prompt + reply
-                return results
-
-            t0 = time.perf_counter()
-            results = await asyncio.gather(*(conversation(t) for t in convs))
-            return [r for conv in results for r in conv], t0, time.perf_counter()
-
-    return asyncio.run(go())
-
-
-def run_server_chat(pool, url: str, convs: list[list[list[int]]], out_len: int, concurrency: int) -> dict:
-    """The chat replay through tritonserver, the conversations spread over the client processes."""
-    procs = max(1, min(CLIENT_PROCS, concurrency // 16))
-    shares = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
-    jobs = [convs[k::procs] for k in range(procs)]
-    parts = list(pool.map(_chat_client_process, [url] * procs, jobs, [out_len] * procs, shares))
-    results = [r for part, _, _ in parts for r in part]
-    dur = max(p[2] for p in parts) - min(p[1] for p in parts)
-    return summarize([r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur)
 
 
 def _import_client(_: int) -> None:
@@ -319,19 +259,47 @@ def client_pool():
     return pool
 
 
-def run_server(pool, url: str, bodies: list[dict], out_lens: list[int], concurrency: int) -> dict:
+def run_server(pool, url: str, jobs: list[list[tuple[dict, int]]], concurrency: int, chain: bool = False) -> dict:
     """The same load as `run_direct`, through tritonserver, from the client processes of `pool`; timed
     from the first process's start to the last one's end."""
     procs = max(1, min(CLIENT_PROCS, concurrency // 16))
     shares = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
-    jobs = [[(bodies[i], out_lens[i]) for i in range(k, len(bodies), procs)] for k in range(procs)]
-    parts = list(pool.map(_client_process, [url] * procs, jobs, shares))
+    parts = list(pool.map(_client_process, [url] * procs, [jobs[k::procs] for k in range(procs)], shares,
+                          [chain] * procs))  # fmt: skip
     results = [r for part, _, _ in parts for r in part]
     dur = max(p[2] for p in parts) - min(p[1] for p in parts)
     stamps = [r[3] for r in results if r[3] is not None]
     return summarize(
         [r[0] for r in results], [x for r in results for x in r[1]], sum(r[2] for r in results), dur, stamps
     )
+
+
+def core_jobs(jobs: list[list[list[int]]], lens: list[int], phases: bool = False) -> list[list[tuple[dict, int]]]:
+    """The core target's bodies of `jobs` (each a prompt, or a conversation's messages), `lens[j]` tokens a turn."""
+    flat = request_bodies("core", [], [m for job in jobs for m in job], [n for job, n in zip(jobs, lens, strict=True)
+                                                                        for _ in job], phases)  # fmt: skip
+    it = iter(flat)
+    return [[(next(it), n) for _ in job] for job, n in zip(jobs, lens, strict=True)]
+
+
+def one_run(
+    side: str, jobs: list[list[list[int]]], lens: list[int], *, executor: Executor | None, pool, core_url: str,
+    url: str, target: str, prompts: list[str], concurrency: int, phases: bool, chain: bool,
+) -> dict:  # fmt: skip
+    """One measured run of one side: "engine" (the executor in-process, or with no executor the same server's
+    engine model over `core_url`) or "server" (`target` at `url`). `prompts`: the text of single-prompt jobs."""
+    if side == "engine" and executor is not None:
+        return run_direct(executor, jobs, lens, concurrency, phases)
+    if side == "engine" or target == "core":
+        at = core_url if side == "engine" else url
+        return run_server(pool, at, core_jobs(jobs, lens, phases), concurrency, chain)
+    ids = [job[0] for job in jobs]
+    return run_server(pool, url, singles(request_bodies(target, prompts, ids, lens, phases), lens), concurrency)
+
+
+def singles(bodies: list[dict], out_lens: list[int]) -> list[list[tuple[dict, int]]]:
+    """Requests as one-turn jobs."""
+    return [[(b, n)] for b, n in zip(bodies, out_lens, strict=True)]
 
 
 def run_guidellm(
@@ -595,40 +563,32 @@ def main() -> None:
             prompts, out_lens = workload(max(32, args.requests * c), args.input_len, args.output_len)
             prompts = [prefix + p for p in prompts]
             ids = [tok.encode(t) for t in prompts]
-            short = [16] * len(ids)
 
+            # Jobs of run k (0: the warm-up): the prompts, or with --turns conversations of their own for every
+            # run (the same on both sides), so that a repeat does not find the last run's in the prefix cache.
+            jobs = [[[x] for x in ids]] * (1 + args.repeats)
             if args.turns:  # the same number of requests, as conversations of --turns turns
-                convs = chat_workload(max(c, len(ids) // args.turns), args.turns, args.input_len, tok, prefix)
-                longest = max(sum(map(len, cv)) + (args.turns - 1) * args.output_len for cv in convs)
+                n_conv = max(c, len(ids) // args.turns)
+                jobs = [
+                    chat_workload(n_conv, args.turns, args.input_len, tok, prefix, k) for k in range(1 + args.repeats)
+                ]
+                longest = max(sum(map(len, cv)) + (args.turns - 1) * args.output_len for run in jobs for cv in run)
                 if longest > max_input:
                     raise SystemExit(f"a last turn's prompt would be {longest} tokens, over {max_input}: fewer turns")
-                warm = chat_workload(c, 2, args.input_len, tok, prefix, seed=1)
-                run_direct_chat(executor, warm, 16, c)
-                run_server_chat(pool, url, warm, 16, c)
-                runs = {"engine": [], "server": []}
-                for _ in range(args.repeats):
-                    runs["engine"].append(run_direct_chat(executor, convs, args.output_len, c))
-                    runs["server"].append(run_server_chat(pool, url, convs, args.output_len, c))
-                rows[c] = {side: median_run(r) for side, r in runs.items()}
-                print(c, json.dumps(rows[c]), flush=True)
-                continue
-
-            def base(lens: list[int], prompts=prompts, ids=ids, c=c) -> dict:
-                if executor is not None:
-                    return run_direct(executor, ids, lens, c, args.phases)
-                return run_server(pool, core_url, request_bodies("core", prompts, ids, lens, args.phases), lens, c)
-
-            base(short)  # warm-up: the same prompts and batch shapes
-            run_server(pool, url, request_bodies(args.target, prompts, ids, short), short, c)
+                out_lens = [args.output_len] * n_conv
+            short = [16] * len(jobs[0])
+            sides = dict(executor=executor, pool=pool, core_url=core_url, url=url, target=args.target, prompts=prompts,
+                         concurrency=c, phases=args.phases, chain=bool(args.turns))  # fmt: skip
+            one_run("engine", jobs[0], short, **sides)  # warm-up: the same batch shapes
+            one_run("server", jobs[0], short, **sides)
             runs = {"engine": [], "server": []}
             for i in range(args.repeats):
                 spy = args.py_spy if c == levels[-1] and i == args.repeats - 1 else None
                 # The in-process side is this process (its executor thread); the server side the engine process.
                 with sampled(spy if executor is not None else None, os.getpid(), Path(args.out), f"pyspy_inproc_c{c}"):
-                    runs["engine"].append(base(out_lens))
-                bodies = request_bodies(args.target, prompts, ids, out_lens, args.phases)
+                    runs["engine"].append(one_run("engine", jobs[1 + i], out_lens, **sides))
                 with sampled(spy, engine_pid() if spy else 0, Path(args.out), f"pyspy_engine_c{c}"):
-                    runs["server"].append(run_server(pool, url, bodies, out_lens, c))
+                    runs["server"].append(one_run("server", jobs[1 + i], out_lens, **sides))
             rows[c] = {side: median_run(r) for side, r in runs.items()}
             if args.guidellm:
                 try:

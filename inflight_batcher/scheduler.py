@@ -190,7 +190,7 @@ class Scheduler:
             if every or r.is_beam_search:
                 seqs = r.seqs
                 held = len(seqs[0].block_table) if len(seqs) == 1 and not window else self._held(r)
-                total += max(0, (r.reserve if r.reserve >= 0 else self.reserved(r)) - held)
+                total += max(0, self.reserved(r) - held)
         return total
 
     # -- queue --
