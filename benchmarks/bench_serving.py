@@ -502,8 +502,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(work / "tokenizer")
-    # A chat replay's prompts grow by a message and a reply each turn.
-    max_input = 1024 if not args.turns else 4096
+    # A chat replay's prompts grow by a message and a reply each turn; a system prompt lengthens every prompt.
+    max_input = 4096 if args.turns or args.prefix_words else 1024
     build = BuildConfig(max_batch_size=256, max_input_len=max_input, max_seq_len=max_input + 1024, max_num_tokens=8192)
     t0 = time.perf_counter()
     dtype = "float16" if args.device == "cuda" else "float32"

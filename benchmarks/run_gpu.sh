@@ -2,7 +2,7 @@
 # On the GPU machine (no network): run from the project root; results land in $OUT (default ./out).
 #   bash benchmarks/run_gpu.sh [tests] [batcher] [kernels] [kernels_new] [engine] [engine8b] [throughput] [serving]
 #                              [quant_tests] [quant_kernels] [quant_engine] [quant_throughput] [families]
-#                              [decode_sweep] [host_step]
+#                              [decode_sweep] [host_step] [soak]
 # serving needs .whl/ (../shared/tools/stage_wheels.sh and a numpy 1.26 cp312 wheel): see serving_env.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -40,6 +40,12 @@ for what in "$@"; do
     decode_sweep)  # decode attention launch configs, SWAP_AB included, over the quantized caches (issue 12)
       python benchmarks/bench_decode_attention.py --caches ${CACHES:-float8_e4m3fn,int8} --out "$OUT" 2>&1 \
         | tee "$OUT/decode_sweep.log" | grep -E "cache, B=|least total|SWAP" | tail -60 ;;
+    soak)  # issue 16 on the H200: the quick start's models over a full-size shape (wheels in /tmp/whl, as serving_gpu.sh)
+      cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/cmake.log" && cmake --build build >> "$OUT/cmake.log"
+      bash benchmarks/serving_env.sh /tmp/venv /tmp/whl
+      python benchmarks/soak.py --shape ${SOAK_SHAPE:-llama3-8b} --server-python /tmp/venv/bin/python \
+        --minutes ${SOAK_MIN:-5} --warmup 60 --work /tmp/soak --out "$OUT" 2>&1 | tail -25
+      cp /tmp/soak/server.log "$OUT/soak_server.log" 2>/dev/null ;;
     host_step) python benchmarks/host_step.py --batch 64,256 --gc-freeze 2>&1 | tee "$OUT/host_step.log" | tail -4 ;;
     batcher) BATCHER_TEST_DEVICE=cuda python -m pytest -q -x tests/batcher 2>&1 | tee "$OUT/gpu_batcher_tests.log" | tail -5 ;;
     serving) bash benchmarks/serving_env.sh /tmp/venv && python benchmarks/bench_serving.py --target core \

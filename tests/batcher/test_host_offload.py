@@ -13,7 +13,7 @@ from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.kv_offload import HostKVPool
 from tensorrt_llm.runtime.kv_cache import KVCachePool
-from tests.batcher.conftest import BUILD, prompts
+from tests.batcher.conftest import BUILD, DEVICE, prompts
 from tests.helpers import build_engine, end_rank, make_tiny_llama, run_two_ranks
 
 TPB = BUILD["tokens_per_block"]
@@ -137,19 +137,19 @@ def test_random_traffic_moves_the_right_contents():
 # -- the host pool's copies ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.float8_e4m3fn])
 def test_pool_moves_raw_blocks_even_into_what_the_same_batch_reads(dtype):
-    kv = KVCachePool(2, 4, 3, 2, 4, dtype, "cpu")
+    kv = KVCachePool(2, 4, 3, 2, 4, dtype, DEVICE)  # on CUDA: asynchronous copies to a page-locked pool
     kv.data.copy_(torch.randn(kv.data.shape).mul(10).to(dtype))
-    before = kv.data.view(torch.uint8).clone()
+    before = kv.data.view(torch.uint8).cpu().clone()  # [layers, 2, blocks, ...] as raw bytes, on the host
     pool = HostKVPool(kv, 3)
     assert pool.bytes_per_block == KVCachePool.bytes_per_block(2, 3, 2, 4, dtype)
     pool.apply(kv, [(0, 2), (3, 0)], [])
     pool.synchronize()
-    raw = kv.data.view(torch.uint8)
     assert torch.equal(pool.data[2], before[:, :, 0]) and torch.equal(pool.data[0], before[:, :, 3])
     # one batch: slot 2 back into block 1 while block 1 goes to slot 2; slot 0 into block 3 and block 2 to
     # slot 1: every source is read before its destination is written
     pool.apply(kv, [(1, 2), (2, 1)], [(2, 1), (0, 3)])
     pool.synchronize()
+    raw = kv.data.view(torch.uint8).cpu()
     assert torch.equal(raw[:, :, 1], before[:, :, 0]) and torch.equal(raw[:, :, 3], before[:, :, 3])
     assert torch.equal(pool.data[2], before[:, :, 1]) and torch.equal(pool.data[1], before[:, :, 2])
     assert torch.equal(raw[:, :, 0], before[:, :, 0]) and torch.equal(raw[:, :, 2], before[:, :, 2])
@@ -239,7 +239,7 @@ def test_an_int8_kv_cache_is_offloaded_as_bytes():
     cfg = dataclasses.replace(cfg, quantization=QuantConfig(kv_cache_quant_algo="INT8"))
     layers = cfg.model.num_hidden_layers
     weights.update({f"layers.{i}.attention.kv_cache_scale": torch.full((2,), 0.02) for i in range(layers)})
-    engine = Engine.from_weights(cfg, weights, torch.device("cpu"))
+    engine = Engine.from_weights(cfg, weights, torch.device(DEVICE))  # on CUDA: page-locked host pool
     assert engine.kv_dtype == torch.int8
     small = dict(max_tokens_in_paged_kv_cache=12 * TPB, max_beam_width=1, cuda_graphs=False)
 
