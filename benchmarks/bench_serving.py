@@ -516,6 +516,64 @@ def main() -> None:
     )
     rows = {}
 
+    def report() -> str:
+        """The table of the levels measured so far, written to --out (after every level: a run stopped by a
+        time limit keeps what it measured)."""
+        lines = [
+            f"GPU: {torch.cuda.get_device_name() if args.device == 'cuda' else 'none (CPU)'}; {args.model} shape "
+            f"{dtype}, random weights; prompts of "
+            f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
+            f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
+            f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; "
+            + (f"multi-turn chat replay, {args.turns} turns a conversation; " if args.turns else "")
+            + "runs alternated, "
+            f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line); baseline ('engine' "
+            f"columns): "
+            + ("core, the same server over generate_stream" if executor is None else "the executor in-process")
+            + (f"; OpenAI front-end workers: {args.openai_workers}" if args.target == "openai" else ""),
+            f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
+            f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
+        ]
+        f = lambda d, k: f"{d[k]['p50']:.1f}/{d[k]['p99']:.1f} ms"  # noqa: E731
+        for c, r in rows.items():
+            e, s = r["engine"], r.get("server")
+            if s is None:
+                continue
+            lines.append(
+                f"{c:>4} {e['output_token_throughput']:>12.0f} {s['output_token_throughput']:>12.0f} "
+                f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
+                f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}   "
+                f"engine {e['runs']} server {s['runs']}"
+            )
+        if any("phases_ms" in r["engine"] for r in rows.values()):
+            lines.append("first token's way, p50/p90 ms (every 8th request, median run): " + ", ".join(
+                f"{name} = {a} -> {b}" for name, a, b in PHASES))  # fmt: skip
+            for c, r in rows.items():
+                for side in ("engine", "server"):
+                    ph = r.get(side, {}).get("phases_ms")
+                    if ph:
+                        lines.append(f"{c:>4} {side:<7} " + "  ".join(
+                            f"{k} {v['p50']:.1f}/{v['p90']:.1f}" for k, v in ph.items()))  # fmt: skip
+        if any("guidellm" in r for r in rows.values()):
+            lines.append("guidellm on the same front end (its own prompts of as many tokens; one run):")
+            for c, r in rows.items():
+                if "guidellm" in r:
+                    g = r["guidellm"]
+                    lines.append(
+                        f"{c:>4} {g['output_token_throughput']:>12.0f} tok/s  TTFT p50/p99 {f(g, 'ttft_ms')}  "
+                        f"ITL p50/p99 {f(g, 'itl_ms')}  requests {g['requests']}"
+                    )
+        text = "\n".join(lines)
+        tag = (
+            f"_prefix{args.prefix_words}_reuse{int(args.kv_cache_reuse)}"
+            if args.prefix_words or args.kv_cache_reuse
+            else ""
+        )
+        tag += "_vs_core" if args.baseline == "core" else ""
+        tag += f"_chat{args.turns}" if args.turns else ""
+        Path(args.out, f"bench_serving_{args.model}_{args.target}{tag}.txt").write_text(text + "\n")
+        return text
+
     # Both sides loaded at once, runs alternated (engine, server, engine, ...) and the median kept: on this
     # machine two runs of the same side differ by up to 15 % (GPU clocks, host noise), more than the gap
     # being measured when the two sides ran minutes apart.
@@ -597,6 +655,7 @@ def main() -> None:
                 except (subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
                     print(f"guidellm at {c}: {e!r}; see {work / 'guidellm.log'}", flush=True)
             print(c, json.dumps(rows[c]), flush=True)
+            report()
             if args.py_spy and c == levels[-1]:  # where each side's threads spend wall time and the GIL
                 for side in ("inproc", "engine"):
                     for kind in ("idle", "gil"):
@@ -611,58 +670,7 @@ def main() -> None:
         server.terminate()
         server.wait(60)
 
-    lines = [
-        f"GPU: {torch.cuda.get_device_name() if args.device == 'cuda' else 'none (CPU)'}; {args.model} shape "
-        f"{dtype}, random weights; prompts of "
-        f"{args.input_len} words, {args.output_len} output tokens; engine build {build_s:.1f} s; "
-        f"server target: {args.target}; pre/postprocessing instances: {args.instances}; shared prefix "
-        f"{args.prefix_words} words; KV cache reuse {'on' if args.kv_cache_reuse else 'off'}; "
-        + (f"multi-turn chat replay, {args.turns} turns a conversation; " if args.turns else "")
-        + "runs alternated, "
-        f"{args.repeats} per side, median shown (all runs' tok/s at the end of the line); baseline ('engine' "
-        f"columns): {'core, the same server over generate_stream' if executor is None else 'the executor in-process'}"
-        + (f"; OpenAI front-end workers: {args.openai_workers}" if args.target == "openai" else ""),
-        f"{'conc':>4} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} {'TTFT p50/p99 engine':>20} "
-        f"{'TTFT p50/p99 server':>20} {'ITL p50/p99 engine':>19} {'ITL p50/p99 server':>19}",
-    ]
-    f = lambda d, k: f"{d[k]['p50']:.1f}/{d[k]['p99']:.1f} ms"  # noqa: E731
-    for c, r in rows.items():
-        e, s = r["engine"], r.get("server")
-        if s is None:
-            continue
-        lines.append(
-            f"{c:>4} {e['output_token_throughput']:>12.0f} {s['output_token_throughput']:>12.0f} "
-            f"{s['output_token_throughput'] / e['output_token_throughput']:>6.0%} {f(e, 'ttft_ms'):>20} "
-            f"{f(s, 'ttft_ms'):>20} {f(e, 'itl_ms'):>19} {f(s, 'itl_ms'):>19}   engine {e['runs']} server {s['runs']}"
-        )
-    if any("phases_ms" in r["engine"] for r in rows.values()):
-        lines.append("first token's way, p50/p90 ms (every 8th request, median run): " + ", ".join(
-            f"{name} = {a} -> {b}" for name, a, b in PHASES))  # fmt: skip
-        for c, r in rows.items():
-            for side in ("engine", "server"):
-                ph = r.get(side, {}).get("phases_ms")
-                if ph:
-                    lines.append(f"{c:>4} {side:<7} " + "  ".join(
-                        f"{k} {v['p50']:.1f}/{v['p90']:.1f}" for k, v in ph.items()))  # fmt: skip
-    if any("guidellm" in r for r in rows.values()):
-        lines.append("guidellm on the same front end (its own prompts of as many tokens; one run):")
-        for c, r in rows.items():
-            if "guidellm" in r:
-                g = r["guidellm"]
-                lines.append(
-                    f"{c:>4} {g['output_token_throughput']:>12.0f} tok/s  TTFT p50/p99 {f(g, 'ttft_ms')}  "
-                    f"ITL p50/p99 {f(g, 'itl_ms')}  requests {g['requests']}"
-                )
-    text = "\n".join(lines)
-    print(text)
-    tag = (
-        f"_prefix{args.prefix_words}_reuse{int(args.kv_cache_reuse)}"
-        if args.prefix_words or args.kv_cache_reuse
-        else ""
-    )
-    tag += "_vs_core" if args.baseline == "core" else ""
-    tag += f"_chat{args.turns}" if args.turns else ""
-    Path(args.out, f"bench_serving_{args.model}_{args.target}{tag}.txt").write_text(text + "\n")
+    print(report())
 
 
 if __name__ == "__main__":
