@@ -67,14 +67,14 @@ BAD = [
 
 
 class Tally:
-    def __init__(self) -> None:
+    def __init__(self, exact: bool = True) -> None:
         self.counts: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
         self.latency: list[tuple[float, float]] = []  # (end time, seconds) of normal requests
         self.expected: dict[tuple, tuple[list, int]] = {}  # (model, prompt) -> first answer, its event count
         # False for a float16 engine on the GPU: its GEMMs may round differently at another batch size, so a near
         # tie can turn greedy another way. Same event count but other tokens then count apart, not as lost.
-        self.exact = True
+        self.exact = exact
 
 
 async def _events(session, url: str, body: dict):
@@ -318,8 +318,7 @@ async def soak(args, base: str, pid: int) -> dict:
     def tokenize(text: str) -> list[int]:
         return cache.setdefault(text, tok.encode(text))
 
-    tally = Tally()
-    tally.exact = not args.shape or args.device == "cpu"
+    tally = Tally(exact=not args.shape or args.device == "cpu")
     warm_end = time.monotonic() + args.warmup
     deadline = time.monotonic() + args.warmup + 60 * args.minutes
     cut = args.cut_models.split(",")

@@ -44,14 +44,14 @@ class RequestStatus(enum.IntEnum):
     def finished(self) -> bool:
         # The plain value: comparing enum members looks the member up through the enum's metaclass, and this
         # runs for every row of every step.
-        return self._value_ >= 3  # FINISHED_END_ID
+        return self._value_ >= _FINISHED_FROM
 
     @property
     def finish_reason(self) -> str | None:
         return _FINISH_REASONS.get(self)
 
 
-assert RequestStatus.FINISHED_END_ID == 3  # `finished` compares the plain value
+_FINISHED_FROM = RequestStatus.FINISHED_END_ID.value  # every status from this one on is a finished one
 _FINISH_REASONS = {
     RequestStatus.FINISHED_END_ID: "end_id",
     RequestStatus.FINISHED_STOP_WORDS: "stop_words",

@@ -183,15 +183,8 @@ class Scheduler:
         return req.reserve
 
     def _outstanding(self) -> int:
-        """Blocks the running requests may still take of their reservations (every step, every request: the
-        common case, one sequence and no window, inline)."""
-        total, every, window = 0, self.policy == "guaranteed_no_evict", self.window
-        for r in self.running:
-            if every or r.is_beam_search:
-                seqs = r.seqs
-                held = len(seqs[0].block_table) if len(seqs) == 1 and not window else self._held(r)
-                total += max(0, self.reserved(r) - held)
-        return total
+        """Blocks the running requests may still take of their reservations."""
+        return sum(max(0, self.reserved(r) - self._held(r)) for r in self.running if self.reserves(r))
 
     # -- queue --
     def add(self, req: Request) -> None:

@@ -6,6 +6,7 @@ Skipped (not failed) when the nvidia-pytriton wheel or tritonclient is not insta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,6 +32,30 @@ def _free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+@contextlib.contextmanager
+def openai_front_end(grpc_port: int, *args: str):
+    """`python -m openai_frontend` on its own against a running server (`args`: more of its flags); yields its
+    base URL once it lists its models, and stops it after."""
+    (port,) = _free_ports(1)
+    cmd = [sys.executable, "-m", "openai_frontend", "--triton_grpc_url", f"localhost:{grpc_port}"]
+    cmd += ["--port", str(port), "--log_level", "warning", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    base = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/v1/models", timeout=10).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the front end did not start"
+                time.sleep(0.25)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 class Server:

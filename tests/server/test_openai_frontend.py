@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import ROOT, _free_ports
+from tests.server.conftest import ROOT, _free_ports, openai_front_end
 from tests.server.http_utils import post
 
 pytestmark = pytest.mark.server
@@ -281,29 +281,14 @@ def test_other_errors(stack):
 
 def test_standalone_front_end_and_missing_chat_template(stack):
     """`python -m openai_frontend` against the running server, with a tokenizer that has no template."""
-    (port,) = _free_ports(1)
-    cmd = [sys.executable, "-m", "openai_frontend", "--triton_grpc_url", f"localhost:{stack.grpc_port}"]
-    cmd += ["--tokenizer_dir", str(stack.work / "hf_plain"), "--port", str(port), "--log_level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        client = openai.OpenAI(base_url=f"http://localhost:{port}/v1", api_key="unused", max_retries=0)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the front end did not start"
-                time.sleep(0.25)
+    with openai_front_end(stack.grpc_port, "--tokenizer_dir", str(stack.work / "hf_plain")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         r = client.completions.create(model="ensemble", prompt=PROMPT, max_tokens=12, temperature=0)
         ref = stack.client.completions.create(model="ensemble", prompt=PROMPT, max_tokens=12, temperature=0)
         assert r.choices[0].text == ref.choices[0].text
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="ensemble", messages=[{"role": "user", "content": "hi"}])
         assert e.value.body["code"] == "chat_template_missing" and "chat template" in e.value.body["message"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def _generated_after(stack, abandon) -> float:

@@ -111,31 +111,16 @@ def test_openai_usage_reports_cached_prompt_tokens(reuse_server, reference):
     # in the prefix cache (whole blocks of 8; the last prompt token is always computed).
     pytest.importorskip("fastapi", reason="needs fastapi and uvicorn: pip install -e '.[serve]'")
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
     import urllib.request
 
-    from tests.server.conftest import ROOT, _free_ports
+    from tests.server.conftest import openai_front_end
 
-    (port,) = _free_ports(1)
-    cmd = [sys.executable, "-m", "openai_frontend", "--triton_grpc_url", f"localhost:{reuse_server.grpc_port}"]
-    cmd += ["--port", str(port), "--log_level", "warning", "--enable-prompt-tokens-details"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://localhost:{port}/v1/completions"
     prompt = SYSTEM + "Which cached tokens?"
     n_prompt = len(reference.tokenizer.encode(prompt))
     body = {"model": "ensemble", "prompt": prompt, "max_tokens": 5, "temperature": 0}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, first = post(url, body)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the front end did not start"
-                time.sleep(0.25)
+    with openai_front_end(reuse_server.grpc_port, "--enable-prompt-tokens-details") as base:
+        url = f"{base}/v1/completions"
+        status, first = post(url, body)
         assert status == 200, first
         status, again = post(url, body)
         assert status == 200, again
@@ -156,6 +141,3 @@ def test_openai_usage_reports_cached_prompt_tokens(reuse_server, reference):
             events = [json.loads(x[5:]) for x in (ln.decode().strip() for ln in r) if x.startswith("data: {")]
         usage = [e["usage"] for e in events if e.get("usage")]
         assert usage and usage[-1]["prompt_tokens_details"] == {"cached_tokens": (n_prompt - 1) // 8 * 8}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
