@@ -34,6 +34,18 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def settled(read) -> float:
+    """`read()` once the backend's statistics thread (a 100 ms period) has posted every finished request: a
+    histogram's count lands a moment after the response, so an earlier test's last request can still be on its way."""
+    last = read()
+    while True:
+        time.sleep(0.5)
+        now = read()
+        if now == last:
+            return now
+        last = now
+
+
 @contextlib.contextmanager
 def openai_front_end(grpc_port: int, *args: str):
     """`python -m openai_frontend` on its own against a running server (`args`: more of its flags); yields its

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import start_server
+from tests.server.conftest import settled, start_server
 
 LONG = 3000  # tokens a request would run without the abort: seconds on this model
 
@@ -37,7 +37,7 @@ def _output_tokens_sum(server) -> float:
 def _abandon(server, model: str, body: dict) -> tuple[float, float]:
     """Reads 3 events of a stream, closes the connection; the tokens the request produced, and the seconds
     from the close until the engine ended it."""
-    before = _output_tokens_sum(server)
+    before = settled(lambda: _output_tokens_sum(server))
     conn = http.client.HTTPConnection("localhost", server.http_port, timeout=30)
     conn.request("POST", f"/v2/models/{model}/generate_stream", json.dumps(body))
     resp = conn.getresponse()
