@@ -53,9 +53,10 @@ class QueueFullError(RuntimeError):
     """`enqueue` refused a request because `max_queue_size` requests already wait."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class IterationStats:
-    """A snapshot for metrics (names follow TensorRT-LLM's; spec/triton_interface.md §9)."""
+    """A snapshot for metrics (names follow TensorRT-LLM's; spec/triton_interface.md §9). `Executor.stats()`
+    returns a copy; the executor updates its own record in place, under its lock, every step."""
 
     timestamp: float = 0.0  # time.time() of this snapshot
     iteration: int = 0  # steps run so far
@@ -328,7 +329,7 @@ class Executor:
                 incoming, self._incoming = list(self._incoming), deque()
                 # Still queued until the step's stats say otherwise: enqueue's queue limit never
                 # undercounts, even while the step runs.
-                self._stats = replace(self._stats, queued=self._stats.queued + len(incoming))
+                self._stats.queued += len(incoming)
                 cancelled = [self._live[i] for i in self._cancels if i in self._live]
                 self._cancels = set()
                 stopping = self._stopping
@@ -478,15 +479,16 @@ class Executor:
         sampled = inflight.sampled
         if self.block_manager.enable_reuse:
             # Before any request below ends (and frees its table): the step's full blocks become findable.
-            bad = [s.request for row, s in zip(result.rows, sampled, strict=True) if row.bad_logits]
+            bad = [s.request for s, b in zip(sampled, result.bad_logits, strict=True) if b]
             self._publish(inflight.seqs, bad)
         outputs, copies, now = [], [], time.time_ns()
         beam_done: set[int] = set()
-        for row, s in zip(result.rows, sampled, strict=True):
+        rows = zip(sampled, result.tokens, result.log_probs, result.bad_logits, strict=True)
+        for s, token, log_prob, bad_logits in rows:
             req = s.request
             if req.status.finished:
                 continue  # a beam sibling failed it, it was cancelled, or it ended a step earlier
-            if row.bad_logits:
+            if bad_logits:
                 outputs.append(self._finish(req, RequestStatus.FINISHED_ERROR, "logits are NaN or inf"))
                 continue
             if not req.perf.first_token_time_ns:
@@ -498,7 +500,7 @@ class Executor:
                 beam_done.add(req.request_id)
                 beam_step(req, result.beam_log_probs[req.request_id], self.block_manager, copies)
             else:
-                append_token(req, row.token, row.log_prob)
+                append_token(req, token, log_prob)
             if req.status.finished:
                 outputs.append(self._finish(req, req.status))
             elif req.streaming and req.num_resolved > req.num_streamed:
@@ -555,12 +557,10 @@ class Executor:
     def _output(self, req: Request) -> Output:
         """The next Output of `req`: new tokens since the last one; final when `req` finished."""
         P = req.prompt_len
-        if req.finished_beams and req.status.finished:
-            beams = [s for _, s in req.finished_beams]
-        else:
-            beams = req.seqs
+        finished = req.status.finished
+        beams = [s for _, s in req.finished_beams] if req.finished_beams and finished else req.seqs
         lp = req.return_log_probs and bool(beams)
-        if not req.is_beam_search and not req.status.finished and beams:
+        if not finished and beams and not req.is_beam_search:
             # A streamed chunk: views of what is resolved (those items never change), the new tokens copied.
             # Placeholders (tokens still on the device) are never part of an output.
             seq = beams[0]
@@ -568,18 +568,19 @@ class Executor:
             tokens = [ListPrefix(seq.tokens, P, end)]
             new = [seq.tokens[P + req.num_streamed : end]]
             log_probs = [ListPrefix(seq.log_probs, 0, len(seq.log_probs))] if lp else None
+            req.num_streamed = end - P
         else:
             tokens = [s.tokens[P : len(s.tokens) - req.num_pending] for s in beams] or [[]]
             # beams reorder: every output of a beam request carries whole beams
             new = tokens if req.is_beam_search else [tokens[0][req.num_streamed :]]
             log_probs = [list(s.log_probs) for s in beams] if lp else None
-        req.num_streamed = len(tokens[0])
+            req.num_streamed = len(tokens[0])
         return Output(
             request_id=req.request_id,
             new_tokens=new,
             tokens=tokens,
-            finished=req.status.finished,
-            finish_reason=req.status.finish_reason,
+            finished=finished,
+            finish_reason=req.status.finish_reason if finished else None,
             error=req.error,
             cum_log_probs=[s.cum_log_prob for s in beams] if lp else None,
             log_probs=log_probs,
@@ -613,29 +614,28 @@ class Executor:
         sch, bm = self.scheduler, self.block_manager
         paused = sum(1 for r in sch.waiting if r.status == RequestStatus.PAUSED)
         n_context = len({id(s.request) for s in plan.context})
-        with self._lock:
-            self._stats = replace(
-                self._stats,
-                timestamp=time.time(),
-                iteration=self._stats.iteration + int(ran),
-                iteration_ms=ms,
-                active=len(sch.running) + paused,
-                queued=len(sch.waiting) - paused,
-                paused=paused,
-                scheduled=len(plan.requests),
-                context_requests=n_context,
-                context_tokens=plan.num_context_tokens,
-                generation_requests=len(plan.requests) - n_context,  # a request is in one phase per step
-                used_blocks=bm.num_used,
-                free_blocks=bm.num_free,
-                cached_blocks=bm.num_cached,
-                reused_blocks=bm.reused_blocks,
-                reused_tokens=bm.reused_tokens,
-                host_blocks=bm.num_host_cached,
-                offloaded_blocks=bm.offloaded_blocks,
-                onboarded_blocks=bm.onboarded_blocks,
-                **self._counts,
-            )
+        with self._lock:  # in place: a dataclasses.replace of this record cost ~4.6 us a step (CPU)
+            st = self._stats
+            st.timestamp = time.time()
+            st.iteration += int(ran)
+            st.iteration_ms = ms
+            st.active = len(sch.running) + paused
+            st.queued = len(sch.waiting) - paused
+            st.paused = paused
+            st.scheduled = len(plan.requests)
+            st.context_requests = n_context
+            st.context_tokens = plan.num_context_tokens
+            st.generation_requests = len(plan.requests) - n_context  # a request is in one phase per step
+            st.used_blocks = bm.num_used
+            st.free_blocks = bm.num_free
+            st.cached_blocks = bm.num_cached
+            st.reused_blocks = bm.reused_blocks
+            st.reused_tokens = bm.reused_tokens
+            st.host_blocks = bm.num_host_cached
+            st.offloaded_blocks = bm.offloaded_blocks
+            st.onboarded_blocks = bm.onboarded_blocks
+            for key, count in self._counts.items():  # completed, cancelled, failed, preemptions, failed_steps
+                setattr(st, key, count)
 
 
 @dataclass

@@ -61,17 +61,13 @@ def prepare(rows: list[ScheduledSeq], vocab_size: int, device: torch.device) -> 
 
 
 @dataclass
-class RowResult:
-    token: int
-    log_prob: float
-    bad_logits: bool
-
-
-@dataclass
 class StepSample:
-    """Host-side results of one step's sampling (one device->host copy)."""
+    """Host-side results of one step's sampling (one device->host copy), a column per field, a row per
+    sampled sequence (columns rather than an object per row: this is read for every row of every step)."""
 
-    rows: list[RowResult]
+    tokens: list[int]
+    log_probs: list[float]
+    bad_logits: list[bool]  # NaN or inf logits: the row's request fails
     beam_log_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # request id -> [beams, V]
 
 
@@ -110,17 +106,13 @@ class PendingSample:
     def result(self) -> StepSample:
         if self._event is not None:
             self._event.synchronize()
-        out = StepSample([RowResult(int(t), float(p), bool(b)) for t, p, b in self._host.tolist()])
+        tokens, log_probs, bad = self._host.t().tolist()  # [N, 3] -> three columns of N
+        out = StepSample(list(map(int, tokens)), log_probs, list(map(bool, bad)))
         for j, rid in enumerate(self._beam_ids):
             prev = out.beam_log_probs.get(rid)
             row = self._beam_lp[j : j + 1]
             out.beam_log_probs[rid] = row if prev is None else torch.cat([prev, row])
         return out
-
-
-def sample_rows(logits: torch.Tensor, rows: list[ScheduledSeq], vocab_size: int) -> StepSample:
-    """Sample every row and wait for the result. `logits` is [N, V] float32 with N == len(rows)."""
-    return PendingSample(logits, rows, vocab_size).result()
 
 
 def add_placeholder(req: Request) -> bool:

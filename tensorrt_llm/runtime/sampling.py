@@ -33,11 +33,12 @@ def is_greedy(temperature: float | None, top_k: int, top_p: float) -> bool:
 class SamplingTensors:
     """Per-row sampling inputs of one step (N rows), all on the logits' device."""
 
-    greedy: torch.Tensor  # [N] bool
-    temperature: torch.Tensor  # [N] float32, 1.0 on greedy rows
-    top_k: torch.Tensor  # [N] int64, 0 = no limit
-    top_p: torch.Tensor  # [N] float32, 1.0 = no limit
     all_greedy: bool
+    # Made only when some row samples (all_greedy False); an all-greedy step reads none of them.
+    greedy: torch.Tensor | None = None  # [N] bool
+    temperature: torch.Tensor | None = None  # [N] float32, 1.0 on greedy rows
+    top_k: torch.Tensor | None = None  # [N] int64, 0 = no limit
+    top_p: torch.Tensor | None = None  # [N] float32, 1.0 = no limit
     repetition_penalty: torch.Tensor | None = None  # [N]
     presence_penalty: torch.Tensor | None = None  # [N]
     frequency_penalty: torch.Tensor | None = None  # [N]
@@ -47,6 +48,11 @@ class SamplingTensors:
     seeds: torch.Tensor | None = None  # [N] int64
     offsets: torch.Tensor | None = None  # [N] int64: tokens generated so far
     max_top_k: int | None = None  # when every sampled row has 0 < top_k <= it: top-k without a full sort
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; from page-locked memory on CUDA, so the copy never waits for the stream."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -80,20 +86,18 @@ def make_sampling_tensors(
     def vec(values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-    st = SamplingTensors(
-        greedy=vec(greedy, torch.bool),
-        temperature=vec(
-            [1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)], torch.float32
-        ),
-        top_k=vec(top_k, torch.int64),
-        top_p=vec([p if 0.0 < p < 1.0 else 1.0 for p in top_p], torch.float32),
-        all_greedy=all(greedy),
-    )
+    st = SamplingTensors(all_greedy=all(greedy))
     if not st.all_greedy:
         if seeds is None or offsets is None:
             raise ValueError("sampled rows need seeds and offsets")
-        st.seeds = vec(seeds, torch.int64)
-        st.offsets = vec(offsets, torch.int64)
+        # Two host buffers, two copies (each copy is ~10-20 us of host time on CUDA, every step); the fields
+        # are views into them.
+        n = len(greedy)
+        ints = _to_device(torch.tensor([*greedy, *top_k, *seeds, *offsets], dtype=torch.int64), device)  # [4N]
+        temps = [1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)]
+        floats = _to_device(torch.tensor(temps + [p if 0.0 < p < 1.0 else 1.0 for p in top_p]), device)  # [2N]
+        st.greedy, st.top_k, st.seeds, st.offsets = ints[:n] != 0, ints[n : 2 * n], ints[2 * n : 3 * n], ints[3 * n :]
+        st.temperature, st.top_p = floats[:n], floats[n:]
         ks = [k for k, g in zip(top_k, greedy, strict=True) if not g]
         st.max_top_k = max(ks) if all(k > 0 for k in ks) else None
     if repetition_penalty is not None and any(p != 1.0 for p in repetition_penalty):
