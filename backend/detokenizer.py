@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 REPLACEMENT = "\ufffd"
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 _byte_ids_cache: dict[int, frozenset[int]] = {}
 
 
-def byte_fallback_ids(tokenizer) -> frozenset[int]:
+def byte_fallback_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """Ids of SentencePiece byte-fallback tokens (`<0xE4>`); empty for byte-level BPE tokenizers.
 
     The ByteFallback decoder turns a whole run of such tokens into U+FFFD (one per token) when the run is
@@ -63,7 +67,7 @@ def _settled(tokenizer, ids: Sequence[int], skip_special_tokens: bool = True) ->
     return n
 
 
-def decode(tokenizer, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
     """The one decode call used for streamed and non-streamed text alike."""
     return tokenizer.decode(
         [int(i) for i in ids], skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
@@ -90,7 +94,7 @@ def new_text(longer: str, shorter: str) -> str:
 
 
 def stream_delta(
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     prefix_ids: Sequence[int],
     new_ids: Sequence[int],
     final: bool,

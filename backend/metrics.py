@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inflight_batcher import IterationStats
 
 TOKEN_LEN_BUCKETS = [10.0, 50.0, 100.0, 500.0, 1000.0]
 
@@ -80,7 +84,7 @@ class EngineMetrics:
         self._observed.append(f"h\tnv_llm_input_token_len\tresponse_metric_type\ttotal_input_tokens\t{input_tokens}")
         self._observed.append(f"h\tnv_llm_output_token_len\tresponse_metric_type\ttotal_output_tokens\t{output_tokens}")
 
-    def lines(self, s, rejected: int = 0) -> str:
+    def lines(self, s: IterationStats, rejected: int = 0) -> str:
         """`s`: an `inflight_batcher.IterationStats`; `rejected`: requests refused before the executor."""
         waiting = max(0, s.active - s.scheduled) + s.queued
         values = {

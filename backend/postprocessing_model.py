@@ -26,7 +26,13 @@ class PostprocessingModel:
         self.tokenizer = load_tokenizer(params.str("tokenizer_dir", required=True))
         self.skip_special_tokens = params.bool("skip_special_tokens", True)
 
-    def process(self, tokens, lengths, prefix=None, final=None) -> np.ndarray:
+    def process(
+        self,
+        tokens: np.ndarray,
+        lengths: np.ndarray | None,
+        prefix: np.ndarray | None = None,
+        final: np.ndarray | None = None,
+    ) -> np.ndarray:
         """tokens [B, beams, L], lengths [B, beams] -> text [B * beams] (object array of bytes).
 
         1-D like the TensorRT-LLM postprocessing's OUTPUT (one element per beam, batch rows one after the

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.triton_utils import InputError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from transformers import PreTrainedTokenizerBase
 
 MAX_PROMPT_BYTES = 1 << 20  # a prompt this large is rejected before tokenizing (reliability.md 3)
 MAX_WORD_BYTES = 4096  # one stop/bad word
 MAX_WORDS = 1024  # words per list
 
 
-def load_tokenizer(tokenizer_dir: str):
+def load_tokenizer(tokenizer_dir: str) -> PreTrainedTokenizerBase:
     """`AutoTokenizer` from a local directory only (no downloads); pad token := eos when missing."""
     from transformers import AutoTokenizer
 
@@ -31,7 +36,7 @@ def load_tokenizer(tokenizer_dir: str):
     return tok
 
 
-def default_end_pad_ids(tok) -> tuple[int, int]:
+def default_end_pad_ids(tok: PreTrainedTokenizerBase) -> tuple[int, int]:
     """First id of the encoded eos / pad token (the TensorRT-LLM preprocessing rule)."""
 
     def first_id(token: str | None) -> int | None:
@@ -47,7 +52,7 @@ def default_end_pad_ids(tok) -> tuple[int, int]:
     return end, end if pad is None else pad
 
 
-def to_text(value, what: str) -> str:
+def to_text(value: bytes | np.bytes_ | str, what: str) -> str:
     """A Triton BYTES element -> str; invalid UTF-8 (lone surrogates included) and NUL are rejected."""
     if isinstance(value, bytes | np.bytes_):
         if len(value) > MAX_PROMPT_BYTES:
@@ -62,7 +67,7 @@ def to_text(value, what: str) -> str:
     return text
 
 
-def encode_prompt(tok, text: str, add_special_tokens: bool = True) -> list[int]:
+def encode_prompt(tok: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> list[int]:
     if text == "":
         raise InputError("text_input is empty")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
@@ -73,7 +78,7 @@ def encode_prompt(tok, text: str, add_special_tokens: bool = True) -> list[int]:
     return [int(i) for i in ids]
 
 
-def flatten_words(arr) -> list[str]:
+def flatten_words(arr: npt.ArrayLike | None) -> list[str]:
     """A `bad_words` / `stop_words` input: one word per element (v0.6+); empty strings mean no word."""
     if arr is None:
         return []
@@ -87,7 +92,7 @@ def flatten_words(arr) -> list[str]:
     return words
 
 
-def word_list(tok, words: Sequence[str]) -> tuple[list[int], list[int]]:
+def word_list(tok: PreTrainedTokenizerBase, words: Sequence[str]) -> tuple[list[int], list[int]]:
     """(concatenated ids, cumulative end offsets) of words encoded without special tokens."""
     ids: list[int] = []
     offsets: list[int] = []
@@ -111,7 +116,9 @@ def to_word_list_format(per_batch: Sequence[tuple[list[int], list[int]]]) -> np.
     return out
 
 
-def embedding_bias(tok, words: Sequence[str], weights: Sequence[float], vocab_size: int) -> np.ndarray:
+def embedding_bias(
+    tok: PreTrainedTokenizerBase, words: Sequence[str], weights: Sequence[float], vocab_size: int
+) -> np.ndarray:
     """Vocab-sized FP32 vector summing each word's weight at its token ids."""
     if len(words) != len(weights):
         raise InputError(f"{len(words)} embedding_bias_words but {len(weights)} embedding_bias_weights")

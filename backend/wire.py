@@ -43,8 +43,12 @@ import math
 import socket
 import struct
 from array import array
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inflight_batcher.request import PerfMetrics
 
 # Frame types.
 CONFIG, REQUESTS, CANCEL, SHUTDOWN, FRONT = 1, 2, 3, 4, 5
@@ -205,7 +209,7 @@ def encode_record(
     log_probs: list[list[float]] | None = None,
     error: tuple[int, str] | None = None,
     texts: list[bytes] | None = None,
-    perf=None,
+    perf: PerfMetrics | None = None,
 ) -> None:
     """Appends one response record to `out`. `beams` are equally long (the caller pads). With `texts`
     (flag TEXT), `beams` is empty and `seq_lens` has one entry per text. `perf`: an

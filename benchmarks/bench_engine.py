@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,7 +87,7 @@ def copy_bandwidth() -> float:
     return 2 * 2 * 1024**3 / sorted(times)[len(times) // 2]
 
 
-def timed(fn, repeat: int = 3) -> float:
+def timed(fn: Callable[[], object], repeat: int = 3) -> float:
     """Median wall time of fn() in seconds, after one warm-up call."""
     fn()
     times = []

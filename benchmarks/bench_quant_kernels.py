@@ -11,6 +11,7 @@ import argparse
 import itertools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 MS = tuple(int(m) for m in os.environ.get("QUANT_MS", "1,4,16,64,256,2048").split(","))
 
 
-def bench(fn, iters: int = 50) -> float:
+def bench(fn: Callable[[], object], iters: int = 50) -> float:
     """Median seconds per call, timed with CUDA events over a CUDA graph of `iters` calls (no launch gaps)."""
     fn()
     torch.cuda.synchronize()
@@ -51,7 +52,7 @@ def bench(fn, iters: int = 50) -> float:
     return sorted(times)[2]
 
 
-def make(N: int, Kd: int):
+def make(N: int, Kd: int) -> dict[str, torch.Tensor]:
     w = torch.randn(N, Kd, device="cuda") * 0.02
     q8, s8 = K.quantize_int8_per_channel(w)
     q4, s4 = K.quantize_int4_groupwise(w, 128)

@@ -12,6 +12,8 @@ server ÷ engine.
 Needs the nvidia-pytriton wheel (tritonserver) importable; random weights, no download.
 """
 
+from __future__ import annotations
+
 import argparse
 import collections
 import contextlib
@@ -25,7 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,8 +42,13 @@ from benchmark_serving import WORDS, make_lengths, percentile, sse_events  # noq
 
 from benchmarks.bench_engine import SHAPES  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request  # noqa: E402
-from inflight_batcher.request import SamplingParams  # noqa: E402
+from inflight_batcher.request import PerfMetrics, SamplingParams  # noqa: E402
 from tensorrt_llm.tools.tiny_model import tiny_llama_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from transformers import PreTrainedTokenizerBase
 
 SHAPES = dict(
     SHAPES,
@@ -81,7 +90,7 @@ PHASES = (  # the first token's way, between wall-clock stamps (time.time_ns: on
 )
 
 
-def phase_stamps(send_ns: int, recv_ns: int, perf) -> dict:
+def phase_stamps(send_ns: int, recv_ns: int, perf: PerfMetrics | dict[str, int]) -> dict:
     """One request's stamps from its first output's perf metrics (an Output's PerfMetrics or a response's
     fields); `recv` is when the client had the first token."""
     get = (lambda k: perf[k]) if isinstance(perf, dict) else (lambda k: getattr(perf, k))  # noqa: E731
@@ -234,7 +243,9 @@ def _client_process(url: str, jobs: list[list[tuple[dict, int]]], concurrency: i
     return asyncio.run(go())
 
 
-def chat_workload(convs: int, turns: int, in_len: int, tok, prefix: str, seed: int = 0) -> list[list[list[int]]]:
+def chat_workload(
+    convs: int, turns: int, in_len: int, tok: PreTrainedTokenizerBase, prefix: str, seed: int = 0
+) -> list[list[list[int]]]:
     """Multi-turn chat replay: per conversation, each turn's new user message as token ids (the first after
     the shared system prompt `prefix`). Turn k's prompt is turn k-1's prompt + its reply + this message."""
     rng = random.Random(seed)
@@ -248,7 +259,7 @@ def _import_client(_: int) -> None:
     time.sleep(0.5)  # long enough that every worker takes one
 
 
-def client_pool():
+def client_pool() -> ProcessPoolExecutor:
     """The load generators, started and warm (aiohttp imported): one Python process parsing every SSE
     event would cap what it measures (16 streams per process at most)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -259,7 +270,9 @@ def client_pool():
     return pool
 
 
-def run_server(pool, url: str, jobs: list[list[tuple[dict, int]]], concurrency: int, chain: bool = False) -> dict:
+def run_server(
+    pool: ProcessPoolExecutor, url: str, jobs: list[list[tuple[dict, int]]], concurrency: int, chain: bool = False
+) -> dict:
     """The same load as `run_direct`, through tritonserver, from the client processes of `pool`; timed
     from the first process's start to the last one's end."""
     procs = max(1, min(CLIENT_PROCS, concurrency // 16))
@@ -283,8 +296,8 @@ def core_jobs(jobs: list[list[list[int]]], lens: list[int], phases: bool = False
 
 
 def one_run(
-    side: str, jobs: list[list[list[int]]], lens: list[int], *, executor: Executor | None, pool, core_url: str,
-    url: str, target: str, prompts: list[str], concurrency: int, phases: bool, chain: bool,
+    side: str, jobs: list[list[list[int]]], lens: list[int], *, executor: Executor | None, pool: ProcessPoolExecutor,
+    core_url: str, url: str, target: str, prompts: list[str], concurrency: int, phases: bool, chain: bool,
 ) -> dict:  # fmt: skip
     """One measured run of one side: "engine" (the executor in-process, or with no executor the same server's
     engine model over `core_url`) or "server" (`target` at `url`). `prompts`: the text of single-prompt jobs."""
@@ -354,7 +367,7 @@ def wait_ready(server: subprocess.Popen, work: Path, url: str = "http://localhos
 
 
 @contextlib.contextmanager
-def sampled(py_spy: str | None, pid: int, out: Path | None, name: str):
+def sampled(py_spy: str | None, pid: int, out: Path | None, name: str) -> Iterator[None]:
     """py-spy samples every thread of `pid` while the block runs (collapsed stacks), twice over: `{name}_idle`
     samples every thread at all times (where each thread's wall time goes, waits included), `{name}_gil` only
     the thread holding the GIL (who keeps the others waiting). Same on both sides, so the executor thread's

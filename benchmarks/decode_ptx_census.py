@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, CompiledKernel  # noqa: E402
 
 from tensorrt_llm.kernels import attention  # noqa: E402
 
@@ -28,7 +28,7 @@ DIV16 = {"stride_qt", "stride_qh", "stride_ot", "stride_oh", "stride_cb", "strid
          "num_heads"}  # fmt: skip
 
 
-def compile_decode(cache: str, swap: bool, block_n: int, warps: int, stages: int):
+def compile_decode(cache: str, swap: bool, block_n: int, warps: int, stages: int) -> CompiledKernel:
     fn = attention._decode_attention_kernel
     quant = cache != "fp16"
     consts = dict(GROUP=4, BLOCK_G=16, TOKENS_PER_BLOCK=max(64, block_n), BLOCK_N=block_n, BLOCK_D=128,

@@ -10,6 +10,8 @@ the most time (inclusive share of its samples). Issue 13's target: at batch 256 
 work per step costs less than the GPU step, so that overlapped scheduling hides it.
 """
 
+from __future__ import annotations
+
 import argparse
 import gc
 import os
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_serving import sampled, top_functions  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
-from tensorrt_llm.runtime import Engine  # noqa: E402
+from tensorrt_llm.runtime import Engine, KVCachePool, StepInput  # noqa: E402
 
 
-def null_forward(engine: Engine):
+def null_forward(engine: Engine) -> Callable[[StepInput, KVCachePool], torch.Tensor]:
     """Zero logits [N, V] for the step's N sampled rows: the host work around the model, not the model."""
     vocab = engine.config.model.vocab_size
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,26 @@ from tensorrt_llm.kernels import attention  # noqa: E402
 
 ROWS: list[dict] = []
 LOG_PATH: list[Path] = []  # set by main; lines are appended as they come, so a timeout keeps them
+
+
+class Sizes(TypedDict):
+    """The shapes the checks run at (`main`'s full set, or the small `--quick` one)."""
+
+    rows: list[int]
+    inter: int
+    heads: list[tuple[int, int]]  # (H, Hkv)
+    decode: list[tuple[int, int]]  # (B, ctx)
+    context: list[tuple[int, int, int]]  # (B, seq, ctx)
+    vocab: int
+    sample_rows: list[int]
+    layer: list[tuple[int, int]]  # (B, ctx)
+    head_dim: int
+    layers: int
+    bound: int
+    rk_tokens: list[int]
+    split_decode: list[tuple[int, int]]  # (B, ctx)
+    block_decode: list[tuple[int, int]]  # (B, ctx)
+    gemv: dict[str, list[tuple[int, int]]]  # model -> (N, K) shapes
 
 
 def say(msg: str = "") -> None:
@@ -106,7 +127,19 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return (d.norm() / ref.float().norm().clamp(min=1e-30)).item(), d.abs().max().item()
 
 
-def record(name, shape, dtype, out, ref, fn, t_ref=None, t_peer=None, nbytes=None, flops=None, dev="cuda"):
+def record(
+    name: str,
+    shape: str,
+    dtype: torch.dtype,
+    out: torch.Tensor | None,
+    ref: torch.Tensor | None,
+    fn: Callable[[], object],
+    t_ref: float | None = None,
+    t_peer: float | None = None,
+    nbytes: int | None = None,
+    flops: float | None = None,
+    dev: str = "cuda",
+) -> None:
     """One table row: errors of `out` vs `ref`, then kernel `fn` timed (GPU, graphed) and eager per call."""
     rel, mx = errors(out, ref) if out is not None else (float("nan"), float("nan"))
     t_kernel, t_wall = bench_ms(fn, dev), wall_ms(fn, dev)
@@ -145,7 +178,7 @@ def launch_floor(dev: str) -> None:
         f"torch.add {wall_ms(lambda: x.add(1.0), dev) * 1e3:.1f} us per call\n")  # fmt: skip
 
 
-def check_rms_norm(dev, dtypes, sizes):
+def check_rms_norm(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     for dtype, n in itertools.product(dtypes, sizes["rows"]):
         H = 4096
         x, r = (torch.randn(n, H, dtype=dtype, device=dev) for _ in range(2))
@@ -157,7 +190,7 @@ def check_rms_norm(dev, dtypes, sizes):
                nbytes=4 * n * H * x.element_size(), dev=dev)  # fmt: skip
 
 
-def check_silu_and_mul(dev, dtypes, sizes):
+def check_silu_and_mul(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     for dtype, n in itertools.product(dtypes, sizes["rows"]):
         inter = sizes["inter"]
         x = torch.randn(n, 2 * inter, dtype=dtype, device=dev) * 2
@@ -167,7 +200,7 @@ def check_silu_and_mul(dev, dtypes, sizes):
                nbytes=3 * n * inter * x.element_size(), dev=dev)  # fmt: skip
 
 
-def check_rotary(dev, dtypes, sizes):
+def check_rotary(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}  # fmt: skip
     cache = K.rope_cos_sin_cache(128, 16384, 500000.0, scaling, device=dev)
@@ -184,7 +217,7 @@ def check_rotary(dev, dtypes, sizes):
                dev=dev)  # fmt: skip
 
 
-def check_write_kv(dev, dtypes, sizes):
+def check_write_kv(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     for dtype, t in itertools.product(dtypes, sizes["rows"]):
         Hkv, D, tpb = 8, 128, 64
         blocks = max(4, 2 * t // tpb)
@@ -202,7 +235,9 @@ def check_write_kv(dev, dtypes, sizes):
                dev=dev)  # fmt: skip
 
 
-def paged_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, dev):
+def paged_batch(
+    seq_lens: list[int], ctx_lens: list[int], H: int, Hkv: int, D: int, tpb: int, dtype: torch.dtype, dev: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random q, a paged cache with shuffled blocks, and the same K/V dense per sequence (for SDPA)."""
     B = len(ctx_lens)
     max_blocks = math.ceil(max(ctx_lens) / tpb)
@@ -216,14 +251,14 @@ def paged_batch(seq_lens, ctx_lens, H, Hkv, D, tpb, dtype, dev):
     return q, kc, vc, tables, sl, cl
 
 
-def dense_kv(kc, vc, tables, ctx):
+def dense_kv(kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
     # [B, Hkv, ctx, D] contiguous copies for the SDPA peer (equal context lengths only)
     k = kc[tables.long()].flatten(1, 2)[:, :ctx].transpose(1, 2).contiguous()
     v = vc[tables.long()].flatten(1, 2)[:, :ctx].transpose(1, 2).contiguous()
     return k, v
 
 
-def check_decode(dev, dtypes, sizes):
+def check_decode(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     for dtype, (H, Hkv), (B, ctx) in itertools.product(dtypes, sizes["heads"], sizes["decode"]):
         D, tpb = 128, 64
         q, kc, vc, bt, sl, cl = paged_batch([1] * B, [ctx] * B, H, Hkv, D, tpb, dtype, dev)
@@ -240,7 +275,7 @@ def check_decode(dev, dtypes, sizes):
                partial(K.paged_attention, *args), tr, tp, nbytes, dev=dev)  # fmt: skip
 
 
-def check_context(dev, dtypes, sizes):
+def check_context(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     for dtype, (H, Hkv), (B, seq, ctx) in itertools.product(dtypes, sizes["heads"], sizes["context"]):
         D, tpb = 128, 64
         q, kc, vc, bt, sl, cl = paged_batch([seq] * B, [ctx] * B, H, Hkv, D, tpb, dtype, dev)
@@ -267,7 +302,7 @@ def _decode_layer(t: dict) -> None:
     K.silu_and_mul(t["gate_up"])
 
 
-def check_layer(dev, dtypes, sizes):
+def check_layer(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     """The non-GEMM kernels of one Llama decoder layer in a decode step, back to back (x 32 per token)."""
     dtype = dtypes[0]
     for (H, Hkv), (B, ctx) in itertools.product(sizes["heads"], sizes["layer"]):
@@ -287,7 +322,7 @@ def check_layer(dev, dtypes, sizes):
         record("decode layer (6 kernels)", f"B={B} ctx={ctx} H={H} Hkv={Hkv}", dtype, None, None, layer, dev=dev)
 
 
-def check_sampling(dev, sizes):
+def check_sampling(dev: str, sizes: Sizes) -> None:
     V = sizes["vocab"]
     for n in sizes["sample_rows"]:
         logits = torch.randn(n, V, device=dev) * 3
@@ -365,7 +400,9 @@ def new_header() -> None:
     )
 
 
-def compare(name, shape, dtype, rel, t_old, t_new, note="", ok=True) -> None:
+def compare(
+    name: str, shape: str, dtype: torch.dtype, rel: float, t_old: float, t_new: float, note: str = "", ok: bool = True
+) -> None:
     bound = 2e-2 if dtype == torch.bfloat16 else 4e-3
     dt = str(dtype).replace("torch.", "")
     if not (rel <= bound and ok):  # nan counts as bad
@@ -391,7 +428,7 @@ def _attention_new(q, k, v, kc, vc, pos, cos_sin, slots, tables, sl, cl, bound) 
     return K.paged_attention(q, kc, vc, tables, sl, cl, q.shape[-1] ** -0.5, 1, bound)
 
 
-def check_rotary_kv(dev, dtypes, sizes):
+def check_rotary_kv(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     """rotary_write_kv_cache against its reference (q, and the whole k cache) and against the two kernels
     it replaces (apply_rotary, then write_kv_cache)."""
     D, tpb, L = sizes["head_dim"], 64, sizes["layers"]
@@ -448,7 +485,7 @@ def _with_decode(variant: dict, fn: Callable[[], object]) -> Callable[[], object
     return run
 
 
-def check_decode_split(dev, dtypes, sizes):
+def check_decode_split(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     """Decode attention launched as inside a CUDA graph (max_context_len = the engine's bound, whatever
     the real context), each variant against the reference and timed against the old launch."""
     D, tpb, L, bound = sizes["head_dim"], 64, sizes["layers"], sizes["bound"]
@@ -481,7 +518,7 @@ GEMV_MODEL_SHAPES = {  # (N, K) at tp 1: qkv, o_proj, gate_up, down, lm_head
 }
 
 
-def check_gemv(dev, dtypes, sizes):
+def check_gemv(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     """The Triton GEMV at M = 1 (each launch config tuning tries) against cuBLAS (F.linear), per shape;
     then what build-time tuning (tune_gemv, do_bench timings) would store for these shapes."""
     from tensorrt_llm.kernels import tuning
@@ -515,7 +552,7 @@ def check_gemv(dev, dtypes, sizes):
     GEMV_SHAPES.update(saved)
 
 
-def check_attention_block(dev, dtypes, sizes):
+def check_attention_block(dev: str, dtypes: list[torch.dtype], sizes: Sizes) -> None:
     """A decode layer's attention kernels, old (rotary, KV write, split + reduce attention) against new
     (fused rotary + KV write, default decode launch), as a graph launches them (context bound)."""
     D, tpb, L, bound = sizes["head_dim"], 64, sizes["layers"], sizes["bound"]
@@ -572,7 +609,7 @@ def _sweep_one(label: str, args: tuple, configs: list[dict], attr: str, dev: str
     say(f"{label}: default {t_default * 1e3:.1f}us | best {best}")
 
 
-def sweep(dev, dtype):
+def sweep(dev: str, dtype: torch.dtype) -> None:
     """Time launch configurations of the attention kernels (graphed GPU time); prints the best per shape."""
     say("\n== sweep (attention launch configs, float16, GPU time) ==")
     D, tpb = 128, 64
@@ -620,6 +657,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     LOG_PATH.append(out / "kernels_check.log")
     LOG_PATH[0].write_text("")
+    sizes: Sizes
     if args.quick:
         sizes = dict(rows=[1, 5], inter=96, heads=[(4, 2)], decode=[(2, 40)], context=[(2, 20, 20), (1, 8, 30)],
                      vocab=500, sample_rows=[4], layer=[(2, 40)], head_dim=32, layers=2, bound=64,

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tensorrt_llm.runtime import Engine, build_step_input  # noqa: E402
 from tensorrt_llm.runtime.sampling import make_sampling_tensors, sample  # noqa: E402
 
 
-def cuda_ms(fn, n: int = 50) -> float:
+def cuda_ms(fn: Callable[[], object], n: int = 50) -> float:
     for _ in range(5):
         fn()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -35,7 +36,7 @@ def cuda_ms(fn, n: int = 50) -> float:
     return s.elapsed_time(e) / n
 
 
-def host_ms(fn, n: int = 200) -> float:
+def host_ms(fn: Callable[[], object], n: int = 200) -> float:
     for _ in range(5):
         fn()
     t0 = time.perf_counter()

@@ -10,6 +10,8 @@ backend starts it (RESPONSES frames read here). (b) slower than (a) means the en
 (b) equal to (a) puts the rest of the server's gap in tritonserver, the HTTP front end or the client.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,7 @@ from benchmarks.bench_serving import SHAPES, sampled, workload  # noqa: E402
 from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams  # noqa: E402
 
 
-def run_inprocess(executor, ids, n, c) -> dict:
+def run_inprocess(executor: Executor, ids: list[list[int]], n: int, c: int) -> dict:
     sem, lock, done = threading.Semaphore(c), threading.Lock(), threading.Event()
     left, produced = [len(ids)], [0]
 
@@ -58,7 +61,14 @@ def run_inprocess(executor, ids, n, c) -> dict:
     return {"tok/s": produced[0] / dt, "steps/s": (executor.stats().iteration - it0) / dt}
 
 
-def run_process(python: str, engine_dir: Path, ids, n, c, spy=None) -> dict:
+def run_process(
+    python: str,
+    engine_dir: Path,
+    ids: list[list[int]],
+    n: int,
+    c: int,
+    spy: Callable[[int], contextlib.AbstractContextManager[None]] | None = None,
+) -> dict:
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
         [python, "-m", "backend.engine_core", "--fd", str(theirs.fileno())],

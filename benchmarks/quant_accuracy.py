@@ -28,12 +28,19 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.train_tiny_llama import BOS, EOS, eval_windows, hf_eval, load_corpus, nll_from_logits  # noqa: E402
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from inflight_batcher.runner import ModelRunner
+    from tensorrt_llm.runtime import Engine
 
 # trtllm-build flags of each mode.
 MODES: dict[str, list[str]] = {
@@ -68,7 +75,7 @@ def calib_file(model_dir: Path, work: Path) -> Path:
     return out
 
 
-def token_stream(tokenizer, docs: list[str]) -> list[int]:
+def token_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> list[int]:
     out: list[int] = []
     for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
         out += [BOS, *ids, EOS]
@@ -83,7 +90,7 @@ def greedy_prompts(stream: list[int], n: int, length: int) -> list[list[int]]:
 
 # -- engine measurements ----------------------------------------------------------------------------
 @torch.inference_mode()
-def engine_perplexity(engine, windows: torch.Tensor, batch: int = 4, chunk: int | None = None) -> dict:
+def engine_perplexity(engine: Engine, windows: torch.Tensor, batch: int = 4, chunk: int | None = None) -> dict:
     """Teacher-forced perplexity of `engine` over `windows` [W, S]: `batch` windows per step (each its own
     sequence, from position 0), logits of every position. With `chunk`, each window goes in context steps
     of `chunk` tokens, so that later tokens attend to keys and values read back from the (possibly
@@ -111,7 +118,7 @@ def engine_perplexity(engine, windows: torch.Tensor, batch: int = 4, chunk: int 
     return {"ppl": math.exp(total / n), "nll": total / n, "tokens": n}
 
 
-def greedy(runner, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def greedy(runner: ModelRunner, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     out = runner.generate(prompts, max_new_tokens=new_tokens, end_id=-1, pad_id=0, return_dict=True)
     ids = out["output_ids"][:, 0]
     return [ids[i, len(p) : len(p) + new_tokens].tolist() for i, p in enumerate(prompts)]
@@ -147,7 +154,7 @@ _DTYPE_BYTES = {
 
 
 # -- building ---------------------------------------------------------------------------------------
-def build(mode: str, src: Path, out: Path, a, calib: Path, log: Path) -> tuple[bool, str, float]:
+def build(mode: str, src: Path, out: Path, a: argparse.Namespace, calib: Path, log: Path) -> tuple[bool, str, float]:
     cmd = [
         sys.executable, "-m", "tensorrt_llm.commands.build", "--model_dir", str(src), "--output_dir", str(out),
         "--dtype", a.dtype, "--max_batch_size", str(max(a.prompts, a.eval_batch)),

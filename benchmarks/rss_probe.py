@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def rss_mib(pid: int) -> float:
     return next(v for k, v in rss_by_process(pid).items() if k.startswith(f"{pid} ")) / 2**20
 
 
-def http_rounds(path: str, body: dict, n: int):
+def http_rounds(path: str, body: dict, n: int) -> Generator[None, None, None]:
     c = http.client.HTTPConnection("localhost", PORTS[0])
     try:
         while True:
@@ -44,7 +45,7 @@ def http_rounds(path: str, body: dict, n: int):
         c.close()
 
 
-def grpc_rounds(tokens: int, n: int):
+def grpc_rounds(tokens: int, n: int) -> Generator[None, None, None]:
     import tritonclient.grpc as g
 
     def inputs():

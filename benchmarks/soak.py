@@ -35,7 +35,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +104,9 @@ def _answer(model: str, events: list[dict]) -> list:
     return [e["output_ids"] for e in events]
 
 
-async def normal(session, base: str, tally: Tally, rng: random.Random, tokenize) -> None:
+async def normal(
+    session: aiohttp.ClientSession, base: str, tally: Tally, rng: random.Random, tokenize: Callable[[str], list[int]]
+) -> None:
     model = rng.choice([*TEXT_MODELS, "tensorrt_llm"])
     i = rng.randrange(len(PROMPTS))
     if model in TEXT_MODELS:
@@ -127,7 +134,7 @@ async def normal(session, base: str, tally: Tally, rng: random.Random, tokenize)
     tally.latency.append((now, now - t0))
 
 
-async def bad(session, base: str, tally: Tally, rng: random.Random) -> None:
+async def bad(session: aiohttp.ClientSession, base: str, tally: Tally, rng: random.Random) -> None:
     model, body, what = rng.choice(BAD)
     async with session.post(f"{base}/v2/models/{model}/generate", json=body) as r:
         await r.read()
@@ -138,7 +145,13 @@ async def bad(session, base: str, tally: Tally, rng: random.Random) -> None:
 
 
 async def cut_short(
-    session, base: str, tally: Tally, rng: random.Random, tokenize, abandon: bool, models: list[str]
+    session: aiohttp.ClientSession,
+    base: str,
+    tally: Tally,
+    rng: random.Random,
+    tokenize: Callable[[str], list[int]],
+    abandon: bool,
+    models: list[str],
 ) -> None:
     """A stream closed after its first event (cancelled) or left after a pause mid-stream (abandoned)."""
     model = rng.choice(models)
@@ -165,7 +178,13 @@ async def cut_short(
 
 
 async def worker(
-    base: str, tally: Tally, seed: int, deadline: float, tokenize, cut_models: list[str], cut_share: float = 0.15
+    base: str,
+    tally: Tally,
+    seed: int,
+    deadline: float,
+    tokenize: Callable[[str], list[int]],
+    cut_models: list[str],
+    cut_share: float = 0.15,
 ) -> None:
     import aiohttp
 
@@ -309,7 +328,7 @@ def server_pid(launcher: subprocess.Popen) -> int:
     raise RuntimeError("no tritonserver under the launcher")
 
 
-async def soak(args, base: str, pid: int) -> dict:
+async def soak(args: argparse.Namespace, base: str, pid: int) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -23,9 +23,13 @@ import random
 import sysconfig
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 BOS, EOS = 1, 2
@@ -59,7 +63,7 @@ def load_corpus() -> tuple[list[str], list[str]]:
     return train_docs, eval_docs
 
 
-def train_tokenizer(docs: list[str], vocab_size: int):
+def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,7 +81,7 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     )
 
 
-def token_stream(tokenizer, docs: list[str]) -> np.ndarray:
+def token_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> np.ndarray:
     """Documents as one token stream: <s> doc </s> <s> doc </s> ..."""
     out = []
     for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
@@ -103,7 +107,7 @@ def nll_from_logits(logits: torch.Tensor, window: torch.Tensor) -> tuple[float, 
 
 
 @torch.no_grad()
-def hf_eval(model, windows: torch.Tensor, batch: int = 8) -> dict:
+def hf_eval(model: PreTrainedModel, windows: torch.Tensor, batch: int = 8) -> dict:
     """Perplexity of HF's forward over the windows (teacher-forced, each window on its own)."""
     model.eval()
     total, n = 0.0, 0

@@ -21,7 +21,12 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
 
 WORDS = [
     "the",
@@ -85,7 +90,7 @@ def make_lengths(n: int, mean: int, stdev: float, rng: random.Random) -> list[in
     return [max(1, round(rng.gauss(mean, stdev))) if stdev > 0 else mean for _ in range(n)]
 
 
-async def sse_events(session, url: str, body: dict):
+async def sse_events(session: aiohttp.ClientSession, url: str, body: dict) -> AsyncIterator[dict]:
     """POSTs `body` to a generate_stream (or OpenAI streaming) endpoint and yields each event as a dict.
     Raises RuntimeError on an HTTP error or an error event (the message is the server's)."""
     async with session.post(url, json=body) as r:
@@ -103,7 +108,7 @@ async def sse_events(session, url: str, body: dict):
             yield event
 
 
-async def one_request(session, url: str, body: dict) -> Result:
+async def one_request(session: aiohttp.ClientSession, url: str, body: dict) -> Result:
     t0 = time.perf_counter()
     last = None
     res = Result(ok=False)

@@ -15,9 +15,10 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 
-def generate(url: str, model: str, body: dict, stream: bool, timeout: float = 600.0):
+def generate(url: str, model: str, body: dict, stream: bool, timeout: float = 600.0) -> Iterator[str]:
     """Yields the text pieces (one when not streaming). Raises RuntimeError with the server's error."""
     endpoint = f"{url}/v2/models/{model}/{'generate_stream' if stream else 'generate'}"
     req = urllib.request.Request(

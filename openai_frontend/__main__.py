@@ -6,6 +6,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 ARGS_ENV = "OPENAI_FRONTEND_ARGS"  # the parsed arguments, for each worker process's app_factory
 
 
-def app_factory():
+def app_factory() -> FastAPI:
     """The app of one worker process, from the arguments its parent parsed (uvicorn starts the workers)."""
     import json
 

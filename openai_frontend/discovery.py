@@ -15,10 +15,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.params import Params
 from backend.tokenization import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("openai_frontend")
 
@@ -86,7 +89,7 @@ class Discovery:
         self.tokenizer_dir = tokenizer_dir
         self._tokenizers: dict[str, Any] = {}
 
-    def tokenizer(self, path: str):
+    def tokenizer(self, path: str) -> PreTrainedTokenizerBase:
         if path not in self._tokenizers:
             self._tokenizers[path] = load_tokenizer(path)
         return self._tokenizers[path]

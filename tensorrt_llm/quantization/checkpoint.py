@@ -84,7 +84,9 @@ def _compressed_tensors_fp8(qc: dict) -> QuantConfig:
     )
 
 
-def make_reader(get: Callable[[str], torch.Tensor], hf_config: dict, quant: QuantConfig):
+def make_reader(
+    get: Callable[[str], torch.Tensor], hf_config: dict, quant: QuantConfig
+) -> Fp8Reader | PrequantizedReader:
     """The view-making reader of a quantized checkpoint of mode `quant`."""
     if quant.quant_algo in ("FP8", "FP8_PER_CHANNEL_PER_TOKEN"):
         return Fp8Reader(get)

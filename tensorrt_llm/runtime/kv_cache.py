@@ -9,13 +9,20 @@ Which block belongs to which sequence is the scheduler's business; the pool only
 `dtype` is the cache's: the engine dtype, or int8 / float8_e4m3fn for a quantized cache
 (`kv_cache_quant_algo` INT8 / FP8; the layers hold the scales), half the bytes of fp16."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from tensorrt_llm.quantization import QuantConfig
 
 # kv_cache_quant_algo -> what the cache stores
 KV_CACHE_QUANT_DTYPES = {"INT8": torch.int8, "FP8": torch.float8_e4m3fn}
 
 
-def kv_cache_dtype(quant, dtype: torch.dtype) -> torch.dtype:
+def kv_cache_dtype(quant: QuantConfig | None, dtype: torch.dtype) -> torch.dtype:
     """The cache dtype of an engine: `quant` (a QuantConfig, or None) names INT8 / FP8, else `dtype`."""
     algo = getattr(quant, "kv_cache_quant_algo", None)
     return KV_CACHE_QUANT_DTYPES[algo] if algo is not None else dtype

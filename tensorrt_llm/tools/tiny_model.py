@@ -5,10 +5,16 @@ has (`--architecture Qwen2ForCausalLM`) with the same tiny shape.
     python -m tensorrt_llm.tools.tiny_model OUT_DIR [--layers N] [--hidden N] [--kv_heads N] [--architecture A]
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -24,7 +30,7 @@ CORPUS = [
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def train_tokenizer(out_dir: Path | str, vocab_size: int = 384, kind: str = "bytelevel"):
+def train_tokenizer(out_dir: Path | str, vocab_size: int = 384, kind: str = "bytelevel") -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT/Llama-3 style) or Metaspace (SentencePiece/Llama-2 style) tokenizer,
     trained on CORPUS and saved as a Hugging Face tokenizer. Ids 0..3 are <unk> <s> </s> <pad>."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -59,11 +65,11 @@ def train_tokenizer(out_dir: Path | str, vocab_size: int = 384, kind: str = "byt
     return fast
 
 
-def tiny_llama_config(vocab_size: int = 384, **overrides):
+def tiny_llama_config(vocab_size: int = 384, **overrides) -> PretrainedConfig:
     return tiny_config("LlamaForCausalLM", vocab_size, **overrides)
 
 
-def tiny_config(architecture: str, vocab_size: int = 384, **overrides):
+def tiny_config(architecture: str, vocab_size: int = 384, **overrides) -> PretrainedConfig:
     """A transformers config of `architecture` with the tiny shape (hidden 64, 2 layers, 4 heads)."""
     import transformers
 
@@ -76,7 +82,7 @@ def tiny_config(architecture: str, vocab_size: int = 384, **overrides):
     return getattr(transformers, architecture).config_class(**kw)
 
 
-def make_tiny_llama(out_dir: Path | str, seed: int = 0, with_tokenizer: bool = True, **overrides):
+def make_tiny_llama(out_dir: Path | str, seed: int = 0, with_tokenizer: bool = True, **overrides) -> PreTrainedModel:
     """Saves a random-weight Llama (and, by default, a trained tokenizer) to `out_dir`; returns the model."""
     return make_tiny_model(out_dir, "LlamaForCausalLM", seed, with_tokenizer, **overrides)
 
@@ -88,7 +94,7 @@ def make_tiny_model(
     with_tokenizer: bool = True,
     norm_std: float = 0.0,
     **overrides,
-):
+) -> PreTrainedModel:
     """Saves a random-weight model of `architecture` (and, by default, a trained tokenizer) to `out_dir`;
     returns the model. Weights are scaled up from Hugging Face's init so that greedy outputs vary between
     prompts; norm weights keep their init (1, or 0 where the norm weighs by 1 + w) plus N(0, norm_std)."""
