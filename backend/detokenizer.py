@@ -142,7 +142,7 @@ class IncrementalDetokenizer:
         self.prefix = 0
         self.read = len(self.ids)
         self.held = ""  # text emitted past `read` (a character completed, its token run not yet settled)
-        self.emitted = ""
+        self._pieces: list[str] = []  # joined when read: `+=` on a string attribute copies it every step
         self.done = False
         self._byte_ids = byte_fallback_ids(tokenizer)
         self._special = set(tokenizer.all_special_ids) if skip_special_tokens and self._byte_ids else set()
@@ -158,7 +158,7 @@ class IncrementalDetokenizer:
     def windows(self, new_ids: Sequence[int], final: bool = False) -> tuple[list[int], list[int], int] | None:
         """Takes `new_ids`; the two windows whose texts `advance` needs (before, now) and the end, or None
         when nothing can be emitted yet."""
-        self.ids.extend(int(i) for i in new_ids)
+        self.ids.extend(map(int, new_ids))
         end = len(self.ids) if final else self._settled_end()
         if end <= self.read and not final:
             return None
@@ -177,7 +177,8 @@ class IncrementalDetokenizer:
             self.held = ""
             if not final:
                 self.prefix, self.read = self.read, end
-        self.emitted += piece
+        if piece:
+            self._pieces.append(piece)
         self.done = final
         return piece
 
@@ -195,7 +196,10 @@ class IncrementalDetokenizer:
 
     @property
     def text(self) -> str:
-        return self.emitted
+        """Everything emitted so far."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
 
 def add_many(items: Sequence[tuple[IncrementalDetokenizer, Sequence[int], bool]]) -> list[str]:

@@ -483,6 +483,9 @@ class EngineCore:
             new = out.new_tokens[0] if out.new_tokens else []
             if not new and not out.finished:
                 return 0
+            if lp is None and out.perf is None:
+                wire.encode_text_record(buf, s.slot, row.batch_index, flags, piece.encode("utf-8"))
+                return 1
             texts = [piece.encode("utf-8")]
             if lp is not None:
                 lp = [list(x[-len(new) :]) if new else [] for x in lp]

@@ -253,6 +253,16 @@ def decode_front(payload: memoryview) -> tuple[int, dict]:
     return front, json.loads(bytes(payload[4:]))
 
 
+_TEXT_ONLY = struct.Struct("<QiIIIiI")  # a record of one text (flag TEXT): head, seq_lens [0], the text's length
+
+
+def encode_text_record(out: bytearray, slot: int, batch_index: int, flags: int, text: bytes) -> None:
+    """`encode_record` of one text without log-probs or perf, in one pack: a streamed step of a text front,
+    once per request per step."""
+    out += _TEXT_ONLY.pack(slot, batch_index, flags | TEXT, 1, 0, 0, len(text))
+    out += text
+
+
 def encode_token_record(out: bytearray, slot: int, batch_index: int, flags: int, token: int) -> None:
     """`encode_record` of one beam holding one token, in one pack: the streaming case, once per request
     per step."""

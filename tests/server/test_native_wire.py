@@ -66,3 +66,11 @@ def test_token_record_is_the_general_record_of_one_token():
     wire.encode_token_record(fast, 7, 2, wire.STREAM | wire.FINAL, 12345)
     wire.encode_record(general, 7, 2, wire.STREAM | wire.FINAL, [[12345]], [1])
     assert fast == general
+
+
+def test_text_record_is_the_general_record_of_one_text():
+    for text in (b"", b" hello", "\u00e9\u4e2d".encode()):
+        fast, general = bytearray(), bytearray()
+        wire.encode_text_record(fast, 7, 2, wire.FINAL | wire.ROW_END, text)
+        wire.encode_record(general, 7, 2, wire.FINAL | wire.ROW_END | wire.TEXT, [], [0], texts=[text])
+        assert fast == general
