@@ -221,10 +221,10 @@ class BlockManager:
             out.append(prev)
         return out
 
-    def lookup(self, tokens: Sequence[int], keys: list[int]) -> list[int]:
+    def lookup(self, tokens: Sequence[int], keys: list[int], prev: int | None = None) -> list[int]:
         """The blocks holding the longest found prefix of `keys`, the chain keys of `tokens`' full blocks
-        (nothing is taken); host-resident ones as `host_base + slot`."""
-        tpb, out, prev = self.tokens_per_block, [], None
+        from `prev` (what `keys` was given; nothing is taken); host-resident ones as `host_base + slot`."""
+        tpb, out = self.tokens_per_block, []
         for i, k in enumerate(keys):
             b = self.block_of.get(k)
             if b is None:

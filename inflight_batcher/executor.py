@@ -150,6 +150,7 @@ class Executor:
             self.max_batch_size,
             self.max_num_tokens,
             config.enable_chunked_context,
+            engine.config.model.longrope_from,
         )
         model = engine.config.model
         windows = [model.attention_window(i) for i in range(model.num_hidden_layers)]
@@ -533,12 +534,16 @@ class Executor:
     def _step_input(self, plan: SchedulerOutput, device: torch.device | str) -> StepInput:
         """The plan as a `StepInput` on `device` (the host when it must be broadcast to followers)."""
         seqs = plan.seqs
+        offsets = None
+        if self.scheduler.longrope_from is not None:  # a request's tokens take its KV's rotary factors
+            offsets = [self.engine.config.model.rope_offset(s.request.num_tokens) for s in seqs]
         return build_step_input(
             [s.seq.tokens[s.start : s.start + s.num_new] for s in seqs],
             [s.start for s in seqs],
             [s.block_table for s in seqs],
             self.block_manager.tokens_per_block,
             device=device,
+            rope_offsets=offsets,
         )
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> tuple[Request, Output]:

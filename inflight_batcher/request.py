@@ -243,6 +243,9 @@ class Request:
     # on the GPU but not yet read by the host (the executor schedules the next step meanwhile).
     num_pending: int = field(default=0, init=False)
     num_preemptions: int = field(default=0, init=False)
+    # LongRoPE engines: whether this request's KV was computed with the long factors (it was longer than the
+    # original context then); one that grows past it is computed again with them (Scheduler.longrope_from).
+    kv_rope_long: bool = field(default=False, init=False, repr=False)
     # Beam search: finished hypotheses (score, beam), best first, at most beam_width; and whether a live
     # beam may still beat the worst of them (Hugging Face's early-stop heuristic, sticky once False).
     finished_beams: list[tuple[float, Sequence]] = field(default_factory=list, init=False, repr=False)

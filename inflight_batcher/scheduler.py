@@ -35,6 +35,8 @@ from functools import cached_property
 from inflight_batcher.block_manager import BlockManager
 from inflight_batcher.request import Request, RequestStatus, Sequence
 
+LONG_ROPE_SEED = 1  # the start of the key chain of blocks computed with LongRoPE's long factors (others: None)
+
 
 @dataclass(slots=True)  # one per row per step
 class ScheduledSeq:
@@ -106,12 +108,16 @@ class Scheduler:
         max_batch_size: int,
         max_num_tokens: int,
         enable_chunked_context: bool = False,
+        longrope_from: int | None = None,
     ) -> None:
         self.bm = block_manager
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.enable_chunked_context = enable_chunked_context
+        # LongRoPE engines (ModelConfig.longrope_from): a request's KV is computed with the long factors when it is
+        # longer than this, so one that grows past it is recomputed, and cached blocks are keyed by the set.
+        self.longrope_from = longrope_from
         # Keys a query attends to on every layer (sliding window), 0: all. With a window, blocks wholly
         # before the window of a request's next query are handed back (`release_out_of_window`), except
         # those holding one of the first `sinks` keys (attention sinks: every query sees them).
@@ -218,10 +224,23 @@ class Scheduler:
             self._admit_waiting(out, budget)
         return out
 
+    def _rope_long(self, req: Request) -> bool:
+        return self.longrope_from is not None and req.num_tokens > self.longrope_from
+
+    def _key_seed(self, req: Request) -> int | None:
+        """Where `req`'s chain of block keys starts: blocks of KV computed with LongRoPE's long factors are
+        not those of the same tokens computed with the short ones."""
+        return LONG_ROPE_SEED if req.kv_rope_long else None
+
     def _schedule_running(self, out: SchedulerOutput, budget: _Budget) -> None:
         i = 0
         while i < len(self.running):
             req = self.running[i]
+            if not req.kv_rope_long and req.num_computed_tokens and self._rope_long(req):
+                # Grown past LongRoPE's original context: every token is computed again with the long factors
+                # (Hugging Face's generate drops its cache there); a pause does it, resumed next step.
+                self._preempt(req, out, budget)
+                continue  # the list shrank: `i` already points past it
             remaining = req.num_tokens - req.num_computed_tokens
             beams = req.num_live_beams
             # Chunks only before the beams fork (one sequence), so a beam request moves in lockstep.
@@ -255,8 +274,9 @@ class Scheduler:
             return [], []
         tokens = req.seqs[0].tokens if req.seqs else req.input_ids
         usable = (req.num_tokens - 1) // self.bm.tokens_per_block  # the last token is always computed
-        keys = self.bm.keys(tokens[: usable * self.bm.tokens_per_block])
-        return self.bm.lookup(tokens, keys), keys
+        seed = LONG_ROPE_SEED if self._rope_long(req) else None
+        keys = self.bm.keys(tokens[: usable * self.bm.tokens_per_block], prev=seed)
+        return self.bm.lookup(tokens, keys, seed), keys
 
     def _admit_waiting(self, out: SchedulerOutput, budget: _Budget) -> None:
         while self.waiting and budget.tokens > 0:
@@ -280,6 +300,7 @@ class Scheduler:
             if need > budget.blocks:
                 break
             self.waiting.popleft()
+            req.kv_rope_long = self._rope_long(req)  # computed from here on (a found prefix was keyed the same)
             if not req.seqs:
                 req.seqs = [Sequence(tokens=list(req.input_ids))]
             if found:
@@ -320,7 +341,7 @@ class Scheduler:
         have = len(seq.block_keys)
         if full <= have or len(seq.block_table) < full:
             return  # nothing new, or a beam whose table was replaced since (its blocks are published by it)
-        prev = seq.block_keys[-1] if have else None
+        prev = seq.block_keys[-1] if have else self._key_seed(s.request)
         keys = self.bm.keys(seq.tokens[: full * tpb], have, prev)
         self.bm.publish(seq.block_table, seq.tokens, keys, have, prev)
         seq.block_keys += keys

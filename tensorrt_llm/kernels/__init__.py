@@ -41,7 +41,7 @@ from .quant import (
     weight_only_linear,
     weight_only_linear_ref,
 )
-from .rotary import apply_rotary, apply_rotary_ref, rope_cos_sin_cache, rope_inv_freq
+from .rotary import apply_rotary, apply_rotary_ref, longrope_original_length, rope_cos_sin_cache, rope_inv_freq
 from .sampling import hash_uniform, top_k_top_p_probs, top_k_top_p_sample, top_k_top_p_sample_ref
 from .tuning import apply_configs, current_configs, tune_attention, tune_gemv
 
@@ -83,6 +83,7 @@ __all__ = [
     "quantize_int8_static",
     "quantize_int8_static_ref",
     "rms_norm_ref",
+    "longrope_original_length",
     "rope_cos_sin_cache",
     "rope_inv_freq",
     "rotary_write_kv_cache",

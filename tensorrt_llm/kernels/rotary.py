@@ -4,6 +4,9 @@ pair up, not interleaved neighbours).
 `cos_sin_cache` is `[max_position, head_dim]` float32: `cat(cos[:, :D/2], sin[:, :D/2])`, i.e. row p holds
 cos(p * inv_freq) then sin(p * inv_freq). The caller precomputes it, so every rope variant (Llama-3
 scaling, linear, ...) is only a different `inv_freq`; `rope_cos_sin_cache` builds it from a HF config.
+LongRoPE (Phi-3 long-context) has two sets: its table is `[2 * max_position, head_dim]`, the short factors'
+rows then the long factors'; a token of a sequence longer than the original context reads row
+`max_position + p` (the step's positions carry that offset: `ModelConfig.rope_offset`).
 """
 
 from __future__ import annotations
@@ -111,12 +114,37 @@ def apply_rotary_ref(
     return rot(q), rot(k)
 
 
-def rope_inv_freq(head_dim: int, theta: float = 10000.0, rope_scaling: dict | None = None) -> torch.Tensor:
-    """`[head_dim/2]` float32 inverse frequencies, with HF's "default", "linear" and "llama3" scaling."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+def _rope_kind(rope_scaling: dict | None) -> str:
     kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    return "longrope" if kind == "su" else kind  # "su": the first Phi-3 long-context configs' name
+
+
+def longrope_original_length(rope_scaling: dict | None) -> int | None:
+    """LongRoPE: the pre-training context length; a sequence longer than it takes the long factors (all of
+    its tokens: Hugging Face's `generate` recomputes the cache when a sequence grows past it). None for any
+    other rope."""
+    if _rope_kind(rope_scaling) != "longrope":
+        return None
+    if "original_max_position_embeddings" not in rope_scaling:
+        raise ValueError("longrope scaling needs original_max_position_embeddings (the pre-training context length)")
+    return int(rope_scaling["original_max_position_embeddings"])
+
+
+def rope_inv_freq(
+    head_dim: int, theta: float = 10000.0, rope_scaling: dict | None = None, long: bool = False
+) -> torch.Tensor:
+    """`[head_dim/2]` float32 inverse frequencies, with HF's "default", "linear", "llama3" and "longrope"
+    scaling (`long`: LongRoPE's long factors, else its short ones)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    kind = _rope_kind(rope_scaling)
     if kind == "default":
         return inv_freq
+    if kind == "longrope":
+        longrope_original_length(rope_scaling)  # checked here too: config conversion calls only this
+        factors = rope_scaling["long_factor" if long else "short_factor"]
+        if len(factors) != head_dim // 2:
+            raise ValueError(f"longrope factors: {len(factors)} given, the rotary dims need {head_dim // 2}")
+        return inv_freq / torch.tensor(factors, dtype=torch.float32)
     if kind == "linear":
         return inv_freq / rope_scaling["factor"]
     if kind == "llama3":
@@ -140,7 +168,19 @@ def rope_cos_sin_cache(
     rope_scaling: dict | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """`[max_position, head_dim]` float32 `cat(cos, sin)` table for `apply_rotary` (see module doc)."""
-    inv_freq = rope_inv_freq(head_dim, theta, rope_scaling).to(device)
-    freqs = torch.arange(max_position, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+    """`[max_position, head_dim]` float32 `cat(cos, sin)` table for `apply_rotary` (see module doc); LongRoPE's
+    is `[2 * max_position, head_dim]`, both halves scaled by its attention factor (as Hugging Face's cos/sin)."""
+
+    def table(inv_freq: torch.Tensor) -> torch.Tensor:
+        freqs = torch.arange(max_position, device=device, dtype=torch.float32)[:, None] * inv_freq.to(device)[None, :]
+        return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+    original = longrope_original_length(rope_scaling)
+    if original is None:
+        return table(rope_inv_freq(head_dim, theta, rope_scaling))
+    factor = rope_scaling.get("factor") or max_position / original
+    scale = rope_scaling.get("attention_factor")
+    if scale is None:  # the LongRoPE paper's, as Hugging Face computes it
+        scale = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+    short, long = (table(rope_inv_freq(head_dim, theta, rope_scaling, long=x)) for x in (False, True))
+    return torch.cat([short, long]) * scale

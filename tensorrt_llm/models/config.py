@@ -1,4 +1,5 @@
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -126,6 +127,23 @@ class ModelConfig:
                     f"model config: layer_types must name one of {LAYER_TYPES} for each of the "
                     f"{self.num_hidden_layers} layers, got {list(self.layer_types)}"
                 )
+
+    @cached_property  # read per sequence per step (a frozen dataclass keeps it in its __dict__ all the same)
+    def longrope_from(self) -> int | None:
+        """LongRoPE (Phi-3 long-context): the original context length; a sequence longer than it is rotated
+        with the long factors, every token of it. None for any other positions."""
+        from tensorrt_llm.kernels.rotary import longrope_original_length
+
+        return longrope_original_length(self.rope_scaling) if self.position_embedding == "rope" else None
+
+    def rope_offset(self, num_tokens: int) -> int:
+        """What a step adds to the positions of a sequence of `num_tokens` tokens (all it has, computed or not,
+        this step's included) to pick its rotary table rows: with LongRoPE, a sequence longer than the original
+        context reads the long factors' rows, from row max_position_embeddings on; 0 otherwise. Its KV must
+        then have been computed the same way: a sequence that grows past the original context is computed
+        again (as Hugging Face's `generate` does)."""
+        original = self.longrope_from
+        return self.max_position_embeddings if original is not None and num_tokens > original else 0
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers

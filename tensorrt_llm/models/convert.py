@@ -23,6 +23,9 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
         scaling = hf.get("rope_scaling")
         if scaling is None and rope.get("rope_type", "default") != "default":
             scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        if scaling and "original_max_position_embeddings" in hf and "original_max_position_embeddings" not in scaling:
+            # transformers 4 layouts (Phi-3 long-context) keep it beside rope_scaling, not in it
+            scaling = {**scaling, "original_max_position_embeddings": hf["original_max_position_embeddings"]}
         fields = dict(
             architecture=(hf.get("architectures") or [architecture])[0],
             vocab_size=hf["vocab_size"],

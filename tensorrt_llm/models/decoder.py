@@ -167,7 +167,7 @@ class DecoderForCausalLM(CausalLM):
             # rotary_dim/2 frequencies of a rotary_dim-wide table, then frequency 0 (cos 1, sin 0) for the rest.
             part = tf.rope_cos_sin_cache(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
             cos, sin = part.chunk(2, dim=-1)  # [max_pos, R/2] each
-            rest = (cfg.max_position_embeddings, (cfg.head_dim - cfg.rotary_dim) // 2)
+            rest = (part.shape[0], (cfg.head_dim - cfg.rotary_dim) // 2)
             cache = torch.cat([cos, torch.ones(rest), sin, torch.zeros(rest)], -1)  # [max_pos, D] = cos | sin
         else:
             cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)

@@ -1,5 +1,6 @@
-"""Phi-3 (mini / medium, 4k context): Llama with fused qkv_proj and gate_up_proj tensors in the checkpoint
-and a sliding window on every layer. The long-context variants' "longrope" scaling is refused."""
+"""Phi-3 / Phi-3.5 (mini / medium, 4k and 128k context): Llama with fused qkv_proj and gate_up_proj tensors in
+the checkpoint and a sliding window on every layer; the long-context variants' LongRoPE is the rotary table's
+(`tensorrt_llm.kernels.rotary`) and the positions' (`ModelConfig.rope_offset`)."""
 
 import functools
 

@@ -207,7 +207,10 @@ def calibrate(model: nn.Module, samples: Sequence[Sequence[int]], tokens_per_blo
     try:
         for s in samples:
             kv.data.zero_()
-            step = build_step_input([list(s)], [0], [list(range(blocks))], tokens_per_block, device)
+            offset = [cfg.rope_offset(len(s))]  # LongRoPE: a sample longer than the original context
+            step = build_step_input(
+                [list(s)], [0], [list(range(blocks))], tokens_per_block, device, rope_offsets=offset
+            )
             model(step, kv.k, kv.v)
             # [L, 2, blocks, tpb, Hkv, D] → [L, 2]: the pool held only this sample (zeros elsewhere)
             kv_amax = torch.maximum(kv_amax, kv.data.abs().float().amax(dim=(2, 3, 4, 5)))

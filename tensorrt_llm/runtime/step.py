@@ -19,7 +19,7 @@ import torch
 @dataclass
 class StepInput:
     input_ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64, each token's rotary table row: its position (+ a LongRoPE offset)
     seq_lens: torch.Tensor  # [B] int32
     context_lens: torch.Tensor  # [B] int32
     block_tables: torch.Tensor  # [B, max_blocks] int32
@@ -46,10 +46,12 @@ def build_step_input(
     tokens_per_block: int,
     device: torch.device | str = "cpu",
     all_logits: bool = False,
+    rope_offsets: Sequence[int] | None = None,
 ) -> StepInput:
     """Builds a StepInput from host lists: per sequence its new tokens, how many of its tokens are
     already in the cache, and its block table (long enough for cached + new tokens). Returns the logits
-    of the last new token of each sequence, or of every new token with `all_logits`."""
+    of the last new token of each sequence, or of every new token with `all_logits`. `rope_offsets`: per
+    sequence, what its tokens' positions (their rotary table rows) get added (`ModelConfig.rope_offset`)."""
     if not tokens or not all(len(t) for t in tokens):
         raise ValueError("a step needs at least one sequence, and every sequence at least one new token")
     # A small step (batch-1 decode, a few generation rows) costs ~4 us in lists against ~35 us in numpy,
@@ -58,7 +60,8 @@ def build_step_input(
         pack = _pack_lists
     else:
         pack = _pack_arrays
-    host, width, n_logits, facts = pack(tokens, num_cached, block_tables, tokens_per_block, all_logits)
+    offsets = rope_offsets if rope_offsets is not None and any(rope_offsets) else None
+    host, width, n_logits, facts = pack(tokens, num_cached, block_tables, tokens_per_block, all_logits, offsets)
     # One host buffer, one copy to the device; the fields are views into it.
     dev = host
     if torch.device(device).type == "cuda":
@@ -88,6 +91,7 @@ def _pack_lists(
     block_tables: Sequence[Sequence[int]],
     tpb: int,
     all_logits: bool,
+    rope_offsets: Sequence[int] | None,
 ) -> tuple[torch.Tensor, int, int, dict[str, int]]:
     """`_pack_arrays` for a small step, in plain lists (the same buffer, the same errors)."""
     ids: list[int] = []
@@ -103,8 +107,9 @@ def _pack_lists(
             raise _short_table(table, cached + n)
         start = len(ids)
         ids += toks
+        shift = rope_offsets[b] if rope_offsets is not None else 0
         for p in range(cached, cached + n):
-            pos.append(p)
+            pos.append(p + shift)
             slots.append(table[p // tpb] * tpb + p % tpb)
         logits_idx += range(start, start + n) if all_logits else (start + n - 1,)
         seq_lens.append(n)
@@ -124,6 +129,7 @@ def _pack_arrays(
     block_tables: Sequence[Sequence[int]],
     tokens_per_block: int,
     all_logits: bool,
+    rope_offsets: Sequence[int] | None,
 ) -> tuple[torch.Tensor, int, int, dict[str, int]]:
     """The step as one int64 buffer [ids T | positions T | slots T | logits rows N | seq lens B | context lens B
     | tables B * width], the tables' width, N, and StepInput's host-side facts (max lengths, decode tail)."""
@@ -148,6 +154,8 @@ def _pack_arrays(
     slots = table[seq_of_token, pos // tokens_per_block] * tokens_per_block + pos % tokens_per_block
     ids = np.fromiter(itertools.chain.from_iterable(tokens), dtype=np.int64, count=T)
     logits_idx = np.arange(T) if all_logits else starts + seq_lens - 1
+    if rope_offsets is not None:  # after the slots: an offset picks a rotary table row, not a cache slot
+        pos = pos + np.asarray(rope_offsets, dtype=np.int64)[seq_of_token]
     host = np.concatenate([ids, pos, slots, logits_idx, seq_lens, ctx_lens, table.ravel()])
     prefill = np.flatnonzero(seq_lens > 1)
     facts = dict(

@@ -24,6 +24,22 @@ FAMILIES = {
     "gemma": ("GemmaForCausalLM", dict(num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)),
     # fused qkv_proj / gate_up_proj, windowed
     "phi3": ("Phi3ForCausalLM", dict(num_key_value_heads=2, sliding_window=12)),
+    # long context (Phi-3-mini-128k, Phi-3.5): LongRoPE over an original context of 16 tokens, which the tests'
+    # prompts (5 to 30 tokens) and generations cross both ways: a longer prompt takes the long factors
+    # throughout, a shorter one is recomputed with them when it grows past 16 (as Hugging Face's generate)
+    "phi3_longrope": (
+        "Phi3ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            original_max_position_embeddings=16,
+            rope_scaling=dict(
+                type="longrope",
+                short_factor=[1.0 + 0.1 * i for i in range(8)],
+                long_factor=[1.5 + 0.75 * i for i in range(8)],
+            ),
+        ),
+    ),  # fmt: skip
     # mixture of experts: 4 experts, top 2, renormalised; windowed
     "mixtral": (
         "MixtralForCausalLM",
@@ -134,7 +150,9 @@ def test_prompt_and_step_logits_match_hf(built):
     torch.manual_seed(1)
     prompt = torch.randint(4, VOCAB, (21,)).tolist()
     blocks = list(range(5))  # 40 slots: prompt + steps
-    step = build_step_input([prompt], [0], [blocks], tpb, all_logits=True)
+    step = build_step_input(
+        [prompt], [0], [blocks], tpb, all_logits=True, rope_offsets=[engine.config.model.rope_offset(21)]
+    )
     ours = engine.forward(step, kv)
     with torch.no_grad():
         ref = hf(torch.tensor([prompt])).logits[0]
@@ -142,7 +160,10 @@ def test_prompt_and_step_logits_match_hf(built):
     seq = list(prompt)
     for _ in range(8):
         seq.append(int(ours[-1].argmax()))
-        ours = engine.forward(build_step_input([seq[-1:]], [len(seq) - 1], [blocks], tpb), kv)
+        step = build_step_input(
+            [seq[-1:]], [len(seq) - 1], [blocks], tpb, rope_offsets=[engine.config.model.rope_offset(len(seq))]
+        )
+        ours = engine.forward(step, kv)
         with torch.no_grad():
             ref = hf(torch.tensor([seq])).logits[0, -1:]
         assert _rel_err(ours, ref) <= 1e-4
@@ -156,8 +177,11 @@ def test_mixed_context_and_generation_step(built):
     torch.manual_seed(3)
     a = torch.randint(4, VOCAB, (19,)).tolist()
     b = torch.randint(4, VOCAB, (6,)).tolist()
-    engine.forward(build_step_input([a], [0], [[0, 1, 2]], tpb), kv)
-    mixed = engine.forward(build_step_input([[7], b], [19, 0], [[0, 1, 2], [10, 11]], tpb), kv)
+    off = engine.config.model.rope_offset
+    engine.forward(build_step_input([a], [0], [[0, 1, 2]], tpb, rope_offsets=[off(19)]), kv)
+    mixed = engine.forward(
+        build_step_input([[7], b], [19, 0], [[0, 1, 2], [10, 11]], tpb, rope_offsets=[off(20), off(6)]), kv
+    )
     with torch.no_grad():
         ref_a = hf(torch.tensor([a + [7]])).logits[0, -1]
         ref_b = hf(torch.tensor([b])).logits[0, -1]
@@ -197,8 +221,15 @@ def test_config_options_read_from_hf(tmp_path):
     assert gemma.hidden_act == "gelu_pytorch_tanh" and gemma.tie_word_embeddings and gemma.norm_unit_offset
     assert gemma.embedding_multiplier == 8.0
     phi3 = get_family("Phi3ForCausalLM").config_from_hf
-    with pytest.raises(ValueError, match="unsupported rope_scaling type 'longrope'"):
-        phi3(dict(base, rope_scaling=dict(type="longrope", short_factor=[1.0] * 8, long_factor=[1.0] * 8)))
+    # the first long-context configs: "su", and the original context length beside rope_scaling
+    factors = dict(short_factor=[1.0] * 8, long_factor=[2.0] * 8)
+    cfg = phi3(dict(base, original_max_position_embeddings=4096, rope_scaling=dict(type="su", **factors)))
+    assert cfg.rope_scaling["original_max_position_embeddings"] == 4096
+    with pytest.raises(ValueError, match="needs original_max_position_embeddings"):
+        phi3(dict(base, rope_scaling=dict(type="longrope", **factors)))
+    short = dict(type="longrope", short_factor=[1.0] * 4, long_factor=[1.0] * 4)
+    with pytest.raises(ValueError, match="longrope factors: 4 given"):
+        phi3(dict(base, original_max_position_embeddings=64, rope_scaling=short))
     with pytest.raises(ValueError, match="partial rotary"):
         phi3(dict(base, partial_rotary_factor=0.75))
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
@@ -260,3 +291,32 @@ def test_moe_routed_path_matches_hf(tmp_path, monkeypatch, name):
         ref_b = hf(torch.tensor([b])).logits[0, -1]
     assert _rel_err(ours, ref[:-1]) <= 1e-4
     assert _rel_err(mixed[0], ref[-1]) <= 1e-4 and _rel_err(mixed[1], ref_b) <= 1e-4
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["plain", "prefix-reuse"])
+def test_longrope_chunked_prompts_and_cached_prefixes_match_hf(tmp_path, reuse):
+    """LongRoPE through the batcher's other paths: a prompt longer than the original context computed in
+    chunks (each chunk shorter than it still takes the long factors), and prefix reuse between a long prompt
+    and a short one that shares its start (their blocks hold differently rotated keys: never exchanged)."""
+    from inflight_batcher import Executor, ExecutorConfig, Request
+
+    hf = make_family_model("phi3_longrope", tmp_path / "hf")
+    build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_num_tokens=512)
+    engine = Engine.from_dir(tmp_path / "engine", device="cpu")
+    torch.manual_seed(5)
+    long = torch.randint(4, VOCAB, (30,)).tolist()
+    prompts = [long, long[:13], long]  # long, then a short one sharing 13 tokens (one full block), then long again
+    config = ExecutorConfig(max_num_tokens=8, enable_chunked_context=True, enable_kv_cache_reuse=reuse)
+    got, reused = [], []
+    with Executor(engine, config) as ex:
+        for p in prompts:
+            got.append(ex.generate([Request(p, max_new_tokens=12, end_id=-1)])[0].tokens[0])
+            reused.append(ex.stats().reused_blocks)
+    for p, g in zip(prompts, got, strict=True):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert list(g) == ref[0, len(p) :].tolist()
+    if reuse:
+        # The short prompt found none of the long one's blocks at first; grown past 16 tokens and recomputed with
+        # the long factors, it took their first block (its same 8 tokens); the long prompt again took 3.
+        assert reused == [0, 1, 4]
