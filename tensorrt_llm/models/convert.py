@@ -59,7 +59,8 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
             f"{fields['architecture']}: hidden_act {fields['hidden_act']!r} is not supported "
             f"(supported: {', '.join(sorted(allowed))})"
         )
-    rope_inv_freq(fields["head_dim"], fields["rope_theta"], scaling)  # an unsupported rope type fails here
+    # an unsupported rope type fails here (over the rotated dims: LongRoPE has a factor per rotated pair)
+    rope_inv_freq(fields.get("rotary_dim") or fields["head_dim"], fields["rope_theta"], scaling)
     return ModelConfig(**fields)
 
 
@@ -122,6 +123,21 @@ def rotary_permutation(head_dim: int, rotary_dim: int, interleaved: bool = False
     first, second = (torch.arange(0, R, 2), torch.arange(1, R, 2)) if interleaved else (
         torch.arange(R // 2), R // 2 + torch.arange(R // 2))  # fmt: skip
     return torch.cat([first, R + rest, second, R + (D - R) // 2 + rest])
+
+
+def rotary_rows(get: WeightGetter, cfg: ModelConfig, interleaved: bool = False) -> WeightGetter:
+    """A getter whose q_proj / k_proj tensors ([heads D, ...]) have each head's rows in the kernel's rotary
+    order (`rotary_permutation`) for a partial rotary over `cfg.rotary_dim`; the rest as they are."""
+    D = cfg.head_dim
+    perm = rotary_permutation(D, cfg.rotary_dim or D, interleaved)
+
+    def get_rows(name: str) -> torch.Tensor:
+        t = get(name)
+        if name.rpartition(".")[0].endswith(("q_proj", "k_proj")):
+            return t.reshape(-1, D, *t.shape[1:])[:, perm].reshape(t.shape)
+        return t
+
+    return get_rows
 
 
 def _experts(get: WeightGetter, mlp: str, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
-from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, rotary_permutation
+from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, rotary_rows
 from tensorrt_llm.models.decoder import DecoderForCausalLM
 from tensorrt_llm.models.phi3 import unfused
 
@@ -40,19 +40,14 @@ def glm4_config_from_hf(hf: dict) -> ModelConfig:
 
 
 def convert_weights(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
-    D = cfg.head_dim
-    perm = rotary_permutation(D, cfg.rotary_dim or D, interleaved=True)
-    base = unfused(get, cfg, qkv=False)
+    base = rotary_rows(unfused(get, cfg, qkv=False), cfg, interleaved=True)
 
     def get_glm(name: str) -> torch.Tensor:
         module, _, leaf = name.rpartition(".")
         parent, _, last = module.rpartition(".")
         if last in _GLM4_NORMS and cfg.sandwich_norm:
             return base(f"{parent}.{_GLM4_NORMS[last]}.{leaf}")
-        t = base(name)
-        if last in ("q_proj", "k_proj"):  # [heads D, ...]: each head's rows in the kernel's rotary order
-            return t.reshape(-1, D, *t.shape[1:])[:, perm].reshape(t.shape)
-        return t
+        return base(name)
 
     return convert_decoder(get_glm, cfg, mapping, dtype)
 

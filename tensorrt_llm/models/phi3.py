@@ -1,5 +1,6 @@
-"""Phi-3 / Phi-3.5 (mini / medium, 4k and 128k context): Llama with fused qkv_proj and gate_up_proj tensors in
-the checkpoint and a sliding window on every layer; the long-context variants' LongRoPE is the rotary table's
+"""Phi-3 / Phi-3.5 (mini / medium, 4k and 128k context) and Phi-4-mini: Llama with fused qkv_proj and
+gate_up_proj tensors in the checkpoint and a sliding window on every layer; Phi-4-mini's rotary covers 3/4 of
+each head; the long-context variants' LongRoPE is the rotary table's
 (`tensorrt_llm.kernels.rotary`) and the positions' (`ModelConfig.rope_offset`)."""
 
 import functools
@@ -9,12 +10,18 @@ import torch
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
-from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, window_options
+from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, rotary_rows, window_options
 from tensorrt_llm.models.decoder import DecoderForCausalLM
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
-    return decoder_config_from_hf(hf, "Phi3ForCausalLM", **window_options(hf, hf.get("sliding_window")))
+    # Phi-4-mini: rotary over the first 3/4 of each head (rotate-half within them), q/k rows permuted below
+    rope = hf.get("rope_parameters") or {}
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    R = int(head_dim * partial)
+    options = window_options(hf, hf.get("sliding_window"))
+    return decoder_config_from_hf(hf, "Phi3ForCausalLM", rotary_dim=R if R < head_dim else None, **options)
 
 
 def unfused(get: WeightGetter, cfg: ModelConfig, qkv: bool = True) -> WeightGetter:
@@ -42,7 +49,7 @@ def unfused(get: WeightGetter, cfg: ModelConfig, qkv: bool = True) -> WeightGett
 
 
 def convert_weights(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
-    return convert_decoder(unfused(get, cfg), cfg, mapping, dtype)
+    return convert_decoder(rotary_rows(unfused(get, cfg), cfg), cfg, mapping, dtype)
 
 
 FAMILY = ModelFamily(("Phi3ForCausalLM",), config_from_hf, convert_weights, DecoderForCausalLM)

@@ -40,6 +40,22 @@ FAMILIES = {
             ),
         ),
     ),  # fmt: skip
+    # Phi-4-mini: rotary over 3/4 of each head (12 of 16 dims), LongRoPE on them, tied head
+    "phi4_mini": (
+        "Phi3ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            partial_rotary_factor=0.75,
+            tie_word_embeddings=True,
+            max_position_embeddings=256,
+            original_max_position_embeddings=16,
+            rope_scaling=dict(
+                type="longrope",
+                short_factor=[1.0 + 0.1 * i for i in range(6)],
+                long_factor=[1.5 + 0.75 * i for i in range(6)],
+            ),
+        ),
+    ),  # fmt: skip
     # mixture of experts: 4 experts, top 2, renormalised; windowed
     "mixtral": (
         "MixtralForCausalLM",
@@ -230,8 +246,7 @@ def test_config_options_read_from_hf(tmp_path):
     short = dict(type="longrope", short_factor=[1.0] * 4, long_factor=[1.0] * 4)
     with pytest.raises(ValueError, match="longrope factors: 4 given"):
         phi3(dict(base, original_max_position_embeddings=64, rope_scaling=short))
-    with pytest.raises(ValueError, match="partial rotary"):
-        phi3(dict(base, partial_rotary_factor=0.75))
+    assert phi3(dict(base, partial_rotary_factor=0.75)).rotary_dim == 12  # Phi-4-mini: 3/4 of 16 dims
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
         get_family("LlamaForCausalLM").config_from_hf(dict(base, hidden_act="relu"))
     # BLOOM's first configs (n_embed, n_head, n_layer); MPT's refusals
