@@ -33,10 +33,11 @@ class Attention(nn.Module):
     Options (fixed when built): `bias` on the QKV projection and `dense_bias` on the output one (Qwen2 has
     the first only); `window` > 0, sliding-window attention over the last `window` keys, and `sinks` > 0
     (with a window) the first `sinks` keys of the sequence visible to every query too; `qk_norm_eps`,
-    an RMSNorm over head_dim of every q and k head before rotary (Qwen3), weights `q_norm` / `k_norm`
-    [D] on every rank; `scale` of the scores (default head_dim ** -0.5); `softcap` > 0, scores capped
-    to softcap * tanh(score / softcap) (Gemma-2); `alibi`, ALiBi position biases (BLOOM, MPT) with the slopes
-    of this rank's heads that the model computes (`AttentionParams.alibi_slopes`, a buffer, not a weight).
+    an RMSNorm over head_dim of every q and k head before rotary (Qwen3; weighted by 1 + w with
+    `norm_unit_offset`, Gemma-3), weights `q_norm` / `k_norm` [D] on every rank; `scale` of the scores
+    (default head_dim ** -0.5); `softcap` > 0, scores capped to softcap * tanh(score / softcap) (Gemma-2);
+    `alibi`, ALiBi position biases (BLOOM, MPT) with the slopes of this rank's heads that the model computes
+    (`AttentionParams.alibi_slopes`, a buffer, not a weight).
 
     A quantized KV cache (`set_kv_quant`): the layer's cache holds int8 or float8_e4m3fn, K / k_scale and
     V / v_scale, with the parameter `kv_cache_scale` float32 [2] = (k_scale, v_scale) (calibrated)."""
@@ -59,6 +60,7 @@ class Attention(nn.Module):
         softcap: float = 0.0,
         sinks: int = 0,
         alibi: bool = False,
+        norm_unit_offset: bool = False,
     ) -> None:
         super().__init__()
         tp = mapping.tp_size
@@ -76,8 +78,8 @@ class Attention(nn.Module):
         self.window, self.softcap, self.sinks, self.alibi = window, softcap, sinks, alibi
         self.q_norm = self.k_norm = None
         if qk_norm_eps is not None:
-            self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
-            self.k_norm = RmsNorm(head_dim, qk_norm_eps, dtype)
+            self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype, norm_unit_offset)
+            self.k_norm = RmsNorm(head_dim, qk_norm_eps, dtype, norm_unit_offset)
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         self.qkv = ColumnLinear(hidden_size, qkv_out, bias, dtype, mapping)
         self.dense = RowLinear(num_heads * head_dim, hidden_size, dense_bias, dtype, mapping)

@@ -89,6 +89,10 @@ class ModelConfig:
     # BLOOM) and LayerNorms without bias (`norm_bias` false, MPT).
     embedding_layernorm: bool = False
     norm_bias: bool = True
+    # Gemma-3: the layers in `local_rope_layers` (its sliding-window ones) rotate with base `local_rope_theta`
+    # and no scaling; the others with `rope_theta` and `rope_scaling`. None: one rotary for every layer.
+    local_rope_theta: float | None = None
+    local_rope_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -102,6 +106,14 @@ class ModelConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
         object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
+        object.__setattr__(self, "local_rope_layers", tuple(self.local_rope_layers))
+        if self.local_rope_layers and (
+            self.local_rope_theta is None or not all(0 <= i < self.num_hidden_layers for i in self.local_rope_layers)
+        ):
+            raise ValueError(
+                f"model config: local_rope_layers {list(self.local_rope_layers)} need a local_rope_theta and "
+                f"layer indices below {self.num_hidden_layers}"
+            )
         for name, allowed in (("norm_type", ("rms", "layer")), ("position_embedding", ("rope", "learned", "alibi")),
                               ("mlp_type", ("gated", "plain"))):  # fmt: skip
             if getattr(self, name) not in allowed:

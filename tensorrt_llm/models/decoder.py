@@ -31,6 +31,7 @@ Engine weight names (per rank):
     lm_head.weight                          [V / tp, H]
 """
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,6 +84,7 @@ class DecoderLayer(nn.Module):
             scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
             softcap=cfg.attn_logit_softcapping or 0.0,
             alibi=cfg.position_embedding == "alibi",
+            norm_unit_offset=cfg.norm_unit_offset,
         )
         self.post_layernorm = None if cfg.parallel_residual and cfg.parallel_shared_norm else _norm(cfg, dtype)
         if cfg.mlp_type == "plain":
@@ -172,6 +174,10 @@ class DecoderForCausalLM(CausalLM):
         else:
             cache = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)
+        local = None
+        if cfg.local_rope_layers:  # Gemma-3's sliding-window layers: their own base, no scaling
+            local = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.local_rope_theta).to(device)
+        self.register_buffer("local_cos_sin_cache", local, persistent=False)
 
     def hidden(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
         p = AttentionParams(
@@ -192,8 +198,13 @@ class DecoderForCausalLM(CausalLM):
         if self.position_embedding is not None:
             h = h + self.position_embedding(step.positions)
         residual = None
-        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
-            h, residual = layer(h, residual, p, k_cache, v_cache)
+        params = [p] * len(self.layers)
+        if self.local_cos_sin_cache is not None:
+            local = dataclasses.replace(p, cos_sin_cache=self.local_cos_sin_cache)
+            for i in self.cfg.local_rope_layers:
+                params[i] = local
+        for layer, lp, k_cache, v_cache in zip(self.layers, params, k_caches, v_caches, strict=True):
+            h, residual = layer(h, residual, lp, k_cache, v_cache)
         # Only the rows whose logits are wanted go through the final norm and the (large) head.
         idx = step.logits_indices
         h, _ = self.ln_f(h[idx], residual[idx])

@@ -1,6 +1,9 @@
 """Gemma: GeLU-tanh gated MLP, RMSNorm weighted by (1 + w), embeddings scaled by sqrt(hidden_size), tied
 head by default. Gemma-2 adds: sliding-window and full layers alternating, attention scores scaled by
-query_pre_attn_scalar and soft-capped, soft-capped logits, and norms on both sides of each sub-block."""
+query_pre_attn_scalar and soft-capped, soft-capped logits, and norms on both sides of each sub-block.
+Gemma-3 (`Gemma3ForCausalLM`, the text models): Gemma-2's without the soft-capping, five sliding-window
+layers to one full, a (1 + w) RMSNorm of every q and k head, and a rotary of its own on the sliding-window
+layers (base 10,000, unscaled; the full layers' is 1,000,000, linearly scaled on the larger models)."""
 
 from tensorrt_llm.models.base import ModelFamily
 from tensorrt_llm.models.config import ModelConfig
@@ -41,5 +44,41 @@ def gemma2_config_from_hf(hf: dict) -> ModelConfig:
     )
 
 
+def gemma3_config_from_hf(hf: dict) -> ModelConfig:
+    n = hf["num_hidden_layers"]
+    layer_types = hf.get("layer_types")
+    if layer_types is None:  # the first Gemma-3 configs: every `sliding_window_pattern`-th layer is full
+        pattern = hf.get("sliding_window_pattern", 6)
+        layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError("Gemma3ForCausalLM: use_bidirectional_attention (an embedding model) is not supported")
+    rope = hf.get("rope_parameters") or {}
+    if "full_attention" in rope:  # transformers 5: a rotary per layer type
+        full = {k: v for k, v in rope["full_attention"].items() if k != "rope_theta"}
+        theta = rope["full_attention"].get("rope_theta", 1_000_000.0)
+        local_theta = rope.get("sliding_attention", {}).get("rope_theta", 10_000.0)
+        scaling = full if full.get("rope_type", "default") != "default" else None
+    else:  # transformers 4: rope_theta and rope_scaling for the full layers, rope_local_base_freq for the others
+        theta, local_theta = hf.get("rope_theta", 1_000_000.0), hf.get("rope_local_base_freq", 10_000.0)
+        scaling = hf.get("rope_scaling")
+    local_layers = tuple(i for i, t in enumerate(layer_types) if t == "sliding_attention")
+    return decoder_config_from_hf(
+        hf,
+        "Gemma3ForCausalLM",
+        **gemma_options(hf),
+        **window_options(hf, hf.get("sliding_window", 4096), layer_types),
+        query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
+        attn_logit_softcapping=hf.get("attn_logit_softcapping"),
+        final_logit_softcapping=hf.get("final_logit_softcapping"),
+        sandwich_norm=True,
+        qk_norm=True,
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        local_rope_theta=float(local_theta) if local_layers else None,
+        local_rope_layers=local_layers,
+    )
+
+
 FAMILY = ModelFamily(("GemmaForCausalLM",), config_from_hf, convert_decoder, DecoderForCausalLM)
 GEMMA2 = ModelFamily(("Gemma2ForCausalLM",), gemma2_config_from_hf, convert_decoder, DecoderForCausalLM)
+GEMMA3 = ModelFamily(("Gemma3ForCausalLM",), gemma3_config_from_hf, convert_decoder, DecoderForCausalLM)

@@ -128,6 +128,23 @@ FAMILIES = {
             final_logit_softcapping=3.0,
         ),
     ),  # fmt: skip
+    # Gemma-3: five windowed layers to one full (here layer 2 of 3), (1 + w) q/k norms, a rotary per layer
+    # type (the full layer's linearly scaled), no soft-capping
+    "gemma3": (
+        "Gemma3ForCausalLM",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=12,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+            },
+        ),
+    ),  # fmt: skip
 }
 VOCAB = 384
 
@@ -247,6 +264,17 @@ def test_config_options_read_from_hf(tmp_path):
     with pytest.raises(ValueError, match="longrope factors: 4 given"):
         phi3(dict(base, original_max_position_embeddings=64, rope_scaling=short))
     assert phi3(dict(base, partial_rotary_factor=0.75)).rotary_dim == 12  # Phi-4-mini: 3/4 of 16 dims
+    # Gemma-3 as transformers 4 saved it (the released checkpoints): a layer pattern, the local base beside
+    gemma3 = get_family("Gemma3ForCausalLM").config_from_hf
+    g3 = dict(base, num_hidden_layers=12, head_dim=16, sliding_window=512, max_position_embeddings=32768)
+    cfg = gemma3(dict(g3, sliding_window_pattern=6, rope_theta=1e6, rope_local_base_freq=1e4,
+                      rope_scaling=dict(rope_type="linear", factor=8.0)))  # fmt: skip
+    assert cfg.local_rope_layers == (0, 1, 2, 3, 4, 6, 7, 8, 9, 10) and cfg.local_rope_theta == 1e4
+    assert cfg.rope_theta == 1e6 and cfg.rope_scaling["factor"] == 8.0 and cfg.qk_norm and cfg.norm_unit_offset
+    assert [cfg.attention_window(i) for i in (0, 5, 11)] == [512, 0, 0]
+    assert cfg.attn_logit_softcapping is None and cfg.final_logit_softcapping is None
+    with pytest.raises(ValueError, match="use_bidirectional_attention"):
+        gemma3(dict(g3, use_bidirectional_attention=True))
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
         get_family("LlamaForCausalLM").config_from_hf(dict(base, hidden_act="relu"))
     # BLOOM's first configs (n_embed, n_head, n_layer); MPT's refusals
