@@ -22,8 +22,8 @@ def register(family: ModelFamily) -> None:
 
 for _family in (
     llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
-    gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT, gpt.NEOX, gpt.GPTJ,
-    gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT,
+    gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, gemma.GEMMA3_VLM, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
+    gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT,
 ):  # fmt: skip
     register(_family)
 

@@ -172,7 +172,41 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_every_family_is_registered_and_tested():
-    assert {arch for arch, _ in FAMILIES.values()} | {"LlamaForCausalLM"} == set(MODEL_REGISTRY)
+    tested_apart = {"LlamaForCausalLM", "Gemma3ForConditionalGeneration"}  # test_llama_vs_hf.py; below
+    assert {arch for arch, _ in FAMILIES.values()} | tested_apart == set(MODEL_REGISTRY)
+
+
+def test_gemma3_vlm_language_model_matches_hf(tmp_path):
+    """The 4B-27B Gemma-3 checkpoints (Gemma3ForConditionalGeneration): their language model, built alone from
+    the checkpoint (text_config, `language_model.*` tensors), gives the whole model's text-only logits and
+    greedy tokens."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = dict(FAMILIES["gemma3"][1], vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                num_attention_heads=4, max_position_embeddings=512)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)  # fmt: skip
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+                          boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)  # fmt: skip
+    torch.manual_seed(0)
+    hf = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # the norms' weights perturbed: (1 + w) against w is checked
+        for name, p in hf.named_parameters():
+            if name.startswith("model.language_model") and name.endswith("norm.weight"):
+                p.normal_(0, 0.2)
+    hf.save_pretrained(tmp_path / "hf")
+    build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_num_tokens=512)
+    engine = Engine.from_dir(tmp_path / "engine", device="cpu")
+    prompt = torch.randint(4, VOCAB - 4, (21,)).tolist()
+    kv = engine.make_kv_cache(8)
+    ours = engine.forward(build_step_input([prompt], [0], [list(range(3))], 8, all_logits=True), kv)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor([prompt])).logits[0]
+    assert _rel_err(ours, ref) <= 1e-4
+    out = ModelRunner.from_dir(tmp_path / "engine", device="cpu").generate([prompt], max_new_tokens=16, end_id=-1)
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None)
+    assert out[0, 0, : want.shape[1]].tolist() == want[0].tolist()
 
 
 def test_prompt_and_step_logits_match_hf(built):
