@@ -4,13 +4,10 @@ query_pre_attn_scalar and soft-capped, soft-capped logits, and norms on both sid
 Gemma-3 (`Gemma3ForCausalLM`, the text models): Gemma-2's without the soft-capping, five sliding-window
 layers to one full, a (1 + w) RMSNorm of every q and k head, and a rotary of its own on the sliding-window
 layers (base 10,000, unscaled; the full layers' is 1,000,000, linearly scaled on the larger models).
-The larger Gemma-3 checkpoints (4B, 12B, 27B) are `Gemma3ForConditionalGeneration`: their language model is
-built and served on its own (text in, text out; the vision tower is not read)."""
+The larger Gemma-3 checkpoints (4B, 12B, 27B) are vision-language models: `multimodal.py` serves their text
+model."""
 
-import torch
-
-from tensorrt_llm.mapping import Mapping
-from tensorrt_llm.models.base import ModelFamily, WeightGetter
+from tensorrt_llm.models.base import ModelFamily
 from tensorrt_llm.models.config import ModelConfig
 from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, window_options
 from tensorrt_llm.models.decoder import DecoderForCausalLM
@@ -84,41 +81,6 @@ def gemma3_config_from_hf(hf: dict) -> ModelConfig:
     )
 
 
-def gemma3_vlm_config_from_hf(hf: dict) -> ModelConfig:
-    """The language model of a Gemma3ForConditionalGeneration checkpoint: its `text_config`, with the
-    defaults of transformers' Gemma3TextConfig for what the file leaves out (the released configs do)."""
-    from transformers import Gemma3TextConfig
-
-    text = Gemma3TextConfig(**hf.get("text_config", {})).to_dict()
-    return gemma3_config_from_hf({**text, "architectures": ["Gemma3ForConditionalGeneration"]})
-
-
-def _language_model(get: WeightGetter) -> WeightGetter:
-    """A getter answering the text model's tensor names from a Gemma3ForConditionalGeneration checkpoint
-    (`language_model.model.*` as the released ones store them; `model.language_model.*` as transformers 5
-    holds them)."""
-
-    def get_text(name: str) -> torch.Tensor:
-        head, _, rest = name.partition(".")
-        candidates = {"model": [f"language_model.model.{rest}", f"model.language_model.{rest}"],
-                      "lm_head": [f"language_model.lm_head.{rest}", name]}.get(head, [name])  # fmt: skip
-        for candidate in candidates[:-1]:
-            try:
-                return get(candidate)
-            except KeyError:
-                pass
-        return get(candidates[-1])
-
-    return get_text
-
-
-def convert_gemma3_vlm(get: WeightGetter, cfg: ModelConfig, mapping: Mapping, dtype: torch.dtype) -> dict:
-    return convert_decoder(_language_model(get), cfg, mapping, dtype)
-
-
 FAMILY = ModelFamily(("GemmaForCausalLM",), config_from_hf, convert_decoder, DecoderForCausalLM)
 GEMMA2 = ModelFamily(("Gemma2ForCausalLM",), gemma2_config_from_hf, convert_decoder, DecoderForCausalLM)
 GEMMA3 = ModelFamily(("Gemma3ForCausalLM",), gemma3_config_from_hf, convert_decoder, DecoderForCausalLM)
-GEMMA3_VLM = ModelFamily(
-    ("Gemma3ForConditionalGeneration",), gemma3_vlm_config_from_hf, convert_gemma3_vlm, DecoderForCausalLM
-)

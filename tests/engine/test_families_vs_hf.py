@@ -172,28 +172,36 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_every_family_is_registered_and_tested():
-    tested_apart = {"LlamaForCausalLM", "Gemma3ForConditionalGeneration"}  # test_llama_vs_hf.py; below
+    # Llama: test_llama_vs_hf.py; the vision-language checkpoints' language models: below
+    tested_apart = {"LlamaForCausalLM", "Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration"}
     assert {arch for arch, _ in FAMILIES.values()} | tested_apart == set(MODEL_REGISTRY)
 
 
-def test_gemma3_vlm_language_model_matches_hf(tmp_path):
-    """The 4B-27B Gemma-3 checkpoints (Gemma3ForConditionalGeneration): their language model, built alone from
-    the checkpoint (text_config, `language_model.*` tensors), gives the whole model's text-only logits and
-    greedy tokens."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+@pytest.mark.parametrize("arch", ["Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration"])
+def test_vision_language_checkpoints_language_model_matches_hf(tmp_path, arch):
+    """Gemma-3 4B-27B and Mistral-Small-3.x checkpoints: their language model, built alone from the checkpoint
+    (text_config, `language_model.*` tensors), gives the whole model's text-only logits and greedy tokens."""
+    import transformers
 
-    text = dict(FAMILIES["gemma3"][1], vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                num_attention_heads=4, max_position_embeddings=512)  # fmt: skip
+    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                max_position_embeddings=512)  # fmt: skip
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                   patch_size=14)  # fmt: skip
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
-                          boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)  # fmt: skip
+    if arch.startswith("Gemma3"):
+        text |= FAMILIES["gemma3"][1]
+        extra = dict(mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)
+    else:
+        text |= dict(num_hidden_layers=2, num_key_value_heads=2, head_dim=16, sliding_window=None)
+        vision |= dict(head_dim=16)
+        extra = dict(tie_word_embeddings=False)  # Mistral-Small's own head: `language_model.lm_head.weight`
+    config_cls = getattr(transformers, arch.replace("ForConditionalGeneration", "Config"))
+    config = config_cls(text_config=text, vision_config=vision, image_token_index=VOCAB - 1, **extra)
     torch.manual_seed(0)
-    hf = Gemma3ForConditionalGeneration(config).eval()
+    hf = getattr(transformers, arch)(config).eval()
     with torch.no_grad():  # the norms' weights perturbed: (1 + w) against w is checked
         for name, p in hf.named_parameters():
-            if name.startswith("model.language_model") and name.endswith("norm.weight"):
-                p.normal_(0, 0.2)
+            if "language_model" in name and name.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
     hf.save_pretrained(tmp_path / "hf")
     build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_num_tokens=512)
     engine = Engine.from_dir(tmp_path / "engine", device="cpu")
