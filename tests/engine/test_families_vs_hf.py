@@ -173,29 +173,46 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_every_family_is_registered_and_tested():
     # Llama: test_llama_vs_hf.py; the vision-language checkpoints' language models: below
-    tested_apart = {"LlamaForCausalLM", "Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration"}
+    tested_apart = {"LlamaForCausalLM", *VISION_LANGUAGE}
     assert {arch for arch, _ in FAMILIES.values()} | tested_apart == set(MODEL_REGISTRY)
 
 
-@pytest.mark.parametrize("arch", ["Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration"])
+VISION_LANGUAGE = [
+    "Gemma3ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+]
+
+
+@pytest.mark.parametrize("arch", VISION_LANGUAGE)
 def test_vision_language_checkpoints_language_model_matches_hf(tmp_path, arch):
-    """Gemma-3 4B-27B and Mistral-Small-3.x checkpoints: their language model, built alone from the checkpoint
-    (text_config, `language_model.*` tensors), gives the whole model's text-only logits and greedy tokens."""
+    """Gemma-3 4B-27B, Mistral-Small-3.x, Qwen2-VL and Qwen2.5-VL checkpoints: their language model, built
+    alone from the checkpoint, gives the whole model's text-only logits and greedy tokens."""
+    import json
+
     import transformers
 
     text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                 max_position_embeddings=512)  # fmt: skip
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                   patch_size=14)  # fmt: skip
+    tokens = dict(image_token_index=VOCAB - 1)
     if arch.startswith("Gemma3"):
         text |= FAMILIES["gemma3"][1]
         extra = dict(mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)
-    else:
+    elif arch.startswith("Mistral3"):
         text |= dict(num_hidden_layers=2, num_key_value_heads=2, head_dim=16, sliding_window=None)
         vision |= dict(head_dim=16)
         extra = dict(tie_word_embeddings=False)  # Mistral-Small's own head: `language_model.lm_head.weight`
+    else:  # Qwen: q/k/v biases, its multimodal rotary, an untied head
+        mrope = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        text |= dict(num_hidden_layers=2, num_key_value_heads=2, rope_scaling=mrope, bos_token_id=1, eos_token_id=2)
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, embed_dim=32)
+        extra = dict(tie_word_embeddings=False, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3)
+        tokens = dict(image_token_id=VOCAB - 1)
     config_cls = getattr(transformers, arch.replace("ForConditionalGeneration", "Config"))
-    config = config_cls(text_config=text, vision_config=vision, image_token_index=VOCAB - 1, **extra)
+    config = config_cls(text_config=text, vision_config=vision, **tokens, **extra)
     torch.manual_seed(0)
     hf = getattr(transformers, arch)(config).eval()
     with torch.no_grad():  # the norms' weights perturbed: (1 + w) against w is checked
@@ -203,6 +220,12 @@ def test_vision_language_checkpoints_language_model_matches_hf(tmp_path, arch):
             if "language_model" in name and name.endswith("norm.weight"):
                 p.normal_(1.0, 0.2)
     hf.save_pretrained(tmp_path / "hf")
+    if arch.startswith("Qwen2_5"):  # the released files' layout: the text fields at the top, no text_config
+        path = tmp_path / "hf" / "config.json"
+        saved = json.loads(path.read_text())
+        text_config = saved.pop("text_config")
+        text_config.pop("rope_parameters", None)
+        path.write_text(json.dumps({**text_config, **saved, "rope_scaling": text["rope_scaling"], "rope_theta": 1e6}))
     build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_num_tokens=512)
     engine = Engine.from_dir(tmp_path / "engine", device="cpu")
     prompt = torch.randint(4, VOCAB - 4, (21,)).tolist()
