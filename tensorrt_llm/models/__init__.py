@@ -5,7 +5,20 @@ weights for one rank, and the `CausalLM` module the runtime builds. Families tha
 share one module (`decoder.DecoderForCausalLM`) and state their differences in their own file.
 """
 
-from tensorrt_llm.models import bloom, gemma, glm, gpt, llama, mistral, mixtral, multimodal, phi3, qwen, starcoder2
+from tensorrt_llm.models import (
+    bloom,
+    gemma,
+    glm,
+    gpt,
+    granite,
+    llama,
+    mistral,
+    mixtral,
+    multimodal,
+    phi3,
+    qwen,
+    starcoder2,
+)
 from tensorrt_llm.models.base import CausalLM, ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
 
@@ -23,7 +36,7 @@ def register(family: ModelFamily) -> None:
 for _family in (
     llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
     gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, multimodal.FAMILY, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
-    gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT,
+    gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT, granite.FAMILY,
 ):  # fmt: skip
     register(_family)
 

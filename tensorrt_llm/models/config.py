@@ -52,6 +52,12 @@ class ModelConfig:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     sandwich_norm: bool = False
+    # Granite: each block's output times `residual_multiplier` before it joins the residual stream, scores
+    # scaled by `attention_multiplier` (not head_dim ** -0.5) and logits divided by `logits_scaling` (its
+    # embeddings are scaled by `embedding_multiplier`, as Gemma's).
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
     # Mixture of experts (Mixtral, Qwen3-MoE): `num_experts` gated MLPs of `moe_intermediate_size` each
     # (`intermediate_size` when None), the `num_experts_per_tok` most probable running per token, weighted
     # by their router probabilities (renormalised over the chosen ones with `norm_topk_prob`); the layers in
@@ -107,6 +113,8 @@ class ModelConfig:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
         object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
         object.__setattr__(self, "local_rope_layers", tuple(self.local_rope_layers))
+        if self.residual_multiplier != 1.0 and (self.parallel_residual or self.sandwich_norm):
+            raise ValueError("model config: residual_multiplier is for sequential blocks without sandwich norms")
         if self.local_rope_layers and (
             self.local_rope_theta is None or not all(0 <= i < self.num_hidden_layers for i in self.local_rope_layers)
         ):

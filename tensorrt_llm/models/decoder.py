@@ -81,7 +81,7 @@ class DecoderLayer(nn.Module):
             window=cfg.attention_window(layer),
             sinks=cfg.attention_sinks(layer),
             qk_norm_eps=eps if cfg.qk_norm else None,
-            scale=cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None,
+            scale=cfg.attention_multiplier or (cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar else None),
             softcap=cfg.attn_logit_softcapping or 0.0,
             alibi=cfg.position_embedding == "alibi",
             norm_unit_offset=cfg.norm_unit_offset,
@@ -98,6 +98,7 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
         self.parallel_residual = cfg.parallel_residual
+        self.residual_multiplier = cfg.residual_multiplier
         self.attention_out_norm = self.mlp_out_norm = None
         if cfg.sandwich_norm:
             self.attention_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
@@ -123,6 +124,9 @@ class DecoderLayer(nn.Module):
             h, residual = self.input_layernorm(h, residual)
         h = self.attention(h, p, k_cache, v_cache)
         if self.attention_out_norm is None:
+            if self.residual_multiplier != 1.0:  # Granite
+                h, residual = self.post_layernorm(h * self.residual_multiplier, residual)
+                return self.mlp(h) * self.residual_multiplier, residual
             h, residual = self.post_layernorm(h, residual)
             return self.mlp(h), residual
         h, residual = self.post_layernorm(self.attention_out_norm(h), residual)
@@ -212,5 +216,7 @@ class DecoderForCausalLM(CausalLM):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(h).float()
+        if self.cfg.logits_scaling != 1.0:  # Granite
+            logits = logits / self.cfg.logits_scaling
         cap = self.cfg.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -145,6 +145,18 @@ FAMILIES = {
             },
         ),
     ),  # fmt: skip
+    # Granite: embedding, residual and attention multipliers, logits divided; tied head
+    "granite": (
+        "GraniteForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            embedding_multiplier=6.0,
+            residual_multiplier=0.3,
+            attention_multiplier=0.2,
+            logits_scaling=4.0,
+            tie_word_embeddings=True,
+        ),
+    ),  # fmt: skip
 }
 VOCAB = 384
 
