@@ -133,8 +133,8 @@ def longrope_original_length(rope_scaling: dict | None) -> int | None:
 def rope_inv_freq(
     head_dim: int, theta: float = 10000.0, rope_scaling: dict | None = None, long: bool = False
 ) -> torch.Tensor:
-    """`[head_dim/2]` float32 inverse frequencies, with HF's "default", "linear", "llama3" and "longrope"
-    scaling (`long`: LongRoPE's long factors, else its short ones)."""
+    """`[head_dim/2]` float32 inverse frequencies, with HF's "default", "linear", "llama3", "yarn" and
+    "longrope" scaling (`long`: LongRoPE's long factors, else its short ones)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     kind = _rope_kind(rope_scaling)
     if kind == "default":
@@ -147,6 +147,19 @@ def rope_inv_freq(
         return inv_freq / torch.tensor(factors, dtype=torch.float32)
     if kind == "linear":
         return inv_freq / rope_scaling["factor"]
+    if kind == "yarn":  # interpolated below the wavelengths the original context held whole turns of
+        factor, original = rope_scaling["factor"], rope_scaling["original_max_position_embeddings"]
+        fast, slow = rope_scaling.get("beta_fast") or 32, rope_scaling.get("beta_slow") or 1
+
+        def dim_of(turns: float) -> float:  # the dim whose wavelength the original context turns `turns` times
+            return head_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = dim_of(fast), dim_of(slow)
+        if rope_scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
+        ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / max(high - low, 0.001)).clamp(0, 1)
+        return inv_freq / factor * ramp + inv_freq * (1 - ramp)
     if kind == "llama3":
         factor = rope_scaling["factor"]
         low, high = rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
@@ -159,6 +172,18 @@ def rope_inv_freq(
         medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
         return torch.where(medium, smoothed, scaled)
     raise ValueError(f"unsupported rope_scaling type {kind!r}")
+
+
+def _yarn_attention_factor(rope_scaling: dict) -> float:
+    """YaRN's scale of cos and sin (so of the scores, squared), as Hugging Face computes it."""
+    if rope_scaling.get("attention_factor") is not None:
+        return float(rope_scaling["attention_factor"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor, m, m_all = rope_scaling["factor"], rope_scaling.get("mscale"), rope_scaling.get("mscale_all_dim")
+    return mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
 
 
 def rope_cos_sin_cache(
@@ -177,7 +202,8 @@ def rope_cos_sin_cache(
 
     original = longrope_original_length(rope_scaling)
     if original is None:
-        return table(rope_inv_freq(head_dim, theta, rope_scaling))
+        cache = table(rope_inv_freq(head_dim, theta, rope_scaling))
+        return cache * _yarn_attention_factor(rope_scaling) if _rope_kind(rope_scaling) == "yarn" else cache
     factor = rope_scaling.get("factor") or max_position / original
     scale = rope_scaling.get("attention_factor")
     if scale is None:  # the LongRoPE paper's, as Hugging Face computes it

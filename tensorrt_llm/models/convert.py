@@ -26,6 +26,10 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
         if scaling and "original_max_position_embeddings" in hf and "original_max_position_embeddings" not in scaling:
             # transformers 4 layouts (Phi-3 long-context) keep it beside rope_scaling, not in it
             scaling = {**scaling, "original_max_position_embeddings": hf["original_max_position_embeddings"]}
+        if scaling and scaling.get("rope_type", scaling.get("type")) == "yarn":  # Hugging Face's defaults
+            original = scaling.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
+            factor = scaling.get("factor") or hf.get("max_position_embeddings", 2048) / original
+            scaling = {**scaling, "original_max_position_embeddings": original, "factor": factor}
         fields = dict(
             architecture=(hf.get("architectures") or [architecture])[0],
             vocab_size=hf["vocab_size"],

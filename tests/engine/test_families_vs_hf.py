@@ -18,6 +18,16 @@ FAMILIES = {
         "Qwen2ForCausalLM",
         dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=12, max_window_layers=1),
     ),
+    # Qwen2.5 with YaRN (its 128k setting): frequencies interpolated below the original context's, cos and sin
+    # scaled
+    "qwen2_yarn": (
+        "Qwen2ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+        ),
+    ),  # fmt: skip
     # head_dim 32 != hidden / heads; QK-norm; tied head
     "qwen3": ("Qwen3ForCausalLM", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)),
     # GeLU-tanh, (1 + w) norms, scaled embeddings, tied head, MQA
@@ -323,6 +333,9 @@ def test_config_options_read_from_hf(tmp_path):
     # no layer_types (transformers 4): windows from max_window_layers on
     cfg = qwen2(dict(base, sliding_window=16, use_sliding_window=True, max_window_layers=2))
     assert [cfg.attention_window(i) for i in range(4)] == [0, 0, 16, 16]
+    # YaRN without its original length: Hugging Face takes max_position_embeddings (then the factor is the one given)
+    cfg = qwen2(dict(base, max_position_embeddings=32768, rope_scaling=dict(type="yarn", factor=4.0)))
+    assert cfg.rope_scaling["original_max_position_embeddings"] == 32768 and cfg.rope_scaling["factor"] == 4.0
     # a window covering every position changes nothing: dropped, so the plain kernels run
     mistral = get_family("MistralForCausalLM").config_from_hf
     assert mistral(dict(base, sliding_window=4096, max_position_embeddings=4096)).sliding_window is None
