@@ -7,6 +7,7 @@ share one module (`decoder.DecoderForCausalLM`) and state their differences in t
 
 from tensorrt_llm.models import (
     bloom,
+    cohere,
     gemma,
     glm,
     gpt,
@@ -17,6 +18,7 @@ from tensorrt_llm.models import (
     multimodal,
     phi3,
     qwen,
+    smollm3,
     starcoder2,
 )
 from tensorrt_llm.models.base import CausalLM, ModelFamily, WeightGetter
@@ -37,6 +39,7 @@ for _family in (
     llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
     gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, multimodal.FAMILY, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
     gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT, granite.FAMILY,
+    smollm3.FAMILY, cohere.COHERE, cohere.COHERE2,
 ):  # fmt: skip
     register(_family)
 

@@ -99,6 +99,8 @@ class ModelConfig:
     # and no scaling; the others with `rope_theta` and `rope_scaling`. None: one rotary for every layer.
     local_rope_theta: float | None = None
     local_rope_layers: tuple[int, ...] = ()
+    # SmolLM3, Cohere-2: layers without any position encoding (NoPE: no rotary on their q and k).
+    nope_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
@@ -113,6 +115,9 @@ class ModelConfig:
             raise ValueError(f"model config: sliding_window must be positive or None, got {self.sliding_window}")
         object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # a JSON list on reading
         object.__setattr__(self, "local_rope_layers", tuple(self.local_rope_layers))
+        object.__setattr__(self, "nope_layers", tuple(self.nope_layers))
+        if not all(0 <= i < self.num_hidden_layers for i in self.nope_layers):
+            raise ValueError(f"model config: nope_layers {list(self.nope_layers)} must be layer indices")
         if self.residual_multiplier != 1.0 and (self.parallel_residual or self.sandwich_norm):
             raise ValueError("model config: residual_multiplier is for sequential blocks without sandwich norms")
         if self.local_rope_layers and (

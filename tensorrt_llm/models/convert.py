@@ -169,14 +169,14 @@ def convert_decoder(
     for i in range(cfg.num_hidden_layers):
         hf, en = f"model.layers.{i}.", f"layers.{i}."
         att, mlp = hf + "self_attn.", hf + "mlp."
-        norms = ("weight", "bias") if cfg.norm_type == "layer" else ("weight",)
+        norms = ("weight", "bias") if cfg.norm_type == "layer" and cfg.norm_bias else ("weight",)
         for kind in norms:
             out[f"{en}input_layernorm.{kind}"] = get(f"{hf}input_layernorm.{kind}")
         if cfg.sandwich_norm:  # Gemma-2 names its attention output's norm post_attention_layernorm
             out[en + "attention_out_norm.weight"] = get(hf + "post_attention_layernorm.weight")
             out[en + "post_layernorm.weight"] = get(hf + "pre_feedforward_layernorm.weight")
             out[en + "mlp_out_norm.weight"] = get(hf + "post_feedforward_layernorm.weight")
-        else:
+        elif not (cfg.parallel_residual and cfg.parallel_shared_norm):  # (Cohere: one norm for both)
             for kind in norms:
                 out[f"{en}post_layernorm.{kind}"] = get(f"{hf}post_attention_layernorm.{kind}")
         for kind in ("weight", "bias") if cfg.attention_bias or cfg.qkv_bias else ("weight",):
@@ -214,7 +214,7 @@ def convert_decoder(
         out[en + "mlp.down.weight"] = tp.cols(get(mlp + "down_proj.weight"))
         if cfg.mlp_bias:
             out[en + "mlp.down.bias"] = get(mlp + "down_proj.bias")
-    for kind in ("weight", "bias") if cfg.norm_type == "layer" else ("weight",):
+    for kind in ("weight", "bias") if cfg.norm_type == "layer" and cfg.norm_bias else ("weight",):
         out[f"ln_f.{kind}"] = get(f"model.norm.{kind}")
     embed = get("model.embed_tokens.weight")
     out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))

@@ -182,6 +182,11 @@ class DecoderForCausalLM(CausalLM):
         if cfg.local_rope_layers:  # Gemma-3's sliding-window layers: their own base, no scaling
             local = tf.rope_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.local_rope_theta).to(device)
         self.register_buffer("local_cos_sin_cache", local, persistent=False)
+        nope = None
+        if cfg.nope_layers:  # cos 1, sin 0: the rotary-and-cache-write kernel writes the cache alone
+            rows, half = cache.shape[0], cfg.head_dim // 2
+            nope = torch.cat([torch.ones(rows, half), torch.zeros(rows, half)], -1).to(device)
+        self.register_buffer("nope_cos_sin_cache", nope, persistent=False)
 
     def hidden(self, step: "StepInput", k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
         p = AttentionParams(
@@ -203,10 +208,12 @@ class DecoderForCausalLM(CausalLM):
             h = h + self.position_embedding(step.positions)
         residual = None
         params = [p] * len(self.layers)
-        if self.local_cos_sin_cache is not None:
-            local = dataclasses.replace(p, cos_sin_cache=self.local_cos_sin_cache)
-            for i in self.cfg.local_rope_layers:
-                params[i] = local
+        for table, layers in ((self.local_cos_sin_cache, self.cfg.local_rope_layers),
+                              (self.nope_cos_sin_cache, self.cfg.nope_layers)):  # fmt: skip
+            if table is not None:
+                other = dataclasses.replace(p, cos_sin_cache=table)
+                for i in layers:
+                    params[i] = other
         for layer, lp, k_cache, v_cache in zip(self.layers, params, k_caches, v_caches, strict=True):
             h, residual = layer(h, residual, lp, k_cache, v_cache)
         # Only the rows whose logits are wanted go through the final norm and the (large) head.

@@ -167,6 +167,22 @@ FAMILIES = {
             tie_word_embeddings=True,
         ),
     ),  # fmt: skip
+    # SmolLM3: no position encoding on layer 1 of 4 (its every fourth layer in the released models)
+    "smollm3": ("SmolLM3ForCausalLM", dict(num_key_value_heads=2, num_hidden_layers=4, no_rope_layers=[1, 0, 1, 1])),
+    # Command R: LayerNorm without bias, attention and MLP in parallel on one norm, interleaved rotary, logits
+    # scaled, tied head
+    "cohere": ("CohereForCausalLM", dict(num_key_value_heads=2, logit_scale=0.25)),
+    # Command R7B / A: Cohere's, with three windowed layers to one full, the full ones without rotary
+    "cohere2": (
+        "Cohere2ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            num_hidden_layers=4,
+            sliding_window=12,
+            logit_scale=0.25,
+            layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        ),
+    ),  # fmt: skip
 }
 VOCAB = 384
 
