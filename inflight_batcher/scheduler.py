@@ -146,6 +146,16 @@ class Scheduler:
 
     def check_fits(self, req: Request) -> None:
         """Raise ValueError when `req` could never run, even alone (reliability.md, fault 3)."""
+        if (
+            self.longrope_from is not None
+            and req.is_beam_search
+            and req.prompt_len <= self.longrope_from < req.prompt_len + req.max_new_tokens
+        ):
+            # Growing past it means computing the beams again (`_schedule_running`), which forked beams cannot.
+            raise ValueError(
+                f"beam search that may grow past LongRoPE's original context ({self.longrope_from} tokens) is not "
+                f"supported: a prompt of {req.prompt_len} tokens and max_new_tokens={req.max_new_tokens}"
+            )
         need = self.reserve_blocks(req)
         if need > self.bm.num_blocks:
             raise ValueError(

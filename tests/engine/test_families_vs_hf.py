@@ -469,3 +469,19 @@ def test_longrope_chunked_prompts_and_cached_prefixes_match_hf(tmp_path, reuse):
         # The short prompt found none of the long one's blocks at first; grown past 16 tokens and recomputed with
         # the long factors, it took their first block (its same 8 tokens); the long prompt again took 3.
         assert reused == [0, 1, 4]
+
+
+def test_longrope_refuses_beams_that_would_cross_the_original_context(tmp_path):
+    """Growing past the original context means computing a sequence again, which forked beams cannot: a beam
+    request that may cross it is refused at once; one that starts past it (or stays short) is served."""
+    from inflight_batcher import Executor, ExecutorConfig, Request, SamplingParams
+
+    make_family_model("phi3_longrope", tmp_path / "hf")
+    build_engine(tmp_path / "hf", tmp_path / "engine", max_batch_size=8, max_beam_width=2)
+    engine = Engine.from_dir(tmp_path / "engine", device="cpu")
+    beams = SamplingParams(beam_width=2)
+    with Executor(engine, ExecutorConfig(max_beam_width=2)) as ex:
+        with pytest.raises(ValueError, match="beam search that may grow past LongRoPE's original context"):
+            ex.enqueue(Request(list(range(4, 14)), max_new_tokens=8, sampling=beams))
+        for prompt, new in ((list(range(4, 24)), 6), (list(range(4, 10)), 6)):  # past 16 from the start; never
+            assert ex.generate([Request(prompt, max_new_tokens=new, sampling=beams)])[0].finish_reason == "length"
