@@ -82,9 +82,13 @@ class PendingSample:
         want_lp = any(r.request.return_log_probs for r in rows)
         tokens, log_probs = ops.sample(logits, st, return_log_probs=want_lp)
         self.tokens = tokens
-        bad = ~torch.isfinite(logits).all(dim=-1)  # [N]: NaN/inf logits fail the request, not the step
-        lp = log_probs if log_probs is not None else torch.zeros_like(tokens, dtype=torch.float32)
-        packed = torch.stack([tokens.double(), lp.double(), bad.double()], dim=1)  # [N, 3]
+        finite = torch.isfinite(logits).all(dim=-1)  # [N]: NaN/inf logits fail the request, not the step
+        # One buffer, one copy back: [2, N] int64 (tokens, finite) unless log-probs are wanted, then [3, N] float64
+        # (tokens, log-probs, finite): each conversion or fill is a launch in every step.
+        if log_probs is None:
+            packed = torch.stack([tokens, finite.long()])
+        else:
+            packed = torch.stack([tokens.double(), log_probs.double(), finite.double()])
         self._beam_rows = [i for i, r in enumerate(rows) if r.request.is_beam_search]
         self._beam_ids = [rows[i].request.request_id for i in self._beam_rows]
         beam_lp = None
@@ -106,8 +110,13 @@ class PendingSample:
     def result(self) -> StepSample:
         if self._event is not None:
             self._event.synchronize()
-        tokens, log_probs, bad = self._host.t().tolist()  # [N, 3] -> three columns of N
-        out = StepSample(list(map(int, tokens)), log_probs, list(map(bool, bad)))
+        rows = self._host.tolist()  # (tokens, [log-probs,] finite), N each
+        if len(rows) == 2:
+            (tokens, finite), log_probs = rows, [0.0] * len(rows[0])
+        else:
+            tokens, log_probs, finite = rows
+            tokens = list(map(int, tokens))
+        out = StepSample(tokens, log_probs, [not f for f in finite])
         for j, rid in enumerate(self._beam_ids):
             prev = out.beam_log_probs.get(rid)
             row = self._beam_lp[j : j + 1]
