@@ -5,7 +5,7 @@ from torch import nn
 
 from tensorrt_llm import functional as tf
 from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
-from tensorrt_llm.layers.normalization import RmsNorm
+from tensorrt_llm.layers.normalization import RmsNorm, SplitRmsNorm
 from tensorrt_llm.mapping import Mapping
 
 
@@ -61,6 +61,7 @@ class Attention(nn.Module):
         sinks: int = 0,
         alibi: bool = False,
         norm_unit_offset: bool = False,
+        qk_norm_full: bool = False,
     ) -> None:
         super().__init__()
         tp = mapping.tp_size
@@ -77,7 +78,13 @@ class Attention(nn.Module):
             raise ValueError(f"attention sinks ({sinks}) need a window longer than them, got window {window}")
         self.window, self.softcap, self.sinks, self.alibi = window, softcap, sinks, alibi
         self.q_norm = self.k_norm = None
-        if qk_norm_eps is not None:
+        self.qk_norm_full = qk_norm_full
+        if qk_norm_eps is not None and qk_norm_full:  # OLMo-2: over the whole projection, every head at once
+            if num_kv_heads % tp:
+                raise ValueError(f"q/k norms over all heads need num_kv_heads ({num_kv_heads}) divisible by tp ({tp})")
+            self.q_norm = SplitRmsNorm(self.num_heads * head_dim, num_heads * head_dim, qk_norm_eps, dtype, tp)
+            self.k_norm = SplitRmsNorm(self.num_kv_heads * head_dim, num_kv_heads * head_dim, qk_norm_eps, dtype, tp)
+        elif qk_norm_eps is not None:
             self.q_norm = RmsNorm(head_dim, qk_norm_eps, dtype, norm_unit_offset)
             self.k_norm = RmsNorm(head_dim, qk_norm_eps, dtype, norm_unit_offset)
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
@@ -112,8 +119,10 @@ class Attention(nn.Module):
             alibi_slopes = p.alibi_slopes
         qkv = self.qkv(x)  # [T, (H + 2 Hkv) D]
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+        if self.qk_norm_full:
+            q, k = self.q_norm(q), self.k_norm(k)  # [T, H D], [T, Hkv D], each normed over all its heads
         q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)  # [T, H, D], [T, Hkv, D], normed over D
         # rotary and the cache write in one kernel: the rotated k is written only into the cache
         q = tf.rotary_write_kv_cache(

@@ -22,6 +22,26 @@ class RmsNorm(nn.Module):
         return tf.rms_norm(x, self.weight, self.eps, residual, self.unit_offset)
 
 
+class SplitRmsNorm(nn.Module):
+    """RMSNorm over a vector whose `total` features are split over the tensor-parallel ranks, `local` on this
+    one (OLMo-2's q and k norms span every head of the projection): the mean square sums over the ranks."""
+
+    def __init__(self, local: int, total: int, eps: float, dtype: torch.dtype, tp_size: int = 1) -> None:
+        super().__init__()
+        self.total, self.eps, self.tp_size = total, eps, tp_size
+        self.weight = nn.Parameter(torch.ones(local, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, local] -> normed over all `total` features, in float32 (as Hugging Face), cast back."""
+        xf = x.float()
+        squares = xf.pow(2).sum(-1, keepdim=True)  # [T, 1]
+        if self.tp_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(squares)
+        return (xf * torch.rsqrt(squares / self.total + self.eps) * self.weight.float()).to(x.dtype)
+
+
 class LayerNorm(nn.Module):
     def __init__(
         self, hidden_size: int, eps: float = 1e-5, bias: bool = True, dtype: torch.dtype = torch.float32

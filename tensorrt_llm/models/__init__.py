@@ -16,6 +16,7 @@ from tensorrt_llm.models import (
     mistral,
     mixtral,
     multimodal,
+    olmo2,
     phi3,
     qwen,
     smollm3,
@@ -39,7 +40,7 @@ for _family in (
     llama.FAMILY, mistral.FAMILY, mixtral.FAMILY, qwen.QWEN2, qwen.QWEN3, qwen.QWEN2_MOE, qwen.QWEN3_MOE,
     gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, multimodal.FAMILY, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
     gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT, granite.FAMILY,
-    smollm3.FAMILY, cohere.COHERE, cohere.COHERE2,
+    smollm3.FAMILY, cohere.COHERE, cohere.COHERE2, olmo2.FAMILY,
 ):  # fmt: skip
     register(_family)
 

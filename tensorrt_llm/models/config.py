@@ -55,6 +55,10 @@ class ModelConfig:
     # Granite: each block's output times `residual_multiplier` before it joins the residual stream, scores
     # scaled by `attention_multiplier` (not head_dim ** -0.5) and logits divided by `logits_scaling` (its
     # embeddings are scaled by `embedding_multiplier`, as Gemma's).
+    # OLMo-2: a norm on each block's output only, none on its input (h + norm(attn(h)), then + norm(mlp(h))),
+    # and with qk_norm, q and k normed over the whole projection (every head at once) rather than per head.
+    post_block_norms: bool = False
+    qk_norm_full: bool = False
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0

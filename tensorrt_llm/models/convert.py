@@ -170,19 +170,29 @@ def convert_decoder(
         hf, en = f"model.layers.{i}.", f"layers.{i}."
         att, mlp = hf + "self_attn.", hf + "mlp."
         norms = ("weight", "bias") if cfg.norm_type == "layer" and cfg.norm_bias else ("weight",)
-        for kind in norms:
-            out[f"{en}input_layernorm.{kind}"] = get(f"{hf}input_layernorm.{kind}")
-        if cfg.sandwich_norm:  # Gemma-2 names its attention output's norm post_attention_layernorm
+        if cfg.post_block_norms:  # OLMo-2: on the blocks' outputs only
+            out[en + "attention_out_norm.weight"] = get(hf + "post_attention_layernorm.weight")
+            out[en + "mlp_out_norm.weight"] = get(hf + "post_feedforward_layernorm.weight")
+            norms_in = ()
+        elif cfg.sandwich_norm:  # Gemma-2 names its attention output's norm post_attention_layernorm
             out[en + "attention_out_norm.weight"] = get(hf + "post_attention_layernorm.weight")
             out[en + "post_layernorm.weight"] = get(hf + "pre_feedforward_layernorm.weight")
             out[en + "mlp_out_norm.weight"] = get(hf + "post_feedforward_layernorm.weight")
-        elif not (cfg.parallel_residual and cfg.parallel_shared_norm):  # (Cohere: one norm for both)
-            for kind in norms:
-                out[f"{en}post_layernorm.{kind}"] = get(f"{hf}post_attention_layernorm.{kind}")
+            norms_in = norms
+        else:
+            if not (cfg.parallel_residual and cfg.parallel_shared_norm):  # (Cohere: one norm for both blocks)
+                for kind in norms:
+                    out[f"{en}post_layernorm.{kind}"] = get(f"{hf}post_attention_layernorm.{kind}")
+            norms_in = norms
+        for kind in norms_in:
+            out[f"{en}input_layernorm.{kind}"] = get(f"{hf}input_layernorm.{kind}")
         for kind in ("weight", "bias") if cfg.attention_bias or cfg.qkv_bias else ("weight",):
             q, k, v = (get(f"{att}{n}_proj.{kind}") for n in "qkv")
             out[f"{en}attention.qkv.{kind}"] = torch.cat([tp.rows(q), tp.kv_rows(k), tp.kv_rows(v)])
-        if cfg.qk_norm:  # per head, so every rank holds the whole [D] weights
+        if cfg.qk_norm_full:  # OLMo-2: [H D] and [Hkv D], each rank its heads' part
+            out[en + "attention.q_norm.weight"] = tp.rows(get(att + "q_norm.weight"))
+            out[en + "attention.k_norm.weight"] = tp.kv_rows(get(att + "k_norm.weight"))
+        elif cfg.qk_norm:  # per head, so every rank holds the whole [D] weights
             out[en + "attention.q_norm.weight"] = get(att + "q_norm.weight")
             out[en + "attention.k_norm.weight"] = get(att + "k_norm.weight")
         out[en + "attention.dense.weight"] = tp.cols(get(att + "o_proj.weight"))

@@ -68,7 +68,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, mapping: Mapping) -> None:
         super().__init__()
         H, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.input_layernorm = _norm(cfg, dtype)
+        self.post_block_norms = cfg.post_block_norms
+        self.input_layernorm = None if cfg.post_block_norms else _norm(cfg, dtype)
         self.attention = Attention(
             H,
             cfg.num_attention_heads,
@@ -85,8 +86,10 @@ class DecoderLayer(nn.Module):
             softcap=cfg.attn_logit_softcapping or 0.0,
             alibi=cfg.position_embedding == "alibi",
             norm_unit_offset=cfg.norm_unit_offset,
+            qk_norm_full=cfg.qk_norm_full,
         )
-        self.post_layernorm = None if cfg.parallel_residual and cfg.parallel_shared_norm else _norm(cfg, dtype)
+        shared = cfg.parallel_residual and cfg.parallel_shared_norm
+        self.post_layernorm = None if shared or cfg.post_block_norms else _norm(cfg, dtype)
         if cfg.mlp_type == "plain":
             self.mlp = MLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)
         elif cfg.is_moe_layer(layer):
@@ -100,7 +103,7 @@ class DecoderLayer(nn.Module):
         self.parallel_residual = cfg.parallel_residual
         self.residual_multiplier = cfg.residual_multiplier
         self.attention_out_norm = self.mlp_out_norm = None
-        if cfg.sandwich_norm:
+        if cfg.sandwich_norm or cfg.post_block_norms:
             self.attention_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
             self.mlp_out_norm = RmsNorm(H, eps, dtype, cfg.norm_unit_offset)
 
@@ -113,6 +116,10 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual stream is carried separately so that each add is fused into the next norm.
+        if self.post_block_norms:  # OLMo-2: no norm on the way in, so the stream is added here
+            h = h if residual is None else h + residual
+            h = h + self.attention_out_norm(self.attention(h, p, k_cache, v_cache))
+            return self.mlp_out_norm(self.mlp(h)), h
         if self.parallel_residual:  # GPT-NeoX: attention and MLP read the same input; both add to it
             x, residual = (self.input_layernorm(h), h) if residual is None else self.input_layernorm(h, residual)
             m = x if self.post_layernorm is None else self.post_layernorm(residual)  # GPT-J, Falcon-7B: one norm

@@ -183,6 +183,8 @@ FAMILIES = {
             layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
         ),
     ),  # fmt: skip
+    # OLMo-2: norms on the blocks' outputs only, q and k normed over the whole projection (MHA: TP splits it)
+    "olmo2": ("Olmo2ForCausalLM", dict()),
 }
 VOCAB = 384
 
