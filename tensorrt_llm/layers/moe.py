@@ -39,6 +39,11 @@ class MoeMLP(nn.Module):
         mapping: Mapping = Mapping(),
         act: str = "silu",
         shared_intermediate_size: int = 0,
+        router: str = "softmax",
+        routed_scaling_factor: float = 1.0,
+        groups: int = 1,
+        topk_groups: int = 1,
+        shared_gated: bool = True,
     ) -> None:
         super().__init__()
         if act not in tf.GATED_ACTIVATIONS:
@@ -52,13 +57,19 @@ class MoeMLP(nn.Module):
         inter = intermediate_size // mapping.tp_size
         self.router = nn.Linear(hidden_size, num_experts, bias=False, dtype=dtype)
         self.router.weight.requires_grad_(False)
+        self.sigmoid_router = router == "sigmoid"
+        self.routed_scaling_factor, self.groups, self.topk_groups = routed_scaling_factor, groups, topk_groups
+        self.score_bias = None
+        if self.sigmoid_router:  # GLM-4.5, DeepSeek-V3: the choice's bias [E] (e_score_correction_bias)
+            self.score_bias = nn.Parameter(torch.zeros(num_experts, dtype=torch.float32), requires_grad=False)
         self.gate_up = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden_size, dtype=dtype), requires_grad=False)
         self.down = nn.Parameter(torch.empty(num_experts, hidden_size, inter, dtype=dtype), requires_grad=False)
         self.shared = self.shared_gate = None
-        if shared_intermediate_size:  # Qwen2-MoE: split like a dense MLP (it reduces itself), gate whole
+        if shared_intermediate_size:  # split like a dense MLP (it reduces itself); Qwen2-MoE's gate whole
             self.shared = GatedMLP(hidden_size, shared_intermediate_size, False, dtype, mapping, act)
-            self.shared_gate = nn.Linear(hidden_size, 1, bias=False, dtype=dtype)
-            self.shared_gate.weight.requires_grad_(False)
+            if shared_gated:
+                self.shared_gate = nn.Linear(hidden_size, 1, bias=False, dtype=dtype)
+                self.shared_gate.weight.requires_grad_(False)
 
     # Expert weights can be quantized in these modes (SmoothQuant's per-expert smoothing is not built).
     QUANT_ALGOS = ("W8A16", "W4A16", "FP8", "FP8_PER_CHANNEL_PER_TOKEN")
@@ -105,11 +116,31 @@ class MoeMLP(nn.Module):
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """Each token's weight per expert, [T, E] float32, zero outside its top k."""
+        if self.sigmoid_router:
+            return self._sigmoid_routing(x)
         probs = torch.softmax(tf.linear(x, self.router.weight).float(), dim=-1)  # [T, E]
         top, idx = torch.topk(probs, self.top_k, dim=-1)  # [T, k]
         if self.norm_topk_prob:
             top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter_(1, idx, top)
+
+    def _sigmoid_routing(self, x: torch.Tensor) -> torch.Tensor:
+        """DeepSeek-V3's router, as Hugging Face's GLM-4.5 runs it (in float32): sigmoid scores; the choice
+        adds the learned bias and keeps the experts of the `topk_groups` best groups (a group scored by its two
+        best); the chosen experts weigh their plain scores (renormalised), times routed_scaling_factor."""
+        scores = torch.sigmoid(tf.linear(x.float(), self.router.weight.float()))  # [T, E]
+        choice = scores + self.score_bias
+        T, E = choice.shape
+        if self.groups > 1:
+            grouped = choice.view(T, self.groups, E // self.groups)  # [T, G, E/G]
+            best = torch.topk(grouped.topk(2, dim=-1)[0].sum(-1), self.topk_groups, dim=-1)[1]  # [T, topk_groups]
+            keep = torch.zeros(T, self.groups, device=x.device).scatter_(1, best, 1.0).bool()
+            choice = choice.masked_fill(~keep.repeat_interleave(E // self.groups, dim=1), 0.0)
+        idx = torch.topk(choice, self.top_k, dim=-1)[1]  # [T, k]
+        top = scores.gather(1, idx)
+        if self.norm_topk_prob:
+            top = top / (top.sum(dim=-1, keepdim=True) + 1e-20)
+        return torch.zeros_like(scores).scatter_(1, idx, top * self.routed_scaling_factor)
 
     def _run(self, x: torch.Tensor, e: int) -> torch.Tensor:
         return self._expert(self.act_and_mul(self._expert(x, "gate_up", e)), "down", e)
@@ -136,6 +167,8 @@ class MoeMLP(nn.Module):
         out = out.to(x.dtype)
         if self.mapping.tp_size > 1:
             dist.all_reduce(out)
-        if self.shared is not None:
+        if self.shared_gate is not None:
             out = out + torch.sigmoid(tf.linear(x, self.shared_gate.weight)) * self.shared(x)
+        elif self.shared is not None:  # GLM-4.5: added as it is
+            out = out + self.shared(x)
         return out

@@ -10,6 +10,7 @@ from tensorrt_llm.models import (
     cohere,
     gemma,
     glm,
+    glm4_moe,
     gpt,
     granite,
     llama,
@@ -41,6 +42,7 @@ for _family in (
     gemma.FAMILY, gemma.GEMMA2, gemma.GEMMA3, multimodal.FAMILY, phi3.FAMILY, gpt.GPT2, gpt.BIGCODE, gpt.OPT,
     gpt.NEOX, gpt.GPTJ, gpt.FALCON, starcoder2.FAMILY, glm.GLM, glm.GLM4, bloom.BLOOM, bloom.MPT, granite.FAMILY,
     smollm3.FAMILY, cohere.COHERE, cohere.COHERE2, olmo2.FAMILY,
+    glm4_moe.FAMILY,
 ):  # fmt: skip
     register(_family)
 

@@ -74,6 +74,15 @@ class ModelConfig:
     # Qwen2-MoE: a shared expert (a gated MLP of this size) on every token of an experts layer, its output
     # weighted by sigmoid(shared_gate(x)) and added to the routed experts'. 0: none.
     shared_expert_intermediate_size: int = 0
+    # GLM-4.5 (DeepSeek-V3's router): `moe_router` "sigmoid": sigmoid scores, the top k chosen on score + a
+    # learned bias (within the `moe_topk_groups` best of `moe_groups` expert groups) but weighted by the
+    # scores alone, times `routed_scaling_factor`; "softmax": Mixtral's. `shared_expert_gated` false: the
+    # shared expert's output is added as it is (no sigmoid gate).
+    moe_router: str = "softmax"
+    routed_scaling_factor: float = 1.0
+    moe_groups: int = 1
+    moe_topk_groups: int = 1
+    shared_expert_gated: bool = True
     # GPT-2 and GPT-BigCode (StarCoder): LayerNorm with bias (`norm_type` "layer", eps `rms_norm_eps`),
     # a learned absolute position table added to the embeddings instead of rotary (`position_embedding`
     # "learned"), and a plain MLP act(fc(x)) -> proj with biases (`mlp_type` "plain").
@@ -135,6 +144,14 @@ class ModelConfig:
                               ("mlp_type", ("gated", "plain"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model config: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.moe_router not in ("softmax", "sigmoid"):
+            raise ValueError(f"model config: moe_router must be softmax or sigmoid, got {self.moe_router!r}")
+        if self.num_experts and (
+            self.num_experts % self.moe_groups or not 1 <= self.moe_topk_groups <= self.moe_groups
+        ):
+            raise ValueError(
+                f"model config: {self.num_experts} experts in {self.moe_groups} groups, {self.moe_topk_groups} chosen"
+            )
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
                 f"model config: num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and "

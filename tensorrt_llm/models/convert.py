@@ -130,14 +130,16 @@ def rotary_permutation(head_dim: int, rotary_dim: int, interleaved: bool = False
 
 
 def rotary_rows(get: WeightGetter, cfg: ModelConfig, interleaved: bool = False) -> WeightGetter:
-    """A getter whose q_proj / k_proj tensors ([heads D, ...]) have each head's rows in the kernel's rotary
-    order (`rotary_permutation`) for a partial rotary over `cfg.rotary_dim`; the rest as they are."""
+    """A getter whose q_proj / k_proj tensors ([heads D, ...]) and q/k norm weights ([D] or [heads D]) have each
+    head's dims in the kernel's rotary order (`rotary_permutation`), for a partial or interleaved rotary; the
+    rest as they are."""
     D = cfg.head_dim
     perm = rotary_permutation(D, cfg.rotary_dim or D, interleaved)
 
     def get_rows(name: str) -> torch.Tensor:
         t = get(name)
-        if name.rpartition(".")[0].endswith(("q_proj", "k_proj")):
+        # the projections' rows, and the weights of q/k norms over each head's dims (GLM-4.5), alike
+        if name.rpartition(".")[0].endswith(("q_proj", "k_proj", "q_norm", "k_norm")):
             return t.reshape(-1, D, *t.shape[1:])[:, perm].reshape(t.shape)
         return t
 
@@ -200,16 +202,19 @@ def convert_decoder(
             out[en + "attention.dense.bias"] = get(att + "o_proj.bias")
         if cfg.is_moe_layer(i):
             out[en + "mlp.router.weight"] = get(mlp + "gate.weight")
+            if cfg.moe_router == "sigmoid":
+                out[en + "mlp.score_bias"] = get(mlp + "gate.e_score_correction_bias").float()
             gate, up, down = _experts(get, mlp, cfg.num_experts)  # [E, Ie, H] twice, [E, H, Ie]
             out[en + "mlp.gate_up"] = torch.cat([tp.rows(gate, dim=1), tp.rows(up, dim=1)], dim=1)
             out[en + "mlp.down"] = tp.cols(down, dim=2)
             if cfg.shared_expert_intermediate_size:
-                sh = mlp + "shared_expert."
+                sh = mlp + ("shared_expert." if cfg.shared_expert_gated else "shared_experts.")  # GLM's plural
                 out[en + "mlp.shared.gate_up.weight"] = torch.cat(
                     [tp.rows(get(sh + "gate_proj.weight")), tp.rows(get(sh + "up_proj.weight"))]
                 )
                 out[en + "mlp.shared.down.weight"] = tp.cols(get(sh + "down_proj.weight"))
-                out[en + "mlp.shared_gate.weight"] = get(mlp + "shared_expert_gate.weight")
+                if cfg.shared_expert_gated:
+                    out[en + "mlp.shared_gate.weight"] = get(mlp + "shared_expert_gate.weight")
             continue
         if cfg.mlp_type == "plain":  # StarCoder2's names: c_fc, c_proj
             for kind in ("weight", "bias") if cfg.mlp_bias else ("weight",):
@@ -228,7 +233,8 @@ def convert_decoder(
         out[f"ln_f.{kind}"] = get(f"model.norm.{kind}")
     embed = get("model.embed_tokens.weight")
     out["lm_head.weight"] = tp.rows(embed if cfg.tie_word_embeddings else get("lm_head.weight"))
-    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    # (a router's choice bias stays float32, as Hugging Face keeps it: it decides ties between experts)
+    out = {k: (v if k.endswith("score_bias") else v.to(dtype)).contiguous() for k, v in out.items()}
     if cfg.embedding_multiplier != 1.0:  # in the engine dtype, as Hugging Face multiplies (a tied head is unscaled)
         embed = embed.to(dtype) * torch.tensor(cfg.embedding_multiplier).to(dtype)
     else:  # a copy of its own: a tied head may share its memory, which safetensors refuses to save

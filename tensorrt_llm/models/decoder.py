@@ -96,7 +96,8 @@ class DecoderLayer(nn.Module):
             inter = cfg.moe_intermediate_size or cfg.intermediate_size
             self.mlp = MoeMLP(
                 H, inter, cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, mapping, cfg.hidden_act,
-                cfg.shared_expert_intermediate_size,
+                cfg.shared_expert_intermediate_size, cfg.moe_router, cfg.routed_scaling_factor, cfg.moe_groups,
+                cfg.moe_topk_groups, cfg.shared_expert_gated,
             )  # fmt: skip
         else:
             self.mlp = GatedMLP(H, cfg.intermediate_size, cfg.mlp_bias, dtype, mapping, act=cfg.hidden_act)

@@ -185,6 +185,25 @@ FAMILIES = {
     ),  # fmt: skip
     # OLMo-2: norms on the blocks' outputs only, q and k normed over the whole projection (MHA: TP splits it)
     "olmo2": ("Olmo2ForCausalLM", dict()),
+    # GLM-4.5: DeepSeek-V3's router (sigmoid, a learned choice bias, 4 experts in 2 groups with 1 kept here),
+    # an ungated shared expert, layer 0 dense, q/k/v biases, q/k norms, rotary on half of each head
+    "glm4_moe": (
+        "Glm4MoeForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=48,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+            use_qk_norm=True,
+            num_hidden_layers=3,
+        ),
+    ),  # fmt: skip
 }
 VOCAB = 384
 
@@ -193,6 +212,12 @@ def make_family_model(name: str, out_dir):
     arch, overrides = FAMILIES[name]
     # norm weights perturbed too, so that (1 + w) against w and the QK-norm weights are checked
     model = make_tiny_model(out_dir, arch, with_tokenizer=False, vocab_size=VOCAB, norm_std=0.2, **overrides)
+    biases = [b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")]
+    if biases:  # a router's choice bias (GLM-4.5), zeros when made: random, so that it changes the choice
+        with torch.no_grad():
+            for b in biases:
+                b.normal_(0, 0.3)
+        model.save_pretrained(out_dir)
     # The oracle is the eager attention: on CUDA transformers (5.17) picks SDPA for Gemma-2, which drops
     # the attention soft-capping without a word (seen on the H200: 1.7e-2 off, 1.2e-3 with eager).
     model.set_attn_implementation("eager")
