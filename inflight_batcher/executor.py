@@ -42,6 +42,7 @@ from inflight_batcher.sampler import (
     drop_placeholders,
 )
 from inflight_batcher.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from tensorrt_llm._utils import index_tensor
 from tensorrt_llm.runtime.engine import Engine
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 from tensorrt_llm.runtime.step import StepInput, build_step_input
@@ -446,7 +447,7 @@ class Executor:
             return _InFlight([], None, {}, deferred=False)
         sampled = [seqs[i] for i in rows]
         if len(rows) < len(seqs):  # some sequences only advanced a context chunk: no token for them
-            logits = logits[_index_tensor(rows, logits.device)]
+            logits = logits[index_tensor(rows, logits.device)]
         pending = PendingSample(logits, sampled, self.vocab_size)
         deferred = self.overlap and all(s.request.overlappable for s in sampled)
         placeholders = {}
@@ -467,7 +468,7 @@ class Executor:
                 dst.append(base + j)
                 src.append(row)
         if dst:
-            idx = _index_tensor(dst + src, step.input_ids.device)
+            idx = index_tensor(dst + src, step.input_ids.device)
             n = len(dst)
             step.input_ids.index_copy_(0, idx[:n], prev.pending.tokens.index_select(0, idx[n:]))
 
@@ -654,14 +655,6 @@ class _InFlight:
     placeholder_rows: dict[int, int]
     deferred: bool
     seqs: list[ScheduledSeq] = field(default_factory=list)  # every sequence of the step (prefix reuse)
-
-
-def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:
-    """An int64 index on `device` without a host sync (pinned staging on CUDA)."""
-    t = torch.tensor(values, dtype=torch.int64)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
 
 
 # -- helpers shared by the leader and the followers ---------------------------------------------------------

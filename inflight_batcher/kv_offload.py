@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from tensorrt_llm._utils import index_tensor
 from tensorrt_llm.runtime.kv_cache import KVCachePool
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ class HostKVPool:
     def bytes_per_block(self) -> int:
         return self.data[0].numel()
 
-    def _index(self, values: list[int]) -> torch.Tensor:
-        t = torch.tensor(values, dtype=torch.int64)
-        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
-
     @torch.inference_mode()
     def apply(self, kv: KVCachePool, offloads: list[tuple[int, int]], onboards: list[tuple[int, int]]) -> None:
         """Queue `offloads` ((device block, host slot) pairs) and `onboards` ((host slot, device block) pairs)
@@ -94,11 +91,11 @@ class HostKVPool:
                 staged[i : i + n].copy_(self.data[h : h + n], non_blocking=True)
         if offloads:  # (2)
             src, runs = _runs([(h, b) for b, h in offloads])
-            blocks = raw.index_select(2, self._index(src)).movedim(2, 0).contiguous()
+            blocks = raw.index_select(2, index_tensor(src, self.device)).movedim(2, 0).contiguous()
             for h, i, n in runs:
                 self.data[h : h + n].copy_(blocks[i : i + n], non_blocking=True)
         if onboards:  # (3)
-            raw.index_copy_(2, self._index(dst), staged.movedim(0, 2))
+            raw.index_copy_(2, index_tensor(dst, self.device), staged.movedim(0, 2))
 
     def synchronize(self) -> None:
         """Wait for every queued move (tests)."""

@@ -284,7 +284,7 @@ class Scheduler:
             return [], []
         tokens = req.seqs[0].tokens if req.seqs else req.input_ids
         usable = (req.num_tokens - 1) // self.bm.tokens_per_block  # the last token is always computed
-        seed = LONG_ROPE_SEED if self._rope_long(req) else None
+        seed = self._key_seed(req)
         keys = self.bm.keys(tokens[: usable * self.bm.tokens_per_block], prev=seed)
         return self.bm.lookup(tokens, keys, seed), keys
 
@@ -293,6 +293,9 @@ class Scheduler:
             req = self.waiting[0]
             if req.beam_width > budget.seats:
                 break
+            # A waiting request holds no KV: what it computes from admission on, and the prefix it may take, use
+            # the factor set of its length now (LongRoPE).
+            req.kv_rope_long = self._rope_long(req)
             found, keys = self._reusable(req)
             # Found blocks held by live requests cost no free block; cached ones leave the free pool as
             # an allocation would (and are counted in the reservation as held).
@@ -310,7 +313,6 @@ class Scheduler:
             if need > budget.blocks:
                 break
             self.waiting.popleft()
-            req.kv_rope_long = self._rope_long(req)  # computed from here on (a found prefix was keyed the same)
             if not req.seqs:
                 req.seqs = [Sequence(tokens=list(req.input_ids))]
             if found:

@@ -174,10 +174,18 @@ def rope_inv_freq(
     raise ValueError(f"unsupported rope_scaling type {kind!r}")
 
 
-def _yarn_attention_factor(rope_scaling: dict) -> float:
-    """YaRN's scale of cos and sin (so of the scores, squared), as Hugging Face computes it."""
+def _attention_factor(rope_scaling: dict | None, max_position: int) -> float:
+    """The scale of cos and sin (so of the scores, squared) that YaRN and LongRoPE apply, as Hugging Face
+    computes it (a config's own `attention_factor` first); 1 for every other rope."""
+    kind = _rope_kind(rope_scaling)
+    if kind not in ("yarn", "longrope"):
+        return 1.0
     if rope_scaling.get("attention_factor") is not None:
         return float(rope_scaling["attention_factor"])
+    if kind == "longrope":  # the LongRoPE paper's
+        original = longrope_original_length(rope_scaling)
+        factor = rope_scaling.get("factor") or max_position / original
+        return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
 
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
@@ -200,13 +208,9 @@ def rope_cos_sin_cache(
         freqs = torch.arange(max_position, device=device, dtype=torch.float32)[:, None] * inv_freq.to(device)[None, :]
         return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
-    original = longrope_original_length(rope_scaling)
-    if original is None:
+    if longrope_original_length(rope_scaling) is None:
         cache = table(rope_inv_freq(head_dim, theta, rope_scaling))
-        return cache * _yarn_attention_factor(rope_scaling) if _rope_kind(rope_scaling) == "yarn" else cache
-    factor = rope_scaling.get("factor") or max_position / original
-    scale = rope_scaling.get("attention_factor")
-    if scale is None:  # the LongRoPE paper's, as Hugging Face computes it
-        scale = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
-    short, long = (table(rope_inv_freq(head_dim, theta, rope_scaling, long=x)) for x in (False, True))
-    return torch.cat([short, long]) * scale
+    else:  # the short factors' rows, then the long ones'
+        cache = torch.cat([table(rope_inv_freq(head_dim, theta, rope_scaling, long=x)) for x in (False, True)])
+    scale = _attention_factor(rope_scaling, max_position)
+    return cache if scale == 1.0 else cache * scale

@@ -1,4 +1,5 @@
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from tensorrt_llm import functional as tf
@@ -36,8 +37,6 @@ class SplitRmsNorm(nn.Module):
         xf = x.float()
         squares = xf.pow(2).sum(-1, keepdim=True)  # [T, 1]
         if self.tp_size > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(squares)
         return (xf * torch.rsqrt(squares / self.total + self.eps) * self.weight.float()).to(x.dtype)
 

@@ -8,7 +8,13 @@ import torch
 from tensorrt_llm.mapping import Mapping
 from tensorrt_llm.models.base import ModelFamily, WeightGetter
 from tensorrt_llm.models.config import ModelConfig
-from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, rotary_rows, window_options
+from tensorrt_llm.models.convert import (
+    convert_decoder,
+    decoder_config_from_hf,
+    layer_types_from_hf,
+    rotary_rows,
+    window_options,
+)
 from tensorrt_llm.models.decoder import DecoderForCausalLM
 
 
@@ -31,11 +37,7 @@ def cohere_config_from_hf(hf: dict) -> ModelConfig:
 
 
 def cohere2_config_from_hf(hf: dict) -> ModelConfig:
-    n = hf["num_hidden_layers"]
-    layer_types = hf.get("layer_types")
-    if layer_types is None:  # the first configs: every `sliding_window_pattern`-th layer is full
-        pattern = hf.get("sliding_window_pattern", 4)
-        layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    layer_types = layer_types_from_hf(hf, 4)
     return decoder_config_from_hf(
         hf,
         "Cohere2ForCausalLM",

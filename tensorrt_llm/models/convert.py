@@ -68,6 +68,15 @@ def decoder_config_from_hf(hf: dict, architecture: str, **options) -> ModelConfi
     return ModelConfig(**fields)
 
 
+def layer_types_from_hf(hf: dict, default_pattern: int) -> list[str]:
+    """`layer_types`, or as the first configs that had none said it: every `sliding_window_pattern`-th layer
+    full, the others sliding-window (Gemma-3, Cohere-2)."""
+    if hf.get("layer_types") is not None:
+        return list(hf["layer_types"])
+    pattern = hf.get("sliding_window_pattern", default_pattern)
+    return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(hf["num_hidden_layers"])]
+
+
 def window_options(hf: dict, sliding_window: int | None, layer_types: list[str] | None = None) -> dict:
     """`sliding_window` / `layer_types` ModelConfig options: none when no layer has a window, or when the
     window covers every position the model has (then it changes nothing, and the plain kernels run)."""

@@ -9,7 +9,7 @@ model."""
 
 from tensorrt_llm.models.base import ModelFamily
 from tensorrt_llm.models.config import ModelConfig
-from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, window_options
+from tensorrt_llm.models.convert import convert_decoder, decoder_config_from_hf, layer_types_from_hf, window_options
 from tensorrt_llm.models.decoder import DecoderForCausalLM
 
 # The first Gemma configs said "gelu" and meant the tanh approximation (transformers maps it so too).
@@ -47,11 +47,7 @@ def gemma2_config_from_hf(hf: dict) -> ModelConfig:
 
 
 def gemma3_config_from_hf(hf: dict) -> ModelConfig:
-    n = hf["num_hidden_layers"]
-    layer_types = hf.get("layer_types")
-    if layer_types is None:  # the first Gemma-3 configs: every `sliding_window_pattern`-th layer is full
-        pattern = hf.get("sliding_window_pattern", 6)
-        layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    layer_types = layer_types_from_hf(hf, 6)
     if hf.get("use_bidirectional_attention"):
         raise ValueError("Gemma3ForCausalLM: use_bidirectional_attention (an embedding model) is not supported")
     rope = hf.get("rope_parameters") or {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from tensorrt_llm import kernels
+from tensorrt_llm._utils import host_to_device
 
 
 def is_greedy(temperature: float | None, top_k: int, top_p: float) -> bool:
@@ -50,18 +51,13 @@ class SamplingTensors:
     max_top_k: int | None = None  # when every sampled row has 0 < top_k <= it: top-k without a full sort
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device`; from page-locked memory on CUDA, so the copy never waits for the stream."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
-
 def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0) or 1
     out = torch.full((len(rows), width), -1, dtype=torch.int64)
     for i, r in enumerate(rows):
         if r:
             out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    return out.to(device, non_blocking=True)
+    return host_to_device(out, device)
 
 
 def make_sampling_tensors(
@@ -84,7 +80,7 @@ def make_sampling_tensors(
     greedy = [is_greedy(t, k, p) for t, k, p in zip(temperature, top_k, top_p, strict=True)]
 
     def vec(values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+        return host_to_device(torch.tensor(values, dtype=dtype), device)
 
     st = SamplingTensors(all_greedy=all(greedy))
     if not st.all_greedy:
@@ -93,9 +89,9 @@ def make_sampling_tensors(
         # Two host buffers, two copies (each copy is ~10-20 us of host time on CUDA, every step); the fields
         # are views into them.
         n = len(greedy)
-        ints = _to_device(torch.tensor([*greedy, *top_k, *seeds, *offsets], dtype=torch.int64), device)  # [4N]
+        ints = vec([*greedy, *top_k, *seeds, *offsets], torch.int64)  # [4N]
         temps = [1.0 if g or t is None else t for g, t in zip(greedy, temperature, strict=True)]
-        floats = _to_device(torch.tensor(temps + [p if 0.0 < p < 1.0 else 1.0 for p in top_p]), device)  # [2N]
+        floats = vec(temps + [p if 0.0 < p < 1.0 else 1.0 for p in top_p], torch.float32)  # [2N]
         st.greedy, st.top_k, st.seeds, st.offsets = ints[:n] != 0, ints[n : 2 * n], ints[2 * n : 3 * n], ints[3 * n :]
         st.temperature, st.top_p = floats[:n], floats[n:]
         ks = [k for k, g in zip(top_k, greedy, strict=True) if not g]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tensorrt_llm._utils import host_to_device
+
 
 @dataclass
 class StepInput:
@@ -63,9 +65,7 @@ def build_step_input(
     offsets = rope_offsets if rope_offsets is not None and any(rope_offsets) else None
     host, width, n_logits, facts = pack(tokens, num_cached, block_tables, tokens_per_block, all_logits, offsets)
     # One host buffer, one copy to the device; the fields are views into it.
-    dev = host
-    if torch.device(device).type == "cuda":
-        dev = dev.pin_memory().to(device, non_blocking=True)
+    dev = host_to_device(host, device)
     B = len(tokens)
     T = (host.shape[0] - n_logits - B * (2 + width)) // 3  # the buffer holds 3 T + N + 2 B + B * width
     o = (0, T, 2 * T, 3 * T, 3 * T + n_logits, 3 * T + n_logits + B, 3 * T + n_logits + 2 * B)

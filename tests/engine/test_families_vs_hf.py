@@ -9,6 +9,13 @@ from tensorrt_llm.models import MODEL_REGISTRY, get_family
 from tensorrt_llm.runtime import Engine, ModelRunner, build_step_input
 from tests.helpers import build_engine, make_tiny_model
 
+
+def _longrope(pairs: int) -> dict:
+    """LongRoPE scaling over `pairs` rotated dim pairs: short and long factors that differ per pair."""
+    return dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(pairs)],
+                long_factor=[1.5 + 0.75 * i for i in range(pairs)])  # fmt: skip
+
+
 # name: (architecture, tiny-config overrides). Windows of 12 keys are shorter than the prompts (up to 30
 # tokens) and the generations, and not a multiple of the 8-token KV blocks.
 FAMILIES = {
@@ -43,11 +50,7 @@ FAMILIES = {
             num_key_value_heads=2,
             max_position_embeddings=256,
             original_max_position_embeddings=16,
-            rope_scaling=dict(
-                type="longrope",
-                short_factor=[1.0 + 0.1 * i for i in range(8)],
-                long_factor=[1.5 + 0.75 * i for i in range(8)],
-            ),
+            rope_scaling=_longrope(8),
         ),
     ),  # fmt: skip
     # Phi-4-mini: rotary over 3/4 of each head (12 of 16 dims), LongRoPE on them, tied head
@@ -59,11 +62,7 @@ FAMILIES = {
             tie_word_embeddings=True,
             max_position_embeddings=256,
             original_max_position_embeddings=16,
-            rope_scaling=dict(
-                type="longrope",
-                short_factor=[1.0 + 0.1 * i for i in range(6)],
-                long_factor=[1.5 + 0.75 * i for i in range(6)],
-            ),
+            rope_scaling=_longrope(6),
         ),
     ),  # fmt: skip
     # mixture of experts: 4 experts, top 2, renormalised; windowed
